@@ -1,0 +1,121 @@
+"""Tiny models for tests, built in well under a second, with no download.
+
+``tiny_model`` gives a TransformerLens 4.x ``TransformerBridge`` (``boot_native``) or, when the
+tests run under TransformerLens 3.x, a ``HookedTransformer``: the core tests run on both.
+``save_hf_model`` writes a random-weight Hugging Face model of a named architecture with the
+zoo's character tokenizer to a directory, for ``TransformerBridge.boot_transformers(dir)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from tl_capability.sites import transformer_lens_has
+from tl_capability.zoo.train import build_tokenizer
+
+HAS_HOOKED = transformer_lens_has("HookedTransformer")
+HAS_BRIDGE = transformer_lens_has("TransformerBridge")
+TL_MAJOR = 3 if HAS_HOOKED else 4
+
+
+@functools.cache
+def tokenizer_dir() -> Path:
+    """The zoo's character-level tokenizer saved to disk (the bridge needs saved tokenizers)."""
+    path = Path(tempfile.mkdtemp(prefix="tlc-tok-"))
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def char_tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(tokenizer_dir())
+
+
+def tiny_model(
+    n_layers: int = 2,
+    d_model: int = 64,
+    d_mlp: int = 128,
+    n_heads: int = 4,
+    n_ctx: int = 48,
+    seed: int = 0,
+    act_fn: str = "gelu",
+) -> Any:
+    """A random-weight model in eval mode, with the character tokenizer."""
+    tok = char_tokenizer()
+    kwargs = dict(
+        n_layers=n_layers,
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        d_mlp=d_mlp,
+        d_vocab=len(tok),
+        n_ctx=n_ctx,
+        act_fn=act_fn,
+        normalization_type="LN",
+        seed=seed,
+    )
+    if HAS_BRIDGE:
+        from transformer_lens import TransformerBridge, TransformerBridgeConfig
+
+        model = TransformerBridge.boot_native(TransformerBridgeConfig(**kwargs), tokenizer=tok)
+    else:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        torch.manual_seed(seed)
+        model = HookedTransformer(
+            HookedTransformerConfig(**kwargs, default_prepend_bos=True), tokenizer=tok
+        )
+    return model.eval()
+
+
+ARCHITECTURES = ("gpt2", "gpt_neox", "gptj", "llama")
+
+
+def hf_config(arch: str, vocab_size: int) -> Any:
+    """A tiny config (2 layers, width 64, 128 neurons per layer) of one architecture."""
+    import transformers as t
+
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    if arch == "gpt2":
+        return t.GPT2Config(n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=128, **common)
+    if arch == "gpt_neox":
+        return t.GPTNeoXConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            **common,
+        )
+    if arch == "gptj":
+        return t.GPTJConfig(
+            n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128, **common
+        )
+    if arch == "llama":
+        return t.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **common,
+        )
+    raise ValueError(arch)
+
+
+def save_hf_model(arch: str, directory: Path, seed: int = 0) -> Path:
+    """Writes a random-weight model of ``arch`` and the character tokenizer to ``directory``."""
+    from transformers import AutoModelForCausalLM
+
+    tok = char_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(arch, len(tok))).eval()
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

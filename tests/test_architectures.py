@@ -1,0 +1,95 @@
+"""Real Hugging Face architectures loaded offline from local directories by the bridge."""
+
+import pytest
+import torch
+
+from tests.models import ARCHITECTURES, HAS_BRIDGE, save_hf_model
+from tl_capability import CapabilityDataset, accuracy, answer_correct, neuron_site, tokenize
+
+pytestmark = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch_model(request, tmp_path_factory):
+    from transformer_lens import TransformerBridge
+
+    directory = save_hf_model(request.param, tmp_path_factory.mktemp(request.param))
+    model = TransformerBridge.boot_transformers(str(directory))
+    model.eval()
+    return request.param, directory, model
+
+
+def test_neuron_site_on_every_architecture(arch_model):
+    _, _, model = arch_model
+    site = neuron_site(model)
+    assert (site.n_layers, site.d_mlp) == (2, 128)
+    assert neuron_site(model, "pre").d_mlp == 128
+
+
+def test_bridge_matches_the_hf_model(arch_model):
+    from transformers import AutoModelForCausalLM
+
+    _, directory, model = arch_model
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tokens = torch.tensor([[0, 5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_post_site_is_what_the_down_projection_reads(arch_model):
+    """For every architecture, hook_post @ W_out (+ b_out) is the MLP's output.
+
+    On Llama this pins the gated neuron: act(gate) * up, the input of down_proj.
+    """
+    arch, directory, model = arch_model
+    seen = {}
+    with (
+        model.hooks(
+            fwd_hooks=[
+                ("blocks.1.mlp.hook_post", lambda a, hook: seen.__setitem__("post", a)),
+                ("blocks.1.mlp.hook_in", lambda a, hook: seen.__setitem__("in", a)),
+                ("blocks.1.hook_mlp_out", lambda a, hook: seen.__setitem__("out", a)),
+            ]
+        ),
+        torch.no_grad(),
+    ):
+        model(torch.tensor([[0, 5, 9, 13, 2, 7]]))
+    mlp = model.blocks[1].mlp
+    out = seen["post"] @ mlp.W_out
+    if getattr(mlp, "b_out", None) is not None:
+        out = out + mlp.b_out
+    torch.testing.assert_close(out, seen["out"], rtol=1e-4, atol=1e-5)
+    if arch == "llama":
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+        hf_mlp = hf.model.layers[1].mlp
+        x = seen["in"]
+        gated = torch.nn.functional.silu(hf_mlp.gate_proj(x)) * hf_mlp.up_proj(x)
+        torch.testing.assert_close(seen["post"], gated, rtol=1e-4, atol=1e-5)
+
+
+def test_accuracy_agrees_with_hf_greedy_generation(arch_model):
+    """Library accuracy on the bridge == greedy generation with the Hugging Face model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, directory, model = arch_model
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tok = AutoTokenizer.from_pretrained(directory)
+    prompts = ["ab", "12+3=", "rev xyz:", "the day was", "q", "sort 321:"]
+    answers = []
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([[tok.bos_token_id, *tok(p, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            out = hf.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=1)
+        text = tok.decode(out[0, ids.shape[1] :])
+        answers.append(text if i % 3 else "zz")  # every third sample made wrong on purpose
+    ds = CapabilityDataset.from_pairs(prompts, answers)
+    expected = []
+    for s in tokenize(model, ds):
+        ids = torch.tensor([list(s.prompt)])
+        with torch.no_grad():
+            out = hf.generate(ids, max_new_tokens=len(s.answer), do_sample=False, pad_token_id=1)
+        expected.append(out[0, ids.shape[1] :].tolist() == list(s.answer))
+    assert answer_correct(model, ds, batch_size=4).tolist() == expected
+    assert accuracy(model, ds) == pytest.approx(sum(expected) / len(expected))

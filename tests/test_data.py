@@ -1,0 +1,148 @@
+import json
+
+import datasets
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tl_capability import CapabilityDataset, batches, tokenize
+from tl_capability.data import prepends_bos
+
+pytestmark = pytest.mark.core
+
+
+def test_from_pairs_and_access():
+    ds = CapabilityDataset.from_pairs(["1+1=", "2+2="], ["2", "4"], name="add")
+    assert len(ds) == 2 and ds.name == "add"
+    assert ds.prompts == ["1+1=", "2+2="] and ds.answers == ["2", "4"]
+    assert ds[1] == {"prompt": "2+2=", "answer": "4"}
+    assert not ds.is_multiple_choice
+
+
+def test_bad_datasets_are_refused():
+    with pytest.raises(ValueError, match="empty"):
+        CapabilityDataset.from_pairs([], [])
+    with pytest.raises(ValueError, match="2 prompts but 1 answers"):
+        CapabilityDataset.from_pairs(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="sample 1 .* the answer is empty"):
+        CapabilityDataset.from_pairs(["a", "b"], ["c", ""])
+    with pytest.raises(ValueError, match="needs a 'answer' column"):
+        CapabilityDataset(datasets.Dataset.from_dict({"prompt": ["a"]}))
+    with pytest.raises(ValueError, match="is not choices"):
+        CapabilityDataset.from_pairs(["q"], ["a"], choices=[["a", "b"]], labels=[1])
+    with pytest.raises(ValueError, match="not an index"):
+        CapabilityDataset.from_pairs(["q"], ["a"], choices=[["a", "b"]], labels=[2])
+
+
+def test_multiple_choice_columns():
+    ds = CapabilityDataset.from_pairs(
+        ["q1", "q2"], ["b", "a"], choices=[["a", "b"]] * 2, labels=[1, 0]
+    )
+    assert ds.is_multiple_choice
+
+
+def test_from_file_jsonl_and_csv(tmp_path):
+    rows = [{"q": "1+2=", "a": "3"}, {"q": "2+2=", "a": "4"}]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = CapabilityDataset.from_file(jsonl, prompt_column="q", answer_column="a")
+    assert ds.prompts == ["1+2=", "2+2="] and ds.name == "d"
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,answer\nab,ba\ncd,dc\n")
+    assert CapabilityDataset.from_file(csv).answers == ["ba", "dc"]
+    out = tmp_path / "round.jsonl"
+    ds.to_jsonl(out)
+    assert CapabilityDataset.from_file(out).prompts == ds.prompts
+    with pytest.raises(ValueError, match="unsupported file type"):
+        (tmp_path / "x.txt").write_text("a")
+        CapabilityDataset.from_file(tmp_path / "x.txt")
+
+
+def test_split_is_disjoint_and_complete():
+    ds = CapabilityDataset.from_pairs([f"p{i}" for i in range(10)], ["a"] * 10)
+    a, b = ds.split(0.5, seed=3)
+    assert len(a) == 5 and len(b) == 5
+    assert set(a.prompts).isdisjoint(b.prompts)
+    assert set(a.prompts) | set(b.prompts) == set(ds.prompts)
+    assert ds.split(0.5, seed=3)[0].prompts == a.prompts
+
+
+def test_tokenize_prompt_gets_bos_answer_does_not(model):
+    ds = CapabilityDataset.from_pairs(["ab"], ["cd"])
+    (s,) = tokenize(model, ds)
+    tok = model.tokenizer
+    assert prepends_bos(model)
+    assert s.prompt == (tok.bos_token_id, *tok("ab", add_special_tokens=False)["input_ids"])
+    assert s.answer == tuple(tok("cd", add_special_tokens=False)["input_ids"])
+    assert s.input_length == 4
+
+
+def test_prompt_longer_than_context_names_the_sample(model):
+    ds = CapabilityDataset.from_pairs(["ok", "x" * (model.cfg.n_ctx + 5)], ["y", "z"])
+    with pytest.raises(ValueError, match=r"sample 1 .* context is"):
+        tokenize(model, ds)
+
+
+def test_answer_that_tokenizes_to_nothing(model):
+    class Tok:
+        bos_token_id = 0
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[] if t == "-" else [5] for t in texts]}
+
+    class Stub:
+        cfg = model.cfg
+        tokenizer = Tok()
+
+    ds = CapabilityDataset.from_pairs(["a", "b"], ["c", "-"])
+    with pytest.raises(ValueError, match=r"sample 1 .* tokenizes to no tokens"):
+        tokenize(Stub(), ds)
+
+
+def test_batch_positions_predict_answer_tokens(model):
+    ds = CapabilityDataset.from_pairs(["abc", "d"], ["xy", "zzz"])
+    samples = tokenize(model, ds)
+    (batch,) = batches(model, ds, batch_size=8)
+    for t in range(len(batch.target_row)):
+        r = batch.target_row[t].item()
+        s = samples[batch.sample_index[r].item()]
+        m = batch.target_index[t].item()
+        assert batch.target_token[t].item() == s.answer[m]
+        # the token at target_pos is the last of z_m = prompt + answer[:m]
+        z = s.prompt + s.answer[:m]
+        assert batch.target_pos[t].item() == len(z) - 1
+        assert batch.tokens[r, : len(z)].tolist() == list(z)
+    assert batch.n_targets.tolist() == [len(samples[i].answer) for i in batch.sample_index]
+    assert batch.mask.sum(1).tolist() == [samples[i].input_length for i in batch.sample_index]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text("abc123 ", min_size=1, max_size=8), st.text("xyz9", min_size=1, max_size=4)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 5),
+)
+def test_batches_cover_every_sample_once(model, pairs, batch_size):
+    ds = CapabilityDataset.from_pairs([p for p, _ in pairs], [a for _, a in pairs])
+    seen = torch.cat([b.sample_index for b in batches(model, ds, batch_size)])
+    assert sorted(seen.tolist()) == list(range(len(pairs)))
+
+
+def test_bad_batch_size(model):
+    with pytest.raises(ValueError, match="batch_size"):
+        next(batches(model, CapabilityDataset.from_pairs(["a"], ["b"]), 0))
+
+
+def test_model_without_tokenizer_is_refused(model):
+    class NoTok:
+        cfg = model.cfg
+        tokenizer = None
+
+    with pytest.raises(ValueError, match="no tokenizer"):
+        tokenize(NoTok(), CapabilityDataset.from_pairs(["a"], ["b"]))

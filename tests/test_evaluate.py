@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from tl_capability import CapabilityDataset, accuracy, answer_correct, tokenize
+
+pytestmark = pytest.mark.core
+
+
+def _reference_correct(model, ds):
+    """Independent check: greedy decoding one sample and one token at a time."""
+    out = []
+    for s in tokenize(model, ds):
+        seq = list(s.prompt)
+        ok = True
+        with torch.no_grad():
+            for t in s.answer:
+                nxt = model(torch.tensor([seq]))[0, -1].argmax().item()
+                ok &= nxt == t
+                seq.append(t)
+        out.append(ok)
+    return out
+
+
+def test_accuracy_matches_greedy_decoding(model):
+    # Make the answers the model's own greedy continuations for half of the samples.
+    prompts = ["ab", "hello", "1+2=", "xyz", "q", "rev abc:"]
+    tok = tokenize(model, CapabilityDataset.from_pairs(prompts, ["a"] * len(prompts)))
+    answers = []
+    for i, s in enumerate(tok):
+        seq = list(s.prompt)
+        with torch.no_grad():
+            for _ in range(3):
+                seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
+        text = model.tokenizer.decode(seq[len(s.prompt) :])
+        answers.append(text if i % 2 == 0 else "zz9")
+    ds = CapabilityDataset.from_pairs(prompts, answers)
+    expected = _reference_correct(model, ds)
+    got = answer_correct(model, ds, batch_size=4)
+    assert got.tolist() == expected
+    assert accuracy(model, ds, batch_size=2) == pytest.approx(sum(expected) / len(expected))
+    assert sum(expected) >= 1
+
+
+def test_accuracy_does_not_depend_on_batch_size(model):
+    ds = CapabilityDataset.from_pairs(
+        [f"p{i}" * (i % 4 + 1) for i in range(13)], ["ab"[: i % 2 + 1] for i in range(13)]
+    )
+    results = {tuple(answer_correct(model, ds, batch_size=b).tolist()) for b in (1, 3, 13)}
+    assert len(results) == 1
+
+
+def test_accuracy_refuses_training_mode(model):
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="training mode"):
+            accuracy(model, CapabilityDataset.from_pairs(["a"], ["b"]))
+    finally:
+        model.eval()

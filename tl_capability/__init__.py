@@ -1,0 +1,28 @@
+"""tl_capability: find the neurons behind a language model's capabilities, and edit them.
+
+A TransformerLens plugin. It works on any model with MLP neuron hooks (TransformerLens 3.x
+``HookedTransformer`` and 4.x ``TransformerBridge``) and ships a small trained model, the zoo
+model (:mod:`tl_capability.zoo`), so that everything runs offline.
+
+See the README for the quickstart and ``tutorials/`` for the methods.
+"""
+
+from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
+from tl_capability.evaluate import accuracy, answer_correct
+from tl_capability.sites import NeuronSite, neuron_site, require_eval
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "CapabilityDataset",
+    "NeuronSite",
+    "TokenizedSample",
+    "__version__",
+    "accuracy",
+    "answer_correct",
+    "batches",
+    "neuron_site",
+    "require_eval",
+    "tokenize",
+]

@@ -1,0 +1,341 @@
+"""Datasets of (prompt, answer) pairs and their teacher-forced tokenization.
+
+A :class:`CapabilityDataset` is a thin, validated wrapper around a ``datasets.Dataset`` with
+``prompt`` and ``answer`` columns, plus optional ``choices`` (every candidate answer) and
+``label`` (``answer == choices[label]``) for multiple-choice tasks. :func:`tokenize` turns it
+into token ids for one model, and :func:`batches` into right-padded batches that know which
+position predicts which answer token.
+
+Teacher forcing (Huang et al., ICLR 2025): the input is ``prompt ⊕ answer[:-1]``; the logits at
+position ``len(prompt) - 1 + m`` predict ``answer[m]``, so ``z_m = prompt ⊕ answer[:m]`` ends at
+that position. The prompt gets the model's BOS token (when the model prepends one); the answer
+is tokenized on its own and gets none, so write answers with the leading space that BPE
+tokenizers expect (``" Paris"``).
+
+Right padding is exact for decoder-only models: no real position attends to a later one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from tl_capability.sites import model_device
+
+
+class CapabilityDataset:
+    """A validated dataset of (prompt, answer) pairs.
+
+    Build one with :meth:`from_pairs`, :meth:`from_hf` or :meth:`from_file`; named hub loaders
+    live in :mod:`tl_capability.loaders`, the zoo model's tasks in :mod:`tl_capability.zoo`.
+
+    Attributes:
+        data: The underlying ``datasets.Dataset``.
+        name: A label for reports (the capability's name).
+    """
+
+    def __init__(self, data: datasets.Dataset, name: str | None = None) -> None:
+        for column in ("prompt", "answer"):
+            if column not in data.column_names:
+                raise ValueError(
+                    f"a CapabilityDataset needs a {column!r} column; got {data.column_names}"
+                )
+        if len(data) == 0:
+            raise ValueError(f"the dataset {name!r} is empty" if name else "the dataset is empty")
+        for i, (p, a) in enumerate(zip(data["prompt"], data["answer"], strict=True)):
+            if not isinstance(p, str) or not isinstance(a, str):
+                raise ValueError(f"sample {i}: prompt and answer must be strings")
+            if not a:
+                raise ValueError(f"sample {i} ({p[:40]!r}): the answer is empty")
+        if "label" in data.column_names and "choices" in data.column_names:
+            rows = zip(data["choices"], data["label"], data["answer"], strict=True)
+            for i, (c, lab, a) in enumerate(rows):
+                if c is None or lab is None:
+                    continue
+                if not 0 <= lab < len(c):
+                    raise ValueError(f"sample {i}: label {lab} is not an index into {c}")
+                if c[lab] != a:
+                    raise ValueError(f"sample {i}: answer {a!r} is not choices[label] = {c[lab]!r}")
+        self.data = data
+        self.name = name
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_pairs(
+        cls,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        name: str | None = None,
+        *,
+        choices: Sequence[Sequence[str]] | None = None,
+        labels: Sequence[int] | None = None,
+    ) -> CapabilityDataset:
+        """Builds a dataset from parallel lists of prompts and answers.
+
+        Raises:
+            ValueError: If the lists differ in length or are empty.
+        """
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        columns: dict[str, list[Any]] = {"prompt": list(prompts), "answer": list(answers)}
+        if choices is not None:
+            columns["choices"] = [list(c) for c in choices]
+        if labels is not None:
+            columns["label"] = list(labels)
+        for key, values in columns.items():
+            if len(values) != len(prompts):
+                raise ValueError(f"{len(values)} {key} for {len(prompts)} prompts")
+        return cls(datasets.Dataset.from_dict(columns), name)
+
+    @classmethod
+    def from_hf(
+        cls,
+        data: datasets.Dataset,
+        *,
+        prompt_column: str = "prompt",
+        answer_column: str = "answer",
+        name: str | None = None,
+    ) -> CapabilityDataset:
+        """Wraps a ``datasets.Dataset``, renaming its prompt/answer columns if needed."""
+        renames = {
+            old: new
+            for old, new in ((prompt_column, "prompt"), (answer_column, "answer"))
+            if old != new
+        }
+        for old in renames:
+            if old not in data.column_names:
+                raise ValueError(f"column {old!r} not in {data.column_names}")
+        if renames:
+            data = data.rename_columns(renames)
+        return cls(data, name)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        prompt_column: str = "prompt",
+        answer_column: str = "answer",
+        name: str | None = None,
+    ) -> CapabilityDataset:
+        """Reads a local ``.jsonl``/``.json`` or ``.csv`` file with prompt and answer columns."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            builder = "json"
+        elif suffix == ".csv":
+            builder = "csv"
+        else:
+            raise ValueError(f"unsupported file type {suffix!r}: use .jsonl, .json or .csv")
+        data = datasets.load_dataset(builder, data_files=str(path), split="train")
+        return cls.from_hf(
+            data,
+            prompt_column=prompt_column,
+            answer_column=answer_column,
+            name=name or path.stem,
+        )
+
+    # ------------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.data[index]
+
+    def __repr__(self) -> str:
+        return f"CapabilityDataset(name={self.name!r}, n={len(self)})"
+
+    @property
+    def prompts(self) -> list[str]:
+        """All prompts, in order."""
+        return list(self.data["prompt"])
+
+    @property
+    def answers(self) -> list[str]:
+        """All answers, in order."""
+        return list(self.data["answer"])
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        """Whether the dataset has ``choices`` and ``label`` columns."""
+        return {"choices", "label"} <= set(self.data.column_names)
+
+    def select(self, indices: Sequence[int]) -> CapabilityDataset:
+        """The samples at ``indices``, as a new dataset with the same name."""
+        return CapabilityDataset(self.data.select(list(indices)), self.name)
+
+    def shuffle(self, seed: int = 0) -> CapabilityDataset:
+        """A deterministically shuffled copy."""
+        return CapabilityDataset(self.data.shuffle(seed=seed), self.name)
+
+    def split(self, fraction: float = 0.5, seed: int = 0) -> tuple[CapabilityDataset, ...]:
+        """Two disjoint random parts, the first holding ``fraction`` of the samples."""
+        if not 0 < fraction < 1 or len(self) < 2:
+            raise ValueError("split needs 0 < fraction < 1 and at least 2 samples")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        cut = min(max(1, round(fraction * len(self))), len(self) - 1)
+        return self.select(order[:cut].tolist()), self.select(order[cut:].tolist())
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Writes the dataset as JSON lines (readable by :meth:`from_file`)."""
+        with open(path, "w") as f:
+            for row in self.data:
+                f.write(json.dumps(row) + "\n")
+
+
+# ---------------------------------------------------------------------- tokenization
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """One sample's token ids: ``prompt`` includes the BOS token when the model uses one."""
+
+    prompt: tuple[int, ...]
+    answer: tuple[int, ...]
+
+    @property
+    def input_length(self) -> int:
+        """Length of ``prompt ⊕ answer[:-1]``, the teacher-forced input."""
+        return len(self.prompt) + len(self.answer) - 1
+
+
+def _tokenizer(model: Any) -> Any:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            "the model has no tokenizer, so text cannot be tokenized; build it with one "
+            "(e.g. TransformerBridge.boot_native(cfg, tokenizer=...))"
+        )
+    return tokenizer
+
+
+def prepends_bos(model: Any) -> bool:
+    """Whether prompts get the model's BOS token (TransformerLens's ``default_prepend_bos``)."""
+    return bool(getattr(model.cfg, "default_prepend_bos", True)) and (
+        getattr(_tokenizer(model), "bos_token_id", None) is not None
+    )
+
+
+def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
+    """Tokenizes every sample for ``model``.
+
+    Raises:
+        ValueError: Naming the first sample whose answer tokenizes to nothing, or whose
+            teacher-forced input is longer than the model's context (``cfg.n_ctx``).
+    """
+    tokenizer = _tokenizer(model)
+    prompts = tokenizer(dataset.prompts, add_special_tokens=False)["input_ids"]
+    answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
+    bos = (tokenizer.bos_token_id,) if prepends_bos(model) else ()
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    out = []
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        sample = TokenizedSample(bos + tuple(p), tuple(a))
+        if not sample.answer:
+            raise ValueError(
+                f"sample {i} ({dataset.prompts[i][:40]!r}): answer {dataset.answers[i]!r} "
+                "tokenizes to no tokens"
+            )
+        if not sample.prompt:
+            raise ValueError(f"sample {i}: the prompt is empty and the model has no BOS token")
+        if n_ctx is not None and sample.input_length > n_ctx:
+            raise ValueError(
+                f"sample {i} ({dataset.prompts[i][:40]!r}...) needs {sample.input_length} "
+                f"positions but the model's context is {n_ctx} tokens"
+            )
+        out.append(sample)
+    return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A right-padded teacher-forcing batch and the answer tokens it predicts.
+
+    Answer tokens are flattened over the batch ("target" axis): target ``t`` is the
+    ``target_index[t]``-th answer token of row ``target_row[t]``, predicted by the logits at
+    ``target_pos[t]``.
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    mask: Bool[Tensor, "batch pos"]
+    sample_index: Int[Tensor, " batch"]
+    target_row: Int[Tensor, " target"]
+    target_pos: Int[Tensor, " target"]
+    target_token: Int[Tensor, " target"]
+    target_index: Int[Tensor, " target"]
+
+    @property
+    def n_targets(self) -> Int[Tensor, " batch"]:
+        """Number of answer tokens of each row."""
+        return torch.bincount(self.target_row, minlength=self.tokens.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def collate(
+    samples: Sequence[TokenizedSample], indices: Sequence[int], pad_token: int = 0
+) -> Batch:
+    """Builds a :class:`Batch` from tokenized samples (``indices`` are their dataset indices)."""
+    width = max(s.input_length for s in samples)
+    tokens = torch.full((len(samples), width), pad_token, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    rows, pos, tok, idx = [], [], [], []
+    for r, s in enumerate(samples):
+        seq = s.prompt + s.answer[:-1]
+        tokens[r, : len(seq)] = torch.tensor(seq)
+        mask[r, : len(seq)] = True
+        for m, t in enumerate(s.answer):
+            rows.append(r)
+            pos.append(len(s.prompt) - 1 + m)
+            tok.append(t)
+            idx.append(m)
+
+    def long(x: list[int]) -> Tensor:
+        return torch.tensor(x, dtype=torch.long)
+
+    return Batch(tokens, mask, long(list(indices)), long(rows), long(pos), long(tok), long(idx))
+
+
+def batches(
+    model: Any,
+    dataset: CapabilityDataset | Sequence[TokenizedSample],
+    batch_size: int = 32,
+    *,
+    sort_by_length: bool = True,
+) -> Iterator[Batch]:
+    """Teacher-forcing batches of ``dataset`` on the model's device.
+
+    Args:
+        model: The model (for its tokenizer, context length and device).
+        dataset: A dataset, or samples already returned by :func:`tokenize`.
+        batch_size: Samples per batch.
+        sort_by_length: Group samples of similar length to waste less padding. Results are
+            per sample (``Batch.sample_index``), so the order does not matter to callers.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    samples = tokenize(model, dataset) if isinstance(dataset, CapabilityDataset) else dataset
+    if not samples:
+        raise ValueError("the dataset is empty")
+    order = list(range(len(samples)))
+    if sort_by_length:
+        order.sort(key=lambda i: samples[i].input_length)
+    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
+    device = model_device(model)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        yield collate([samples[i] for i in chunk], chunk, pad).to(device)

@@ -1,0 +1,175 @@
+"""Trains the zoo model from scratch and writes it as a Hugging Face directory.
+
+Run ``python -m tl_capability.zoo.train`` to regenerate the shipped weights in
+``tl_capability/zoo/model/`` (about 20 minutes on 2 CPU cores). Training is deterministic for a
+given seed, torch version and thread count: examples come from seeded generators
+(:mod:`tl_capability.zoo.tasks`), the batches round-robin over the tasks, and the loss is read
+only on answer tokens.
+
+The model is a plain GPT-2 (4 layers, d_model 128, 4 heads, d_mlp 512, GELU, no dropout) over a
+character-level tokenizer, written with ``save_pretrained`` so that
+``TransformerBridge.boot_transformers(directory)`` (or any Hugging Face tool) loads it offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from tl_capability.zoo.tasks import ALPHABET, TASKS, Example
+
+MODEL_DIR = Path(__file__).parent / "model"
+BOS, PAD = "<bos>", "<pad>"
+ARCHITECTURE = dict(n_layer=4, n_embd=128, n_head=4, n_inner=512, n_positions=64)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: ``<bos>`` (0), ``<pad>`` (1), then one id per character."""
+    vocab = {BOS: 0, PAD: 1} | {c: i + 2 for i, c in enumerate(ALPHABET)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD, unk_token=PAD
+    )
+
+
+def _encode(tokenizer: PreTrainedTokenizerFast, examples: list[Example]):
+    """Teacher-forcing batch: inputs, labels (-100 off the answer) and the answer mask."""
+    seqs, starts = [], []
+    for e in examples:
+        p = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(e.answer, add_special_tokens=False)["input_ids"]
+        seqs.append([tokenizer.bos_token_id, *p, *a])
+        starts.append(len(p) + 1)
+    width = max(len(s) for s in seqs) - 1
+    inputs = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    for i, (s, start) in enumerate(zip(seqs, starts, strict=True)):
+        inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
+        labels[i, start - 1 : len(s) - 1] = torch.tensor(s[start:])
+    return inputs, labels
+
+
+@torch.no_grad()
+def exact_match(model, tokenizer, examples: list[Example], batch_size: int = 256) -> float:
+    """Fraction of examples whose every answer token is the argmax under teacher forcing."""
+    correct = 0
+    for i in range(0, len(examples), batch_size):
+        inputs, labels = _encode(tokenizer, examples[i : i + batch_size])
+        pred = model(inputs).logits.argmax(-1)
+        ok = (pred == labels) | (labels == -100)
+        correct += int(ok.all(-1).sum())
+    return correct / len(examples)
+
+
+def train(
+    out: Path = MODEL_DIR,
+    steps: int = 3000,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    eval_every: int = 500,
+) -> dict[str, float]:
+    """Trains the zoo model, saves it to ``out`` and returns its test accuracies."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ARCHITECTURE,
+    )
+    model = GPT2LMHeadModel(config)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+    warmup = min(200, steps // 10)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    names = sorted(TASKS)
+    streams = [TASKS[n].stream("train", seed) for n in names]
+    held_out = {n: TASKS[n].sample(200, "test", seed=12345) for n in names}
+    start = time.time()
+    for step in range(steps):
+        batch = [next(streams[i % len(streams)]) for i in range(batch_size)]
+        inputs, labels = _encode(tokenizer, batch)
+        logits = model(inputs).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=-100
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            model.eval()
+            accs = {n: exact_match(model, tokenizer, held_out[n]) for n in names}
+            model.train()
+            shown = " ".join(f"{n}={a:.3f}" for n, a in accs.items())
+            print(f"step {step + 1} loss {loss.item():.4f} {shown} ({time.time() - start:.0f}s)")
+    model.eval()
+    final = {
+        n: exact_match(
+            model, tokenizer, TASKS[n].sample(1000 if n != "facts" else 250, "test", seed=777)
+        )
+        for n in names
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {
+        "architecture": ARCHITECTURE,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(time.time() - start),
+        "test_accuracy": final,
+    }
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (fixed for determinism)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    accs = train(args.out, args.steps, args.batch_size, args.lr, args.seed)
+    print(json.dumps(accs, indent=2))
+
+
+if __name__ == "__main__":
+    main()
