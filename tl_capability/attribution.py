@@ -1,0 +1,359 @@
+"""Attribution of answers to MLP neurons: integrated gradients, gradient × activation, NeurGrad.
+
+Every method scores neuron ``(l, j)`` for each answer token of each sample, teacher forced:
+``z_m = prompt ⊕ answer[:m]``, ``a_m`` the neuron's activation at the last position of ``z_m``,
+``P_m = P(answer[m] | z_m)`` (``metric="prob"``) or its log (``metric="logprob"``). A sample's
+score is the mean over its answer tokens; :class:`NeuronScores` holds the mean and standard
+deviation over samples.
+
+- ``"ig"``: integrated gradients from a zero baseline, one layer scaled at a time (Dai et al.,
+  ACL 2022; the contribution score of capability localization, Huang et al., ICLR 2025):
+  ``a_m · (1/S) Σ_k ∂P_m/∂a (a ← α_k a_m)``. ``rule="midpoint"`` (default) uses
+  ``α_k = (k - ½)/S``; Dai et al.'s code uses the left Riemann sum ``α_k = (k - 1)/S``
+  (``rule="left"``), which includes the baseline and, with one step, degenerates to the
+  gradient at zero.
+- ``"grad_x_act"``: ``a_m · ∂P_m/∂a_m`` at the clean run (attribution patching). Each answer
+  token gets its own row, so the gradient is that of ``P_m`` alone, not of later tokens too.
+- ``"neurgrad"``: ``∂P_m/∂a_m · sign(a_m)``, the NeurGrad estimate of the neuron empirical
+  gradient (Zhao et al., ACL 2025).
+- ``"activation"``: ``|a_m|``, a baseline.
+
+Only the activation at the last position of ``z_m`` is changed or differentiated; positions
+after it are not in ``z_m`` and are dropped from the row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
+from tl_capability.sites import NeuronSite, model_name, neuron_site, require_eval
+from tl_capability.stats import Moments
+
+METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
+METRICS = ("prob", "logprob")
+RULES = ("midpoint", "left", "right")
+
+
+def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
+    """The scales ``α_k`` at which integrated gradients evaluates the gradient.
+
+    Args:
+        steps: Number of evaluation points ``S``.
+        rule: ``"midpoint"`` (``(k - ½)/S``), ``"left"`` (``(k - 1)/S``, Dai et al.) or
+            ``"right"`` (``k/S``), for ``k = 1..S``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    k = torch.arange(1, steps + 1, dtype=torch.float64)
+    offsets = {"midpoint": 0.5, "left": 1.0, "right": 0.0}
+    if rule not in offsets:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return ((k - offsets[rule]) / steps).float()
+
+
+@dataclass(frozen=True)
+class NeuronScores:
+    """Per-neuron attribution scores over a dataset.
+
+    Attributes:
+        values: Mean score over samples.
+        std: Standard deviation over samples (``n - 1`` denominator).
+        n: Number of samples.
+        method: ``"ig"``, ``"grad_x_act"``, ``"neurgrad"`` or ``"activation"``.
+        params: The method's parameters and the model's signature (``n_layers``, ``d_mlp``,
+            ``model_name``, ``site``), for provenance and for refusing foreign models.
+        per_sample: Each sample's score, in dataset order, when asked for.
+    """
+
+    values: Float[Tensor, "layer d_mlp"]
+    std: Float[Tensor, "layer d_mlp"]
+    n: int
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    per_sample: Float[Tensor, "sample layer d_mlp"] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.values.shape[1]
+
+    def save(self, path: str | Path) -> None:
+        """Writes ``scores.safetensors`` and ``scores.json`` into the directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"values": self.values.contiguous(), "std": self.std.contiguous()}
+        if self.per_sample is not None:
+            tensors["per_sample"] = self.per_sample.contiguous()
+        save_file(tensors, path / "scores.safetensors")
+        meta = {"n": self.n, "method": self.method, "params": self.params}
+        (path / "scores.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronScores:
+        """Reads what :meth:`save` wrote."""
+        path = Path(path)
+        tensors = load_file(path / "scores.safetensors")
+        meta = json.loads((path / "scores.json").read_text())
+        return cls(
+            tensors["values"],
+            tensors["std"],
+            meta["n"],
+            meta["method"],
+            meta["params"],
+            tensors.get("per_sample"),
+        )
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the final residual is captured."""
+
+
+def _target_metric(
+    model: Any,
+    tokens: Int[Tensor, "row pos"],
+    pos: Int[Tensor, " row"],
+    target: Int[Tensor, " row"],
+    metric: str,
+    fwd_hooks: list,
+) -> Float[Tensor, " row"]:
+    """``P(target | tokens[:pos + 1])`` (or its log) for every row, unembedding only there."""
+    captured: dict[str, Tensor] = {}
+
+    def grab(resid: Tensor, hook: Any) -> None:
+        captured["resid"] = resid
+        raise _StopForward
+
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    try:
+        with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
+            model(tokens)
+    except _StopForward:
+        pass
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    resid = captured["resid"][rows, pos][:, None]
+    logits = model.unembed(model.ln_final(resid))[:, 0].float()
+    logp = logits.log_softmax(-1)[rows, target]
+    return logp if metric == "logprob" else logp.exp()
+
+
+def _clean_activations(
+    model: Any, site: NeuronSite, batch: Batch
+) -> Float[Tensor, "target layer d_mlp"]:
+    """Each target's activation at the position that predicts it, for every layer."""
+    acts: list[Tensor] = [torch.empty(0)] * site.n_layers
+
+    def grab(layer: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            acts[layer] = act[batch.target_row, batch.target_pos].detach().float()
+
+        return hook
+
+    last = f"blocks.{site.n_layers - 1}.hook_resid_post"
+
+    def stop(resid: Tensor, hook: Any) -> None:
+        raise _StopForward
+
+    fwd = [(site.hook_name(layer), grab(layer)) for layer in range(site.n_layers)]
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=[*fwd, (last, stop)]):
+            model(batch.tokens)
+    except _StopForward:
+        pass
+    return torch.stack(acts, dim=1)
+
+
+def _row_gradients(
+    model: Any,
+    site: NeuronSite,
+    tokens: Int[Tensor, "row pos"],
+    pos: Int[Tensor, " row"],
+    target: Int[Tensor, " row"],
+    metric: str,
+    patch_layer: Int[Tensor, " row"] | None = None,
+    patch_value: Float[Tensor, "row d_mlp"] | None = None,
+) -> Float[Tensor, "row layer d_mlp"]:
+    """Gradient of each row's metric w.r.t. the neurons at ``pos``, for every layer.
+
+    With ``patch_layer``/``patch_value``, row ``r``'s activation at ``(patch_layer[r], pos[r])``
+    is replaced by ``patch_value[r]`` first, so its gradient there is taken at that point.
+    """
+    outputs: list[Tensor] = [torch.empty(0)] * site.n_layers
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+
+    def capture(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            new = act.clone()
+            if patch_layer is not None:
+                sel = patch_layer == layer
+                if sel.any():
+                    new[rows[sel], pos[sel]] = patch_value[sel].to(new.dtype)
+            if not new.requires_grad:  # frozen parameters: start the graph here
+                new.requires_grad_(True)
+            outputs[layer] = new
+            return new
+
+        return hook
+
+    fwd = [(site.hook_name(layer), capture(layer)) for layer in range(site.n_layers)]
+    with torch.enable_grad():
+        value = _target_metric(model, tokens, pos, target, metric, fwd)
+        grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
+    out = [
+        torch.zeros(len(rows), site.d_mlp, device=tokens.device)
+        if g is None
+        else g[rows, pos].float()
+        for g in grads
+    ]
+    return torch.stack(out, dim=1)
+
+
+def _truncated_rows(batch: Batch, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Token rows holding ``z_m`` for the given targets, cut to the longest one."""
+    pos = batch.target_pos[targets]
+    width = int(pos.max()) + 1
+    return batch.tokens[batch.target_row[targets], :width], pos
+
+
+def _target_scores(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    method: str,
+    metric: str,
+    alphas: Tensor,
+    max_rows: int,
+) -> Float[Tensor, "target layer d_mlp"]:
+    acts = _clean_activations(model, site, batch)
+    if method == "activation":
+        return acts.abs()
+    n_targets = len(batch.target_row)
+    device = batch.tokens.device
+    if method in ("grad_x_act", "neurgrad"):
+        grads = []
+        for start in range(0, n_targets, max_rows):
+            t = torch.arange(start, min(start + max_rows, n_targets), device=device)
+            tokens, pos = _truncated_rows(batch, t)
+            grads.append(_row_gradients(model, site, tokens, pos, batch.target_token[t], metric))
+        g = torch.cat(grads)
+        return g * acts if method == "grad_x_act" else g * acts.sign()
+    # Integrated gradients: one row per (target, layer, step), all on the batch axis.
+    n_layers, n_steps = site.n_layers, len(alphas)
+    t_idx, l_idx, k_idx = torch.meshgrid(
+        torch.arange(n_targets), torch.arange(n_layers), torch.arange(n_steps), indexing="ij"
+    )
+    t_idx, l_idx, k_idx = (x.flatten().to(device) for x in (t_idx, l_idx, k_idx))
+    alphas = alphas.to(device)
+    grad_sum = torch.zeros(n_targets, n_layers, site.d_mlp, device=device)
+    for start in range(0, len(t_idx), max_rows):
+        sl = slice(start, start + max_rows)
+        t, layer, k = t_idx[sl], l_idx[sl], k_idx[sl]
+        tokens, pos = _truncated_rows(batch, t)
+        value = alphas[k, None] * acts[t, layer]
+        g = _row_gradients(model, site, tokens, pos, batch.target_token[t], metric, layer, value)
+        own = g[torch.arange(len(t), device=device), layer]
+        grad_sum.index_put_((t, layer), own, accumulate=True)
+    return acts * grad_sum / n_steps
+
+
+def attribute(
+    model: Any,
+    dataset: CapabilityDataset,
+    method: str = "ig",
+    *,
+    steps: int = 20,
+    metric: str = "prob",
+    site: str = "post",
+    batch_size: int | None = None,
+    progress: bool = True,
+    rule: str = "midpoint",
+    per_sample: bool = False,
+    max_rows: int = 1024,
+) -> NeuronScores:
+    """Scores every MLP neuron for the dataset's answers.
+
+    Args:
+        model: A TransformerLens model in eval mode.
+        dataset: (prompt, answer) pairs; every answer token is a teacher-forced target.
+        method: ``"ig"``, ``"grad_x_act"``, ``"neurgrad"`` or ``"activation"`` (see the
+            module docstring for the formulas).
+        steps: Integrated-gradients steps ``S`` (20 in Dai et al.'s code).
+        metric: ``"prob"`` (``P(answer token)``, as in the papers) or ``"logprob"``.
+        site: ``"post"`` (the input of ``W_out``) or ``"pre"``.
+        batch_size: Samples per batch (default: 8 for ``"ig"``, 32 otherwise).
+        progress: Show a progress bar.
+        rule: Integrated-gradients quadrature, see :func:`ig_alphas`.
+        per_sample: Also keep every sample's score (needed by knowledge-neuron refinement).
+        max_rows: Rows per forward/backward pass (bounds memory).
+
+    Returns:
+        :class:`NeuronScores`.
+
+    Raises:
+        ValueError: For an unknown method, metric, rule or site, a model in training mode or
+            without MLP hooks, an empty dataset, a sample that does not fit the context, or a
+            non-finite score (naming the sample).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    alphas = ig_alphas(steps, rule)
+    require_eval(model)
+    resolved = neuron_site(model, site)
+    samples = tokenize(model, dataset)
+    if batch_size is None:
+        batch_size = 8 if method == "ig" else 32
+    moments = Moments.zeros(resolved.n_layers, resolved.d_mlp)
+    kept: Tensor | None = None
+    if per_sample:
+        kept = torch.zeros(len(samples), resolved.n_layers, resolved.d_mlp)
+    n_batches = -(-len(samples) // batch_size)
+    for batch in tqdm(
+        batches(model, samples, batch_size),
+        total=n_batches,
+        disable=not progress,
+        desc=f"{method} {dataset.name or ''}".strip(),
+    ):
+        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows)
+        sample_scores = _per_sample(batch, scores)
+        bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
+        if bad.any():
+            index = int(batch.sample_index[bad.nonzero()[0, 0]])
+            raise ValueError(
+                f"non-finite {method} score for sample {index} ({dataset.prompts[index][:40]!r})"
+            )
+        moments.add(sample_scores)
+        if kept is not None:
+            kept[batch.sample_index.cpu()] = sample_scores.cpu()
+    params = {
+        "steps": steps if method == "ig" else None,
+        "rule": rule if method == "ig" else None,
+        "metric": metric,
+        "site": site,
+        "n_layers": resolved.n_layers,
+        "d_mlp": resolved.d_mlp,
+        "model_name": model_name(model),
+        "dataset": dataset.name,
+    }
+    return NeuronScores(moments.mean, moments.std, moments.count, method, params, kept)
+
+
+def _per_sample(batch: Batch, scores: Tensor) -> Float[Tensor, "batch layer d_mlp"]:
+    """Mean of the target scores of each row (``(1/Y) Σ_m``)."""
+    n_rows = batch.tokens.shape[0]
+    total = torch.zeros(n_rows, *scores.shape[1:], device=scores.device)
+    total.index_add_(0, batch.target_row, scores)
+    return total / batch.n_targets[:, None, None].to(scores.dtype)
