@@ -22,7 +22,7 @@ def _metric(model, tokens, target, metric):
 
 def reference_scores(model, ds, method, steps=4, rule="midpoint", metric="prob"):
     """Obviously correct and slow: the whole model re-run per sample, answer token, layer, step."""
-    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    n_layers = model.cfg.n_layers
     alphas = ig_alphas(steps, rule)
     out = []
     for s in tokenize(model, ds):
@@ -112,7 +112,7 @@ def test_ig_completeness(model):
         gaps.append([])
         for layer in range(model.cfg.n_layers):
 
-            def zero(act, hook):
+            def zero(act, hook, q=q):
                 act = act.clone()
                 act[0, q] = 0
                 return act
