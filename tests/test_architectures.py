@@ -93,3 +93,20 @@ def test_accuracy_agrees_with_hf_greedy_generation(arch_model):
         expected.append(out[0, ids.shape[1] :].tolist() == list(s.answer))
     assert answer_correct(model, ds, batch_size=4).tolist() == expected
     assert accuracy(model, ds) == pytest.approx(sum(expected) / len(expected))
+
+
+@pytest.mark.parametrize("method", ["ig", "grad_x_act"])
+def test_cached_path_equals_the_general_path_and_the_reference(arch_model, method):
+    """The one-token cached rows give the same scores as re-running z_m, on every architecture."""
+    from tests.test_attribution import reference_scores
+    from tl_capability.attribution import attribute, supports_kv_cache
+
+    _, _, model = arch_model
+    assert supports_kv_cache(model)
+    ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    fast = attribute(model, ds, method, steps=3, per_sample=True, progress=False, use_cache=True)
+    slow = attribute(model, ds, method, steps=3, per_sample=True, progress=False, use_cache=False)
+    assert fast.params["kv_cache"] and not slow.params["kv_cache"]
+    torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
+    ref = reference_scores(model, ds, method, steps=3)
+    torch.testing.assert_close(fast.per_sample, ref, rtol=1e-4, atol=1e-7)

@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
-from tl_capability.sites import NeuronSite, model_name, neuron_site, require_eval
+from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
 from tl_capability.stats import Moments
 
 METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
@@ -121,38 +121,82 @@ class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the final residual is captured."""
 
 
-def _target_metric(
-    model: Any,
-    tokens: Int[Tensor, "row pos"],
-    pos: Int[Tensor, " row"],
-    target: Int[Tensor, " row"],
-    metric: str,
-    fwd_hooks: list,
-) -> Float[Tensor, " row"]:
-    """``P(target | tokens[:pos + 1])`` (or its log) for every row, unembedding only there."""
-    captured: dict[str, Tensor] = {}
+@dataclass(frozen=True)
+class _Rows:
+    """Inputs of one forward pass whose rows each read one answer token.
 
-    def grab(resid: Tensor, hook: Any) -> None:
-        captured["resid"] = resid
-        raise _StopForward
+    ``pos[r]`` is the position whose neurons are patched or differentiated and whose logits
+    predict ``target[r]``. On the general path a row is ``z_m`` itself; on the cached path it
+    is the single token at the end of ``z_m``, attending to the clean run's keys and values.
+    """
 
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    try:
-        with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
-            model(tokens)
-    except _StopForward:
-        pass
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
-    resid = captured["resid"][rows, pos][:, None]
-    logits = model.unembed(model.ln_final(resid))[:, 0].float()
-    logp = logits.log_softmax(-1)[rows, target]
+    tokens: Int[Tensor, "row pos"]
+    pos: Int[Tensor, " row"]
+    target: Int[Tensor, " row"]
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _general_rows(batch: Batch, targets: Tensor) -> _Rows:
+    """Rows holding ``z_m`` for the given targets, cut to the longest one."""
+    pos = batch.target_pos[targets]
+    width = int(pos.max()) + 1
+    tokens = batch.tokens[batch.target_row[targets], :width]
+    return _Rows(tokens, pos, batch.target_token[targets])
+
+
+def _cached_rows(batch: Batch, cache: Any, targets: Tensor) -> _Rows:
+    """One-token rows that attend to the clean run's cached keys/values of ``z_m[:-1]``.
+
+    Changing an activation at the last position of ``z_m`` changes nothing at earlier
+    positions (causal attention), so their keys and values are the clean run's: this is exact,
+    and each row costs one token instead of ``len(z_m)``.
+    """
+    from transformers import DynamicCache
+
+    rows, pos = batch.target_row[targets], batch.target_pos[targets]
+    width = int(pos.max())
+    past = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        past.update(layer.keys[rows, :, :width], layer.values[rows, :, :width], index)
+    mask = torch.arange(width + 1, device=pos.device)[None, :] < pos[:, None]
+    mask[:, width] = True
+    return _Rows(
+        batch.tokens[rows, pos][:, None],
+        torch.zeros_like(pos),
+        batch.target_token[targets],
+        {"past_key_values": past, "attention_mask": mask.long(), "position_ids": pos[:, None]},
+    )
+
+
+def _row_metric(model: Any, rows: _Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
+    """``P(target | row)`` (or its log) read at ``rows.pos``, unembedding only there."""
+    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
+    if rows.forward_kwargs:
+        with model.hooks(fwd_hooks=fwd_hooks):
+            logits = model(rows.tokens, **rows.forward_kwargs)[index, rows.pos].float()
+    else:
+        captured: dict[str, Tensor] = {}
+
+        def grab(resid: Tensor, hook: Any) -> None:
+            captured["resid"] = resid
+            raise _StopForward
+
+        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        try:
+            with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
+                model(rows.tokens)
+        except _StopForward:
+            pass
+        resid = captured["resid"][index, rows.pos][:, None]
+        logits = model.unembed(model.ln_final(resid))[:, 0].float()
+    logp = logits.log_softmax(-1)[index, rows.target]
     return logp if metric == "logprob" else logp.exp()
 
 
-def _clean_activations(
-    model: Any, site: NeuronSite, batch: Batch
-) -> Float[Tensor, "target layer d_mlp"]:
-    """Each target's activation at the position that predicts it, for every layer."""
+def _clean_pass(
+    model: Any, site: NeuronSite, batch: Batch, use_cache: bool
+) -> tuple[Float[Tensor, "target layer d_mlp"], Any]:
+    """Each target's clean activation at every layer, and the key/value cache when asked."""
     acts: list[Tensor] = [torch.empty(0)] * site.n_layers
 
     def grab(layer: int):
@@ -161,37 +205,60 @@ def _clean_activations(
 
         return hook
 
-    last = f"blocks.{site.n_layers - 1}.hook_resid_post"
-
-    def stop(resid: Tensor, hook: Any) -> None:
-        raise _StopForward
-
     fwd = [(site.hook_name(layer), grab(layer)) for layer in range(site.n_layers)]
+    cache = None
+    with torch.no_grad():
+        if use_cache:
+            with model.hooks(fwd_hooks=fwd):
+                _, cache = model(batch.tokens, use_cache=True, return_type="logits_and_cache")
+        else:
+            last = f"blocks.{site.n_layers - 1}.hook_resid_post"
+
+            def stop(resid: Tensor, hook: Any) -> None:
+                raise _StopForward
+
+            try:
+                with model.hooks(fwd_hooks=[*fwd, (last, stop)]):
+                    model(batch.tokens)
+            except _StopForward:
+                pass
+    return torch.stack(acts, dim=1), cache
+
+
+def supports_kv_cache(model: Any) -> bool:
+    """Whether ``model`` takes the fast, exact cached path (a bridge over a Hugging Face
+    decoder whose cache is a ``DynamicCache``); other models take the general path."""
+    if not hasattr(model, "original_model") or getattr(model.cfg, "is_encoder_decoder", False):
+        return False
     try:
-        with torch.no_grad(), model.hooks(fwd_hooks=[*fwd, (last, stop)]):
-            model(batch.tokens)
-    except _StopForward:
-        pass
-    return torch.stack(acts, dim=1)
+        with torch.no_grad():
+            out = model(
+                torch.zeros(1, 2, dtype=torch.long, device=model_device(model)),
+                use_cache=True,
+                return_type="logits_and_cache",
+            )
+    except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError):
+        return False
+    cache = out[1] if isinstance(out, tuple) else None
+    return type(cache).__name__ == "DynamicCache" and hasattr(cache, "layers")
 
 
 def _row_gradients(
     model: Any,
     site: NeuronSite,
-    tokens: Int[Tensor, "row pos"],
-    pos: Int[Tensor, " row"],
-    target: Int[Tensor, " row"],
+    rows: _Rows,
     metric: str,
     patch_layer: Int[Tensor, " row"] | None = None,
     patch_value: Float[Tensor, "row d_mlp"] | None = None,
 ) -> Float[Tensor, "row layer d_mlp"]:
-    """Gradient of each row's metric w.r.t. the neurons at ``pos``, for every layer.
+    """Gradient of each row's metric w.r.t. the neurons at ``rows.pos``, for every layer.
 
     With ``patch_layer``/``patch_value``, row ``r``'s activation at ``(patch_layer[r], pos[r])``
     is replaced by ``patch_value[r]`` first, so its gradient there is taken at that point.
     """
-    outputs: list[Tensor] = [torch.empty(0)] * site.n_layers
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    outputs: list[Tensor | None] = [None] * site.n_layers
+    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
+    pos = rows.pos
 
     def capture(layer: int):
         def hook(act: Tensor, hook: Any) -> Tensor:
@@ -199,7 +266,7 @@ def _row_gradients(
             if patch_layer is not None:
                 sel = patch_layer == layer
                 if sel.any():
-                    new[rows[sel], pos[sel]] = patch_value[sel].to(new.dtype)
+                    new[index[sel], pos[sel]] = patch_value[sel].to(new.dtype)
             if not new.requires_grad:  # frozen parameters: start the graph here
                 new.requires_grad_(True)
             outputs[layer] = new
@@ -209,22 +276,13 @@ def _row_gradients(
 
     fwd = [(site.hook_name(layer), capture(layer)) for layer in range(site.n_layers)]
     with torch.enable_grad():
-        value = _target_metric(model, tokens, pos, target, metric, fwd)
+        value = _row_metric(model, rows, metric, fwd)
         grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
     out = [
-        torch.zeros(len(rows), site.d_mlp, device=tokens.device)
-        if g is None
-        else g[rows, pos].float()
+        torch.zeros(len(index), site.d_mlp, device=index.device) if g is None else g[index, pos]
         for g in grads
     ]
-    return torch.stack(out, dim=1)
-
-
-def _truncated_rows(batch: Batch, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Token rows holding ``z_m`` for the given targets, cut to the longest one."""
-    pos = batch.target_pos[targets]
-    width = int(pos.max()) + 1
-    return batch.tokens[batch.target_row[targets], :width], pos
+    return torch.stack(out, dim=1).float()
 
 
 def _target_scores(
@@ -235,18 +293,24 @@ def _target_scores(
     metric: str,
     alphas: Tensor,
     max_rows: int,
+    use_cache: bool,
 ) -> Float[Tensor, "target layer d_mlp"]:
-    acts = _clean_activations(model, site, batch)
+    acts, cache = _clean_pass(model, site, batch, use_cache and method != "activation")
     if method == "activation":
         return acts.abs()
-    n_targets = len(batch.target_row)
     device = batch.tokens.device
+
+    def make_rows(targets: Tensor) -> _Rows:
+        if cache is not None:
+            return _cached_rows(batch, cache, targets)
+        return _general_rows(batch, targets)
+
+    n_targets = len(batch.target_row)
     if method in ("grad_x_act", "neurgrad"):
         grads = []
         for start in range(0, n_targets, max_rows):
             t = torch.arange(start, min(start + max_rows, n_targets), device=device)
-            tokens, pos = _truncated_rows(batch, t)
-            grads.append(_row_gradients(model, site, tokens, pos, batch.target_token[t], metric))
+            grads.append(_row_gradients(model, site, make_rows(t), metric))
         g = torch.cat(grads)
         return g * acts if method == "grad_x_act" else g * acts.sign()
     # Integrated gradients: one row per (target, layer, step), all on the batch axis.
@@ -260,9 +324,8 @@ def _target_scores(
     for start in range(0, len(t_idx), max_rows):
         sl = slice(start, start + max_rows)
         t, layer, k = t_idx[sl], l_idx[sl], k_idx[sl]
-        tokens, pos = _truncated_rows(batch, t)
         value = alphas[k, None] * acts[t, layer]
-        g = _row_gradients(model, site, tokens, pos, batch.target_token[t], metric, layer, value)
+        g = _row_gradients(model, site, make_rows(t), metric, layer, value)
         own = g[torch.arange(len(t), device=device), layer]
         grad_sum.index_put_((t, layer), own, accumulate=True)
     return acts * grad_sum / n_steps
@@ -281,6 +344,7 @@ def attribute(
     rule: str = "midpoint",
     per_sample: bool = False,
     max_rows: int = 1024,
+    use_cache: bool | None = None,
 ) -> NeuronScores:
     """Scores every MLP neuron for the dataset's answers.
 
@@ -297,6 +361,9 @@ def attribute(
         rule: Integrated-gradients quadrature, see :func:`ig_alphas`.
         per_sample: Also keep every sample's score (needed by knowledge-neuron refinement).
         max_rows: Rows per forward/backward pass (bounds memory).
+        use_cache: Run each row as one token attending to the clean run's cached keys and
+            values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
+            :func:`supports_kv_cache`; ``False`` forces the general path, which re-runs ``z_m``.
 
     Returns:
         :class:`NeuronScores`.
@@ -316,6 +383,10 @@ def attribute(
     samples = tokenize(model, dataset)
     if batch_size is None:
         batch_size = 8 if method == "ig" else 32
+    if use_cache is None:
+        use_cache = supports_kv_cache(model)
+    elif use_cache and not supports_kv_cache(model):
+        raise ValueError("use_cache=True needs a TransformerBridge over a Hugging Face decoder")
     moments = Moments.zeros(resolved.n_layers, resolved.d_mlp)
     kept: Tensor | None = None
     if per_sample:
@@ -327,7 +398,7 @@ def attribute(
         disable=not progress,
         desc=f"{method} {dataset.name or ''}".strip(),
     ):
-        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows)
+        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows, use_cache)
         sample_scores = _per_sample(batch, scores)
         bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
         if bad.any():
@@ -346,6 +417,7 @@ def attribute(
         "n_layers": resolved.n_layers,
         "d_mlp": resolved.d_mlp,
         "model_name": model_name(model),
+        "kv_cache": use_cache,
         "dataset": dataset.name,
     }
     return NeuronScores(moments.mean, moments.std, moments.count, method, params, kept)
