@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
-from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
+from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
+from tl_capability.sites import NeuronSite, model_name, neuron_site, require_eval
 from tl_capability.stats import Moments
 
 METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
@@ -117,174 +118,6 @@ class NeuronScores:
         )
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the final residual is captured."""
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """Inputs of one forward pass whose rows each read one answer token.
-
-    ``pos[r]`` is the position whose neurons are patched or differentiated and whose logits
-    predict ``target[r]``. On the general path a row is ``z_m`` itself; on the cached path it
-    is the single token at the end of ``z_m``, attending to the clean run's keys and values.
-    """
-
-    tokens: Int[Tensor, "row pos"]
-    pos: Int[Tensor, " row"]
-    target: Int[Tensor, " row"]
-    forward_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def _general_rows(batch: Batch, targets: Tensor) -> _Rows:
-    """Rows holding ``z_m`` for the given targets, cut to the longest one."""
-    pos = batch.target_pos[targets]
-    width = int(pos.max()) + 1
-    tokens = batch.tokens[batch.target_row[targets], :width]
-    return _Rows(tokens, pos, batch.target_token[targets])
-
-
-def _cached_rows(batch: Batch, cache: Any, targets: Tensor) -> _Rows:
-    """One-token rows that attend to the clean run's cached keys/values of ``z_m[:-1]``.
-
-    Changing an activation at the last position of ``z_m`` changes nothing at earlier
-    positions (causal attention), so their keys and values are the clean run's: this is exact,
-    and each row costs one token instead of ``len(z_m)``.
-    """
-    from transformers import DynamicCache
-
-    rows, pos = batch.target_row[targets], batch.target_pos[targets]
-    width = int(pos.max())
-    past = DynamicCache()
-    for index, layer in enumerate(cache.layers):
-        past.update(layer.keys[rows, :, :width], layer.values[rows, :, :width], index)
-    mask = torch.arange(width + 1, device=pos.device)[None, :] < pos[:, None]
-    mask[:, width] = True
-    return _Rows(
-        batch.tokens[rows, pos][:, None],
-        torch.zeros_like(pos),
-        batch.target_token[targets],
-        {"past_key_values": past, "attention_mask": mask.long(), "position_ids": pos[:, None]},
-    )
-
-
-def _row_metric(model: Any, rows: _Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
-    """``P(target | row)`` (or its log) read at ``rows.pos``, unembedding only there."""
-    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
-    if rows.forward_kwargs:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            logits = model(rows.tokens, **rows.forward_kwargs)[index, rows.pos].float()
-    else:
-        captured: dict[str, Tensor] = {}
-
-        def grab(resid: Tensor, hook: Any) -> None:
-            captured["resid"] = resid
-            raise _StopForward
-
-        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        try:
-            with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
-                model(rows.tokens)
-        except _StopForward:
-            pass
-        resid = captured["resid"][index, rows.pos][:, None]
-        logits = model.unembed(model.ln_final(resid))[:, 0].float()
-    logp = logits.log_softmax(-1)[index, rows.target]
-    return logp if metric == "logprob" else logp.exp()
-
-
-def _clean_pass(
-    model: Any, site: NeuronSite, batch: Batch, use_cache: bool
-) -> tuple[Float[Tensor, "target layer d_mlp"], Any]:
-    """Each target's clean activation at every layer, and the key/value cache when asked."""
-    acts: list[Tensor] = [torch.empty(0)] * site.n_layers
-
-    def grab(layer: int):
-        def hook(act: Tensor, hook: Any) -> None:
-            acts[layer] = act[batch.target_row, batch.target_pos].detach().float()
-
-        return hook
-
-    fwd = [(site.hook_name(layer), grab(layer)) for layer in range(site.n_layers)]
-    cache = None
-    with torch.no_grad():
-        if use_cache:
-            with model.hooks(fwd_hooks=fwd):
-                _, cache = model(batch.tokens, use_cache=True, return_type="logits_and_cache")
-        else:
-            last = f"blocks.{site.n_layers - 1}.hook_resid_post"
-
-            def stop(resid: Tensor, hook: Any) -> None:
-                raise _StopForward
-
-            try:
-                with model.hooks(fwd_hooks=[*fwd, (last, stop)]):
-                    model(batch.tokens)
-            except _StopForward:
-                pass
-    return torch.stack(acts, dim=1), cache
-
-
-def supports_kv_cache(model: Any) -> bool:
-    """Whether ``model`` takes the fast, exact cached path (a bridge over a Hugging Face
-    decoder whose cache is a ``DynamicCache``); other models take the general path."""
-    if not hasattr(model, "original_model") or getattr(model.cfg, "is_encoder_decoder", False):
-        return False
-    try:
-        with torch.no_grad():
-            out = model(
-                torch.zeros(1, 2, dtype=torch.long, device=model_device(model)),
-                use_cache=True,
-                return_type="logits_and_cache",
-            )
-    except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError):
-        return False
-    cache = out[1] if isinstance(out, tuple) else None
-    return type(cache).__name__ == "DynamicCache" and hasattr(cache, "layers")
-
-
-def _row_gradients(
-    model: Any,
-    site: NeuronSite,
-    rows: _Rows,
-    metric: str,
-    patch_layer: Int[Tensor, " row"] | None = None,
-    patch_value: Float[Tensor, "row d_mlp"] | None = None,
-) -> Float[Tensor, "row layer d_mlp"]:
-    """Gradient of each row's metric w.r.t. the neurons at ``rows.pos``, for every layer.
-
-    With ``patch_layer``/``patch_value``, row ``r``'s activation at ``(patch_layer[r], pos[r])``
-    is replaced by ``patch_value[r]`` first, so its gradient there is taken at that point.
-    """
-    outputs: list[Tensor | None] = [None] * site.n_layers
-    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
-    pos = rows.pos
-
-    def capture(layer: int):
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            new = act.clone()
-            if patch_layer is not None:
-                sel = patch_layer == layer
-                if sel.any():
-                    new[index[sel], pos[sel]] = patch_value[sel].to(new.dtype)
-            if not new.requires_grad:  # frozen parameters: start the graph here
-                new.requires_grad_(True)
-            outputs[layer] = new
-            return new
-
-        return hook
-
-    fwd = [(site.hook_name(layer), capture(layer)) for layer in range(site.n_layers)]
-    with torch.enable_grad():
-        value = _row_metric(model, rows, metric, fwd)
-        grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
-    out = [
-        torch.zeros(len(index), site.d_mlp, device=index.device) if g is None else g[index, pos]
-        for g in grads
-    ]
-    return torch.stack(out, dim=1).float()
-
-
 def _target_scores(
     model: Any,
     site: NeuronSite,
@@ -295,22 +128,17 @@ def _target_scores(
     max_rows: int,
     use_cache: bool,
 ) -> Float[Tensor, "target layer d_mlp"]:
-    acts, cache = _clean_pass(model, site, batch, use_cache and method != "activation")
+    acts, cache = clean_pass(model, site, batch, use_cache and method != "activation")
     if method == "activation":
         return acts.abs()
     device = batch.tokens.device
-
-    def make_rows(targets: Tensor) -> _Rows:
-        if cache is not None:
-            return _cached_rows(batch, cache, targets)
-        return _general_rows(batch, targets)
 
     n_targets = len(batch.target_row)
     if method in ("grad_x_act", "neurgrad"):
         grads = []
         for start in range(0, n_targets, max_rows):
             t = torch.arange(start, min(start + max_rows, n_targets), device=device)
-            grads.append(_row_gradients(model, site, make_rows(t), metric))
+            grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric))
         g = torch.cat(grads)
         return g * acts if method == "grad_x_act" else g * acts.sign()
     # Integrated gradients: one row per (target, layer, step), all on the batch axis.
@@ -325,7 +153,7 @@ def _target_scores(
         sl = slice(start, start + max_rows)
         t, layer, k = t_idx[sl], l_idx[sl], k_idx[sl]
         value = alphas[k, None] * acts[t, layer]
-        g = _row_gradients(model, site, make_rows(t), metric, layer, value)
+        g = row_gradients(model, site, rows_for(batch, t, cache), metric, layer, value)
         own = g[torch.arange(len(t), device=device), layer]
         grad_sum.index_put_((t, layer), own, accumulate=True)
     return acts * grad_sum / n_steps
