@@ -24,6 +24,7 @@ after it are not in ``z_m`` and are dropped from the row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,14 @@ from tqdm.auto import tqdm
 
 from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
 from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
-from tl_capability.sites import NeuronSite, model_name, neuron_site, require_eval
-from tl_capability.stats import Moments
+from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
+from tl_capability.stats import (
+    Moments,
+    all_reduce_sum,
+    distributed_info,
+    load_atomic,
+    save_atomic,
+)
 
 METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
 METRICS = ("prob", "logprob")
@@ -173,6 +180,8 @@ def attribute(
     per_sample: bool = False,
     max_rows: int = 1024,
     use_cache: bool | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
 ) -> NeuronScores:
     """Scores every MLP neuron for the dataset's answers.
 
@@ -192,6 +201,14 @@ def attribute(
         use_cache: Run each row as one token attending to the clean run's cached keys and
             values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
             :func:`supports_kv_cache`; ``False`` forces the general path, which re-runs ``z_m``.
+        checkpoint_dir: Save the running statistics there (atomically) every
+            ``checkpoint_every`` batches; a run restarted with the same arguments resumes
+            where the last save left off and gives the same result.
+        checkpoint_every: Batches between checkpoints.
+
+    Under ``torchrun`` (``torch.distributed`` initialised, gloo or NCCL), every rank takes
+    every ``world_size``-th sample and the statistics are all-reduced: each rank returns the
+    same scores as a single process would.
 
     Returns:
         :class:`NeuronScores`.
@@ -215,28 +232,6 @@ def attribute(
         use_cache = supports_kv_cache(model)
     elif use_cache and not supports_kv_cache(model):
         raise ValueError("use_cache=True needs a TransformerBridge over a Hugging Face decoder")
-    moments = Moments.zeros(resolved.n_layers, resolved.d_mlp)
-    kept: Tensor | None = None
-    if per_sample:
-        kept = torch.zeros(len(samples), resolved.n_layers, resolved.d_mlp)
-    n_batches = -(-len(samples) // batch_size)
-    for batch in tqdm(
-        batches(model, samples, batch_size),
-        total=n_batches,
-        disable=not progress,
-        desc=f"{method} {dataset.name or ''}".strip(),
-    ):
-        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows, use_cache)
-        sample_scores = _per_sample(batch, scores)
-        bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
-        if bad.any():
-            index = int(batch.sample_index[bad.nonzero()[0, 0]])
-            raise ValueError(
-                f"non-finite {method} score for sample {index} ({dataset.prompts[index][:40]!r})"
-            )
-        moments.add(sample_scores)
-        if kept is not None:
-            kept[batch.sample_index.cpu()] = sample_scores.cpu()
     params = {
         "steps": steps if method == "ig" else None,
         "rule": rule if method == "ig" else None,
@@ -248,7 +243,82 @@ def attribute(
         "kv_cache": use_cache,
         "dataset": dataset.name,
     }
+    # Shard samples over torch.distributed ranks (round robin); each rank reduces its own.
+    rank, world = distributed_info()
+    mine = torch.arange(rank, len(samples), world)
+    local = [samples[i] for i in mine.tolist()]
+    moments = Moments.zeros(resolved.n_layers, resolved.d_mlp)
+    kept = torch.zeros(len(local), resolved.n_layers, resolved.d_mlp) if per_sample else None
+    checkpoint = None
+    done = 0
+    if checkpoint_dir is not None:
+        fingerprint = _fingerprint(dataset, method, params, batch_size, per_sample, rank, world)
+        checkpoint = Path(checkpoint_dir) / f"attribution-rank{rank}-of-{world}.safetensors"
+        if checkpoint.exists():
+            state, meta = load_atomic(checkpoint)
+            if meta["fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"{checkpoint} belongs to another run (dataset, method, parameters or "
+                    "batching differ); remove it or use another checkpoint_dir"
+                )
+            done = meta["batches_done"]
+            moments = Moments.from_state_dict(state)
+            if kept is not None:
+                kept = state["per_sample"]
+    n_batches = -(-len(local) // batch_size)
+    bar = tqdm(
+        total=n_batches,
+        initial=done,
+        disable=not progress,
+        desc=f"{method} {dataset.name or ''}".strip(),
+    )
+    for i, batch in enumerate(batches(model, local, batch_size)):
+        if i < done:
+            continue
+        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows, use_cache)
+        sample_scores = _per_sample(batch, scores)
+        bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
+        if bad.any():
+            index = int(mine[batch.sample_index[bad.nonzero()[0, 0]].cpu()])
+            raise ValueError(
+                f"non-finite {method} score for sample {index} ({dataset.prompts[index][:40]!r})"
+            )
+        moments.add(sample_scores)
+        if kept is not None:
+            kept[batch.sample_index.cpu()] = sample_scores.cpu()
+        bar.update()
+        if checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == n_batches):
+            state = moments.state_dict() | ({"per_sample": kept} if kept is not None else {})
+            save_atomic(checkpoint, state, {"fingerprint": fingerprint, "batches_done": i + 1})
+    bar.close()
+    count, total, total_sq = all_reduce_sum(
+        [torch.tensor([moments.count], dtype=torch.float64), moments.total, moments.total_sq],
+        model_device(model),
+    )
+    moments = Moments(int(count.item()), total, total_sq)
+    if kept is not None and world > 1:
+        full = torch.zeros(len(samples), resolved.n_layers, resolved.d_mlp)
+        full[mine] = kept
+        (kept,) = all_reduce_sum([full], model_device(model))
     return NeuronScores(moments.mean, moments.std, moments.count, method, params, kept)
+
+
+def _fingerprint(
+    dataset: CapabilityDataset,
+    method: str,
+    params: dict[str, Any],
+    batch_size: int,
+    per_sample: bool,
+    rank: int,
+    world: int,
+) -> str:
+    """A hash of everything that determines a run's batches and scores."""
+    h = hashlib.sha256()
+    for p, a in zip(dataset.prompts, dataset.answers, strict=True):
+        h.update(f"{p}\x00{a}\x01".encode())
+    config = [method, params, batch_size, per_sample, rank, world]
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def _per_sample(batch: Batch, scores: Tensor) -> Float[Tensor, "batch layer d_mlp"]:

@@ -2,15 +2,22 @@
 
 Attribution over a dataset of any length keeps only a count, a sum and a sum of squares per
 neuron, in float64. Two :class:`Moments` over disjoint shards merge exactly (``a + b``), which is
-what lets distributed ranks all-reduce and interrupted runs resume from a checkpoint.
+what lets distributed ranks all-reduce (:func:`all_reduce_sum`) and interrupted runs resume from
+an atomic checkpoint (:func:`save_atomic`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 
@@ -80,3 +87,49 @@ class Moments:
     def from_state_dict(cls, state: dict[str, Tensor]) -> Moments:
         """Inverse of :meth:`state_dict`."""
         return cls(int(state["count"][0]), state["total"].double(), state["total_sq"].double())
+
+
+def distributed_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the ``torch.distributed`` group, or ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensors: list[Tensor], device: torch.device | None = None) -> list[Tensor]:
+    """Sums tensors across ranks (a no-op in a single process); returns them on the CPU.
+
+    NCCL reduces only GPU tensors, so they travel through ``device`` (the model's) there.
+    """
+    import torch.distributed as dist
+
+    if distributed_info()[1] == 1:
+        return tensors
+    use = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = []
+    for t in tensors:
+        moved = t.to(use).contiguous()
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        out.append(moved.cpu())
+    return out
+
+
+def save_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Writes ``path`` (safetensors, with ``meta`` as JSON in its header) atomically: a run
+    killed mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)}
+    )
+    os.replace(tmp, path)
+
+
+def load_atomic(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Reads what :func:`save_atomic` wrote."""
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    return tensors, meta
