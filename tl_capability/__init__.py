@@ -7,8 +7,10 @@ model (:mod:`tl_capability.zoo`), so that everything runs offline.
 See the README for the quickstart and ``tutorials/`` for the methods.
 """
 
+from tl_capability.attribution import NeuronScores, attribute, ig_alphas
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.evaluate import accuracy, answer_correct
+from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.sites import NeuronSite, neuron_site, require_eval
 
 __version__ = "0.1.0"
@@ -16,12 +18,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "CapabilityDataset",
+    "EmpiricalNEG",
+    "NeuronScores",
     "NeuronSite",
     "TokenizedSample",
     "__version__",
     "accuracy",
     "answer_correct",
+    "attribute",
     "batches",
+    "empirical_neg",
+    "ig_alphas",
     "neuron_site",
     "require_eval",
     "tokenize",
