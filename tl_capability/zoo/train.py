@@ -1,7 +1,7 @@
 """Trains the zoo model from scratch and writes it as a Hugging Face directory.
 
 Run ``python -m tl_capability.zoo.train`` to regenerate the shipped weights in
-``tl_capability/zoo/model/`` (about 20 minutes on 2 CPU cores). Training is deterministic for a
+``tl_capability/zoo/model/`` (about 36 minutes on 2 CPU cores). Training is deterministic for a
 given seed, torch version and thread count: examples come from seeded generators
 (:mod:`tl_capability.zoo.tasks`), the batches round-robin over the tasks, and the loss is read
 only on answer tokens.
@@ -72,7 +72,7 @@ def exact_match(model, tokenizer, examples: list[Example], batch_size: int = 256
 
 def train(
     out: Path = MODEL_DIR,
-    steps: int = 3000,
+    steps: int = 4000,
     batch_size: int = 128,
     lr: float = 3e-3,
     seed: int = 0,
@@ -158,7 +158,7 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
