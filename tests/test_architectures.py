@@ -110,3 +110,15 @@ def test_cached_path_equals_the_general_path_and_the_reference(arch_model, metho
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
     ref = reference_scores(model, ds, method, steps=3)
     torch.testing.assert_close(fast.per_sample, ref, rtol=1e-4, atol=1e-7)
+
+
+def test_empirical_neg_cached_equals_general(arch_model):
+    from tl_capability.neg import empirical_neg
+
+    _, _, model = arch_model
+    ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"])
+    neurons = [(0, 3), (1, 100), (1, 5)]
+    fast = empirical_neg(model, ds, neurons, progress=False, use_cache=True)
+    slow = empirical_neg(model, ds, neurons, progress=False, use_cache=False)
+    torch.testing.assert_close(fast.delta, slow.delta, rtol=1e-4, atol=1e-8)
+    assert fast.delta.abs().max() > 0

@@ -145,24 +145,25 @@ def _target_scores(
         grads = []
         for start in range(0, n_targets, max_rows):
             t = torch.arange(start, min(start + max_rows, n_targets), device=device)
-            grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric))
+            grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
         return g * acts if method == "grad_x_act" else g * acts.sign()
-    # Integrated gradients: one row per (target, layer, step), all on the batch axis.
-    n_layers, n_steps = site.n_layers, len(alphas)
-    t_idx, l_idx, k_idx = torch.meshgrid(
-        torch.arange(n_targets), torch.arange(n_layers), torch.arange(n_steps), indexing="ij"
+    # Integrated gradients: one row per (target, step), one layer per pass, so the backward
+    # pass stops at that layer instead of running down to the embeddings.
+    n_steps = len(alphas)
+    t_idx, k_idx = (
+        x.flatten().to(device)
+        for x in torch.meshgrid(torch.arange(n_targets), torch.arange(n_steps), indexing="ij")
     )
-    t_idx, l_idx, k_idx = (x.flatten().to(device) for x in (t_idx, l_idx, k_idx))
     alphas = alphas.to(device)
-    grad_sum = torch.zeros(n_targets, n_layers, site.d_mlp, device=device)
-    for start in range(0, len(t_idx), max_rows):
-        sl = slice(start, start + max_rows)
-        t, layer, k = t_idx[sl], l_idx[sl], k_idx[sl]
-        value = alphas[k, None] * acts[t, layer]
-        g = row_gradients(model, site, rows_for(batch, t, cache), metric, layer, value)
-        own = g[torch.arange(len(t), device=device), layer]
-        grad_sum.index_put_((t, layer), own, accumulate=True)
+    grad_sum = torch.zeros(n_targets, site.n_layers, site.d_mlp, device=device)
+    for layer in range(site.n_layers):
+        for start in range(0, len(t_idx), max_rows):
+            t, k = t_idx[start : start + max_rows], k_idx[start : start + max_rows]
+            value = alphas[k, None] * acts[t, layer]
+            rows = rows_for(batch, t, cache)
+            g = row_gradients(model, site, rows, metric, layer, value)
+            grad_sum[:, layer].index_add_(0, t, g[:, 0])
     return acts * grad_sum / n_steps
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import CapabilityDataset, batches, tokenize
-from tl_capability.rows import clean_pass, row_metric, rows_for, supports_kv_cache
+from tl_capability.rows import Rows, clean_pass, row_metric, rows_for, supports_kv_cache
 from tl_capability.sites import NeuronSite, neuron_site, require_eval
 
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
@@ -103,6 +103,7 @@ def empirical_neg(
     batch_size: int = 8,
     max_rows: int = 2048,
     progress: bool = True,
+    use_cache: bool | None = None,
 ) -> EmpiricalNEG:
     """Measures each neuron's NEG by shifting its activation and re-reading the answer.
 
@@ -118,6 +119,8 @@ def empirical_neg(
         batch_size: Samples per batch.
         max_rows: Patched rows per forward pass.
         progress: Show a progress bar.
+        use_cache: One-token rows over the clean run's keys/values (see
+            :func:`tl_capability.attribute`); ``None`` uses them where the model supports it.
 
     Returns:
         :class:`EmpiricalNEG`, samples in dataset order.
@@ -131,7 +134,8 @@ def empirical_neg(
     pairs = as_neuron_list(neurons, resolved)
     samples = tokenize(model, dataset)
     x = torch.tensor(sorted({-v for v in shifts} | set(shifts)), dtype=torch.float32)
-    use_cache = supports_kv_cache(model)
+    if use_cache is None:
+        use_cache = supports_kv_cache(model)
     n_neurons, n_shifts = len(pairs), len(x)
     delta = torch.zeros(len(samples), n_neurons, n_shifts)
     n_batches = -(-len(samples) // batch_size)
@@ -167,7 +171,7 @@ def empirical_neg(
             sign = torch.where(a < 0, -1.0, 1.0)
             value = a + x.to(device)[s] * sign
             rows = rows_for(batch, t, cache)
-            hooks = _patch_hooks(resolved, rows.pos, layer, neuron, value)
+            hooks = _patch_hooks(resolved, rows, layer, neuron, value)
             with torch.no_grad():
                 d[t, n, s] = row_metric(model, rows, metric, hooks) - clean[t]
         per_row = torch.zeros(batch.tokens.shape[0], n_neurons, n_shifts, device=device)
@@ -180,19 +184,19 @@ def empirical_neg(
 
 def _patch_hooks(
     site: NeuronSite,
-    pos: Tensor,
+    rows: Rows,
     layer: Tensor,
     neuron: Tensor,
     value: Tensor,
 ) -> list:
-    """Forward hooks that set row r's neuron ``(layer[r], neuron[r])`` at ``pos[r]``."""
-    index = torch.arange(len(pos), device=pos.device)
+    """Forward hooks that set row r's neuron ``(layer[r], neuron[r])`` to ``value[r]``."""
+    seq, pos = rows.seq, rows.pos
 
     def patch(target_layer: int):
         def hook(act: Tensor, hook: Any) -> Tensor:
             sel = layer == target_layer
             new = act.clone()
-            new[index[sel], pos[sel], neuron[sel]] = value[sel].to(new.dtype)
+            new[seq[sel], pos[sel], neuron[sel]] = value[sel].to(new.dtype)
             return new
 
         return hook

@@ -29,49 +29,69 @@ class StopForward(Exception):
 
 @dataclass(frozen=True)
 class Rows:
-    """Inputs of one forward pass whose rows each read one answer token.
+    """Inputs of one forward pass, and where each of its rows reads one answer token.
 
-    ``pos[r]`` is the position whose neurons are patched or differentiated and whose logits
-    predict ``target[r]``. On the general path a row is ``z_m`` itself; on the cached path it
-    is the single token at the end of ``z_m``, attending to the clean run's keys and values.
+    Row ``r`` lives at ``(seq[r], pos[r])`` of ``tokens``: the position whose neurons are
+    patched or differentiated and whose logits predict ``target[r]``. On the general path each
+    row is a sequence of its own, ``z_m``. On the cached path each row is a single token at
+    the end of ``z_m``; the rows of one target share a sequence, each attending to the clean
+    run's keys and values of ``z_m[:-1]`` and to itself only (a 4-D attention mask), so the
+    cache is stored once per target, not once per row.
     """
 
-    tokens: Int[Tensor, "row pos"]
+    tokens: Int[Tensor, "seq pos"]
+    seq: Int[Tensor, " row"]
     pos: Int[Tensor, " row"]
     target: Int[Tensor, " row"]
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def general_rows(batch: Batch, targets: Tensor) -> Rows:
-    """Rows holding ``z_m`` for the given targets, cut to the longest one."""
+    """One sequence ``z_m`` per target, cut to the longest one."""
     pos = batch.target_pos[targets]
     width = int(pos.max()) + 1
     tokens = batch.tokens[batch.target_row[targets], :width]
-    return Rows(tokens, pos, batch.target_token[targets])
+    seq = torch.arange(len(targets), device=pos.device)
+    return Rows(tokens, seq, pos, batch.target_token[targets])
 
 
 def cached_rows(batch: Batch, cache: Any, targets: Tensor) -> Rows:
-    """One-token rows that attend to the clean run's cached keys/values of ``z_m[:-1]``.
+    """Rows of one token each over the clean run's cached keys/values (``targets`` sorted).
 
     Changing an activation at the last position of ``z_m`` changes nothing at earlier
     positions (causal attention), so their keys and values are the clean run's: this is exact,
-    and each row costs one token instead of ``len(z_m)``.
+    and a row costs one token instead of ``len(z_m)``. Rows of the same target share one
+    sequence and one copy of the cache; a 4-D mask lets each see the cache and itself only.
     """
     from transformers import DynamicCache
 
-    rows, pos = batch.target_row[targets], batch.target_pos[targets]
-    width = int(pos.max())
+    device = targets.device
+    unique, counts = torch.unique_consecutive(targets, return_counts=True)
+    if len(unique) != len(torch.unique(targets)):
+        raise ValueError("cached rows need their targets sorted")
+    seq = torch.repeat_interleave(torch.arange(len(unique), device=device), counts)
+    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    offset = torch.arange(len(targets), device=device) - starts
+    source, q = batch.target_row[unique], batch.target_pos[unique]
+    width, n_rows = int(q.max()), int(counts.max())
     past = DynamicCache()
     for index, layer in enumerate(cache.layers):
-        past.update(layer.keys[rows, :, :width], layer.values[rows, :, :width], index)
-    mask = torch.arange(width + 1, device=pos.device)[None, :] < pos[:, None]
-    mask[:, width] = True
-    return Rows(
-        batch.tokens[rows, pos][:, None],
-        torch.zeros_like(pos),
-        batch.target_token[targets],
-        {"past_key_values": past, "attention_mask": mask.long(), "position_ids": pos[:, None]},
-    )
+        past.update(layer.keys[source, :, :width], layer.values[source, :, :width], index)
+    tokens = torch.zeros(len(unique), n_rows, dtype=torch.long, device=device)
+    tokens[seq, offset] = batch.tokens[source[seq], q[seq]]
+    allowed = torch.zeros(len(unique), n_rows, width + n_rows, dtype=torch.bool, device=device)
+    allowed[:, :, :width] = (torch.arange(width, device=device) < q[:, None])[:, None, :]
+    own = torch.arange(n_rows, device=device)
+    allowed[:, own, width + own] = True
+    dtype = cache.layers[0].keys.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    kwargs = {
+        "past_key_values": past,
+        "attention_mask": mask[:, None],
+        "position_ids": q[:, None].expand(-1, n_rows),
+    }
+    return Rows(tokens, seq, offset, batch.target_token[targets], kwargs)
 
 
 def rows_for(batch: Batch, targets: Tensor, cache: Any = None) -> Rows:
@@ -80,27 +100,25 @@ def rows_for(batch: Batch, targets: Tensor, cache: Any = None) -> Rows:
 
 
 def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
-    """``P(target | row)`` (or its log) read at ``rows.pos``, unembedding only there."""
-    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
-    if rows.forward_kwargs:
-        with model.hooks(fwd_hooks=fwd_hooks):
-            # Cached rows hold one token: position 0, read as a view (no gather to back-propagate).
-            logits = model(rows.tokens, **rows.forward_kwargs)[:, 0]
-    else:
-        captured: dict[str, Tensor] = {}
+    """``P(target | row)`` (or its log) of every row.
 
-        def grab(resid: Tensor, hook: Any) -> None:
-            captured["resid"] = resid
-            raise StopForward
+    The forward pass stops at the last block; the final norm and the unembedding then run on
+    the rows' positions only, so no logits are computed for positions nobody reads.
+    """
+    captured: dict[str, Tensor] = {}
 
-        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-        try:
-            with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
-                model(rows.tokens)
-        except StopForward:
-            pass
-        resid = captured["resid"][index, rows.pos][:, None]
-        logits = model.unembed(model.ln_final(resid))[:, 0]
+    def grab(resid: Tensor, hook: Any) -> None:
+        captured["resid"] = resid
+        raise StopForward
+
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    try:
+        with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
+            model(rows.tokens, **rows.forward_kwargs)
+    except StopForward:
+        pass
+    resid = captured["resid"][rows.seq, rows.pos][:, None]
+    logits = model.unembed(model.ln_final(resid))[:, 0]
     logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
 
@@ -160,40 +178,39 @@ def row_gradients(
     site: NeuronSite,
     rows: Rows,
     metric: str,
-    patch_layer: Int[Tensor, " row"] | None = None,
+    layer: int | None,
     patch_value: Float[Tensor, "row d_mlp"] | None = None,
 ) -> Float[Tensor, "row layer d_mlp"]:
-    """Gradient of each row's metric w.r.t. the neurons at ``rows.pos``, for every layer.
+    """Gradient of each row's metric w.r.t. the neurons at the row's position.
 
-    With ``patch_layer``/``patch_value``, row ``r``'s activation at ``(patch_layer[r], pos[r])``
-    is replaced by ``patch_value[r]`` first, so its gradient there is taken at that point.
+    Args:
+        layer: Differentiate at this layer only (the backward pass then stops there), or at
+            every layer when ``None``.
+        patch_value: With ``layer``, each row's activation there is first replaced by its
+            ``patch_value``, so the gradient is taken at that point (integrated gradients).
+
+    Returns:
+        ``[row, layer, d_mlp]``; the layer axis has one entry when ``layer`` is given.
     """
-    outputs: list[Tensor | None] = [None] * site.n_layers
-    index = torch.arange(rows.tokens.shape[0], device=rows.tokens.device)
-    pos = rows.pos
+    layers = range(site.n_layers) if layer is None else [layer]
+    outputs: list[Tensor] = []
+    seq, pos = rows.seq, rows.pos
 
-    def capture(layer: int):
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            new = act.clone()
-            if patch_layer is not None:
-                sel = patch_layer == layer
-                if sel.any():
-                    new[index[sel], pos[sel]] = patch_value[sel].to(new.dtype)
-            if not new.requires_grad:  # frozen parameters: start the graph here
-                new.requires_grad_(True)
-            outputs[layer] = new
-            return new
+    def capture(act: Tensor, hook: Any) -> Tensor:
+        new = act.clone()
+        if patch_value is not None:
+            new[seq, pos] = patch_value.to(new.dtype)
+        if not new.requires_grad:  # frozen parameters: start the graph here
+            new.requires_grad_(True)
+        outputs.append(new)
+        return new
 
-        return hook
-
-    fwd = [(site.hook_name(layer), capture(layer)) for layer in range(site.n_layers)]
+    fwd = [(site.hook_name(lay), capture) for lay in layers]
     with torch.enable_grad():
         value = row_metric(model, rows, metric, fwd)
         grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
     out = [
-        torch.zeros(len(index), site.d_mlp, device=index.device)
-        if g is None
-        else (g[:, 0] if rows.forward_kwargs else g[index, pos])
+        torch.zeros(len(seq), site.d_mlp, device=seq.device) if g is None else g[seq, pos]
         for g in grads
     ]
     return torch.stack(out, dim=1).float()
