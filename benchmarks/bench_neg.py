@@ -53,7 +53,7 @@ def main() -> None:
     n_neurons = everything.sum().item()
     print(
         f"zoo model, {args.capability}: {args.samples} samples, {n_neurons} neurons, "
-        f"shifts ±{list(measured.shifts[measured.shifts > 0].tolist())}, "
+        f"shifts ±{[round(v, 3) for v in measured.shifts[measured.shifts > 0].tolist()]}, "
         f"{torch.get_num_threads()} CPU threads"
     )
     print(f"brute-force empirical NEG : {t_brute:8.2f} s")

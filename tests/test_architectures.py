@@ -122,3 +122,23 @@ def test_empirical_neg_cached_equals_general(arch_model):
     slow = empirical_neg(model, ds, neurons, progress=False, use_cache=False)
     torch.testing.assert_close(fast.delta, slow.delta, rtol=1e-4, atol=1e-8)
     assert fast.delta.abs().max() > 0
+
+
+def test_cached_rows_split_into_groups_read_the_same_values(arch_model):
+    """Rows of one target spread over several sequences give the same metric as one sequence."""
+    from tl_capability import batches
+    from tl_capability.rows import cached_rows, clean_pass, general_rows, row_metric
+
+    _, _, model = arch_model
+    ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"])
+    (batch,) = batches(model, ds, 8)
+    _, cache = clean_pass(model, neuron_site(model), batch, use_cache=True)
+    targets = torch.tensor([0, 0, 0, 0, 0, 1, 2, 2, 3, 4])
+    with torch.no_grad():
+        one = row_metric(model, cached_rows(batch, cache, targets, group=64), "prob", [])
+        split = row_metric(model, cached_rows(batch, cache, targets, group=2), "prob", [])
+        plain = row_metric(model, general_rows(batch, targets), "prob", [])
+    torch.testing.assert_close(split, one, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(one, plain, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="sorted"):
+        cached_rows(batch, cache, torch.tensor([1, 0]))

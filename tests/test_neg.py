@@ -60,9 +60,11 @@ def test_small_shifts_recover_neurgrad(model):
     """Finite differences: with tiny shifts the empirical slope is the NeurGrad gradient."""
     grads = attribute(model, DATA, "neurgrad", per_sample=True, progress=False)
     neurons = _top_neurons(grads, 10)
-    result = empirical_neg(model, DATA, neurons, shifts=[1e-3, 2e-3], progress=False)
+    result = empirical_neg(model, DATA, neurons, shifts=[1e-2, 2e-2], progress=False)
     expected = grads.per_sample[:, neurons[:, 0], neurons[:, 1]]
-    torch.testing.assert_close(result.slope, expected, rtol=2e-2, atol=1e-6)
+    # float32 finite differences: judge the error against the scale of the gradients.
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(result.slope, expected, rtol=2e-2, atol=2e-2 * scale)
     assert (result.r.abs() > 0.99).all()  # linear; the sign of r is the sign of the slope
 
 

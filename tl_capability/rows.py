@@ -55,31 +55,37 @@ def general_rows(batch: Batch, targets: Tensor) -> Rows:
     return Rows(tokens, seq, pos, batch.target_token[targets])
 
 
-def cached_rows(batch: Batch, cache: Any, targets: Tensor) -> Rows:
+def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = 64) -> Rows:
     """Rows of one token each over the clean run's cached keys/values (``targets`` sorted).
 
     Changing an activation at the last position of ``z_m`` changes nothing at earlier
     positions (causal attention), so their keys and values are the clean run's: this is exact,
-    and a row costs one token instead of ``len(z_m)``. Rows of the same target share one
-    sequence and one copy of the cache; a 4-D mask lets each see the cache and itself only.
+    and a row costs one token instead of ``len(z_m)``. Up to ``group`` rows of the same target
+    share one sequence and one copy of the cache; a 4-D mask lets each see the cache and itself
+    only (bigger groups would make attention quadratic in the number of rows).
     """
     from transformers import DynamicCache
 
     device = targets.device
-    unique, counts = torch.unique_consecutive(targets, return_counts=True)
-    if len(unique) != len(torch.unique(targets)):
+    if (targets[1:] < targets[:-1]).any():
         raise ValueError("cached rows need their targets sorted")
-    seq = torch.repeat_interleave(torch.arange(len(unique), device=device), counts)
-    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    offset = torch.arange(len(targets), device=device) - starts
-    source, q = batch.target_row[unique], batch.target_pos[unique]
-    width, n_rows = int(q.max()), int(counts.max())
+    n = len(targets)
+    first = torch.ones(n, dtype=torch.bool, device=device)
+    first[1:] = targets[1:] != targets[:-1]
+    run_start = torch.cummax(torch.where(first, torch.arange(n, device=device), 0), 0).values
+    rank = torch.arange(n, device=device) - run_start  # row's index among its target's rows
+    new_seq = first | (rank % group == 0)
+    seq = new_seq.long().cumsum(0) - 1
+    pos = rank % group
+    owner = targets[new_seq]  # the target of each sequence
+    source, q = batch.target_row[owner], batch.target_pos[owner]
+    width, n_rows = int(q.max()), int(pos.max()) + 1
     past = DynamicCache()
     for index, layer in enumerate(cache.layers):
         past.update(layer.keys[source, :, :width], layer.values[source, :, :width], index)
-    tokens = torch.zeros(len(unique), n_rows, dtype=torch.long, device=device)
-    tokens[seq, offset] = batch.tokens[source[seq], q[seq]]
-    allowed = torch.zeros(len(unique), n_rows, width + n_rows, dtype=torch.bool, device=device)
+    tokens = torch.zeros(len(owner), n_rows, dtype=torch.long, device=device)
+    tokens[seq, pos] = batch.tokens[source[seq], q[seq]]
+    allowed = torch.zeros(len(owner), n_rows, width + n_rows, dtype=torch.bool, device=device)
     allowed[:, :, :width] = (torch.arange(width, device=device) < q[:, None])[:, None, :]
     own = torch.arange(n_rows, device=device)
     allowed[:, own, width + own] = True
@@ -91,7 +97,7 @@ def cached_rows(batch: Batch, cache: Any, targets: Tensor) -> Rows:
         "attention_mask": mask[:, None],
         "position_ids": q[:, None].expand(-1, n_rows),
     }
-    return Rows(tokens, seq, offset, batch.target_token[targets], kwargs)
+    return Rows(tokens, seq, pos, batch.target_token[targets], kwargs)
 
 
 def rows_for(batch: Batch, targets: Tensor, cache: Any = None) -> Rows:
