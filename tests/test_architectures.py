@@ -142,3 +142,22 @@ def test_cached_rows_split_into_groups_read_the_same_values(arch_model):
     torch.testing.assert_close(one, plain, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="sorted"):
         cached_rows(batch, cache, torch.tensor([1, 0]))
+
+
+def test_bf16_model_accumulates_in_float32(tmp_path):
+    """A bf16 model's scores come back as float32 and agree with the float32 model's."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability.attribution import attribute
+
+    directory = save_hf_model("gpt2", tmp_path / "gpt2")
+    full = TransformerBridge.boot_transformers(str(directory))
+    low = TransformerBridge.boot_transformers(str(directory), dtype=torch.bfloat16)
+    full.eval()
+    low.eval()
+    ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    ref = attribute(full, ds, "grad_x_act", progress=False)
+    got = attribute(low, ds, "grad_x_act", progress=False)
+    assert got.values.dtype == torch.float32 and torch.isfinite(got.values).all()
+    corr = torch.corrcoef(torch.stack([got.values.flatten(), ref.values.flatten()]))[0, 1]
+    assert corr > 0.95, corr

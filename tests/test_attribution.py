@@ -183,3 +183,16 @@ def test_frozen_parameters_still_get_gradients(model):
         for p in model.parameters():
             p.requires_grad_(True)
     torch.testing.assert_close(frozen.values, base.values)
+
+
+def test_non_finite_scores_name_the_sample_and_leave_no_hooks(model):
+    def poison(resid, hook):
+        return resid * float("nan")
+
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", poison)]):
+        with pytest.raises(ValueError, match=r"non-finite grad_x_act score for sample \d"):
+            attribute(model, DATA, "grad_x_act", progress=False)
+        # the user's hook is still there, the library's are gone
+        assert len(model.hook_dict["blocks.0.hook_resid_post"]._forward_hooks) == 1
+        assert not model.hook_dict["blocks.0.mlp.hook_post"]._forward_hooks
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values())
