@@ -1,0 +1,127 @@
+"""Interventions: what they do to activations, composition, hygiene, generation."""
+
+import pytest
+import torch
+
+from tl_capability import CapabilityDataset, accuracy, batches
+from tl_capability.interventions import ablate, answer_positions, mean_activations
+from tl_capability.masks import NeuronMask
+
+pytestmark = pytest.mark.core
+
+TOKENS = torch.tensor([[0, 5, 6, 7, 8], [0, 9, 10, 11, 12]])
+
+
+def _post(model, tokens=TOKENS):
+    cache = {}
+    hooks = [
+        (f"blocks.{lay}.mlp.hook_post", lambda a, hook, lay=lay: cache.__setitem__(lay, a))
+        for lay in range(model.cfg.n_layers)
+    ]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens)
+    return cache
+
+
+def _mask(model):
+    return NeuronMask.from_indices([(0, 3), (0, 7), (1, 11)], model.cfg.n_layers, model.cfg.d_mlp)
+
+
+def _no_hooks(model):
+    return not any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+
+
+@pytest.mark.parametrize(
+    "mode,kw,expect",
+    [
+        ("zero", {}, lambda a: torch.zeros_like(a)),
+        ("scale", {"factor": 3.0}, lambda a: 3 * a),
+        ("add", {"shift": 0.5}, lambda a: a + 0.5 * torch.where(a < 0, -1.0, 1.0)),
+        ("value", {"value": 1.25}, lambda a: torch.full_like(a, 1.25)),
+    ],
+)
+def test_modes_change_exactly_the_masked_neurons(model, mode, kw, expect):
+    mask = _mask(model)
+    clean = _post(model)
+    # Observe layer 1 with layer 0 untouched: ablate only layer-1 neurons for a clean read.
+    only1 = NeuronMask.from_indices([(1, 11)], model.cfg.n_layers, model.cfg.d_mlp)
+    with ablate(model, only1, mode, **kw):
+        edited = _post(model)
+    torch.testing.assert_close(edited[1][..., 11], expect(clean[1][..., 11]))
+    others = torch.ones(model.cfg.d_mlp, dtype=torch.bool)
+    others[11] = False
+    torch.testing.assert_close(edited[1][..., others], clean[1][..., others])
+    assert _no_hooks(model)
+    with ablate(model, mask, mode, **kw):
+        assert len(_post(model)) == model.cfg.n_layers
+    assert _no_hooks(model)
+
+
+def test_mean_mode_and_positions(model):
+    ds = CapabilityDataset.from_pairs(["ab", "cde"], ["x", "yz"])
+    means = mean_activations(model, ds)
+    assert means.shape == (model.cfg.n_layers, model.cfg.d_mlp)
+    only0 = NeuronMask.from_indices([(0, 3)], model.cfg.n_layers, model.cfg.d_mlp)
+    with ablate(model, only0, "mean", means=means):
+        got = _post(model)[0][..., 3]
+    torch.testing.assert_close(got, torch.full_like(got, means[0, 3].item()))
+    (batch,) = batches(model, ds, 4)
+    pos = answer_positions(batch)
+    clean = _post(model, batch.tokens)
+    with ablate(model, only0, positions=pos):
+        edited = _post(model, batch.tokens)
+    assert (edited[0][..., 3][pos] == 0).all()
+    torch.testing.assert_close(edited[0][..., 3][~pos], clean[0][..., 3][~pos])
+    with pytest.raises(ValueError, match="needs means"):
+        only0.hooks("mean")
+
+
+def test_hooks_are_removed_after_an_exception_and_user_hooks_survive(model):
+    seen = []
+    model.add_hook("blocks.0.mlp.hook_post", lambda a, hook: seen.append(1))
+    try:
+        with pytest.raises(RuntimeError, match="boom"), ablate(model, _mask(model)):
+            model(TOKENS)
+            raise RuntimeError("boom")
+        hooks = model.hook_dict["blocks.0.mlp.hook_post"]._forward_hooks
+        assert len(hooks) == 1  # the user's hook, not ours
+        seen.clear()
+        model(TOKENS)
+        assert seen == [1]
+    finally:
+        model.reset_hooks()
+    assert _no_hooks(model)
+
+
+def test_composes_with_run_with_cache_and_a_user_hook(model):
+    mask = _mask(model)
+    calls = []
+
+    def user(act, hook):
+        calls.append(act[..., 3].abs().sum().item())
+
+    with model.hooks(fwd_hooks=[*mask.hooks(), ("blocks.0.mlp.hook_post", user)]):
+        _, cache = model.run_with_cache(TOKENS)
+    assert calls == [0.0]  # the user's hook ran after the ablation and saw it
+    assert (cache["blocks.0.mlp.hook_post"][..., [3, 7]] == 0).all()
+    assert (cache["blocks.1.mlp.hook_post"][..., 11] == 0).all()
+    assert _no_hooks(model)
+
+
+def test_ablation_changes_accuracy_only_inside_the_block(model):
+    ds = CapabilityDataset.from_pairs(["ab", "cd"], ["x", "y"])
+    everything = NeuronMask(torch.ones(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool))
+    before = model(TOKENS)
+    with ablate(model, everything):
+        inside = model(TOKENS)
+        accuracy(model, ds)
+    assert not torch.allclose(before, inside)
+    torch.testing.assert_close(model(TOKENS), before)
+
+
+def test_foreign_mask_is_refused(model):
+    other = NeuronMask.empty(model.cfg.n_layers + 1, model.cfg.d_mlp)
+    with pytest.raises(ValueError, match="not 2 x 128"), ablate(model, other):
+        pass
+    with pytest.raises(ValueError, match="mode must be"):
+        _mask(model).hooks("delete")

@@ -1,0 +1,118 @@
+"""Neuron masks: selection, algebra, metrics, placebos, persistence."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tl_capability.masks import NeuronMask, coarse_masks, refine, select
+
+pytestmark = pytest.mark.core
+
+SHAPE = (3, 16)
+
+
+def masks(shape=SHAPE):
+    return st.lists(st.booleans(), min_size=shape[0] * shape[1], max_size=shape[0] * shape[1]).map(
+        lambda bits: NeuronMask(torch.tensor(bits).view(*shape))
+    )
+
+
+@given(masks(), masks())
+def test_overlap_and_iou_are_symmetric_bounded_and_ordered(a, b):
+    assert a.overlap(b) == pytest.approx(b.overlap(a))
+    assert a.iou(b) == pytest.approx(b.iou(a))
+    assert 0.0 <= a.iou(b) <= a.overlap(b) + 1e-12 <= 1.0 + 1e-12
+    assert a.overlap(a) == 1.0 and a.iou(a) == 1.0
+
+
+@given(masks(), masks(), masks())
+def test_set_algebra_laws(a, b, c):
+    assert ~(a | b) == (~a & ~b)
+    assert ~(a & b) == (~a | ~b)
+    assert (a - b) == (a & ~b)
+    assert (a & (b | c)) == ((a & b) | (a & c))
+    assert len(a | b) == len(a) + len(b) - len(a & b)
+    assert ~~a == a
+
+
+@settings(max_examples=25)
+@given(masks(), st.integers(0, 10_000))
+def test_random_like_keeps_per_layer_counts(a, seed):
+    r = a.random_like(seed=seed)
+    assert r.per_layer() == a.per_layer()
+    assert r == a.random_like(seed=seed)
+
+
+@settings(max_examples=25, deadline=None)
+@given(masks())
+def test_save_load_round_trip(tmp_path_factory, a):
+    path = tmp_path_factory.mktemp("mask")
+    a2 = NeuronMask(a.tensor, "m", "post", {"rule": "sigma", "value": 3.0})
+    a2.save(path)
+    back = NeuronMask.load(path)
+    assert back == a2 and back.selection == a2.selection and back.model_name == "m"
+
+
+def test_basic_accessors():
+    m = NeuronMask.from_indices([(0, 1), (2, 5), (2, 7)], *SHAPE)
+    assert len(m) == 3 and m.per_layer() == [1, 0, 2]
+    assert m.indices().tolist() == [[0, 1], [2, 5], [2, 7]]
+    assert m.fraction == 3 / 48
+    assert NeuronMask.empty(*SHAPE).overlap(NeuronMask.empty(*SHAPE)) == 1.0
+    assert m.overlap(NeuronMask.empty(*SHAPE)) == 0.0
+    with pytest.raises(ValueError, match="out of range"):
+        NeuronMask.from_indices([(3, 0)], *SHAPE)
+    with pytest.raises(ValueError, match="2-D bool"):
+        NeuronMask(torch.zeros(3, 4))
+
+
+def test_foreign_masks_are_refused():
+    a, b = NeuronMask.empty(3, 16), NeuronMask.empty(4, 16)
+    with pytest.raises(ValueError, match="4 layers of 16 neurons .*not 3 x 16"):
+        a & b
+    with pytest.raises(ValueError, match="site"):
+        a | NeuronMask.empty(3, 16, site="pre")
+
+
+def test_selection_rules():
+    values = torch.zeros(*SHAPE)
+    values[1, 3] = 10.0
+    values[2, 0] = -8.0
+    values[0, 5] = 1.0
+    assert select(values, sigma=3).indices().tolist() == [[1, 3], [2, 0]]
+    assert select(values).indices().tolist() == [[1, 3], [2, 0]]  # sigma=3 by default
+    assert select(values, top_k=1).indices().tolist() == [[1, 3]]
+    assert select(values, fraction_of_max=0.05).indices().tolist() == [[0, 5], [1, 3]]
+    assert len(select(values, quantile=1.0)) == 1
+    with pytest.raises(ValueError, match="one selection rule"):
+        select(values, sigma=3, top_k=2)
+    with pytest.raises(ValueError, match="fraction_of_max"):
+        select(values, fraction_of_max=2.0)
+
+
+def test_refine_keeps_shared_neurons_and_removes_negatives():
+    p = [
+        NeuronMask.from_indices(ix, *SHAPE)
+        for ix in ([(0, 1), (1, 2), (2, 3)], [(0, 1), (1, 2)], [(0, 1), (2, 9)], [(0, 1), (1, 2)])
+    ]
+    kept = refine(p, share=0.7)
+    assert kept.indices().tolist() == [[0, 1], [1, 2]]  # in 4/4 and 3/4 > 0.7 of prompts
+    assert refine(p, share=0.75).indices().tolist() == [[0, 1]]  # strictly more than p
+    neg = NeuronMask.from_indices([(1, 2)], *SHAPE)
+    assert refine(p, share=0.7, negatives=[neg]).indices().tolist() == [[0, 1]]
+    with pytest.raises(ValueError):
+        refine([])
+
+
+def test_coarse_masks_per_prompt(model):
+    from tests.test_attribution import DATA
+    from tl_capability.attribution import attribute
+
+    scores = attribute(model, DATA, "grad_x_act", per_sample=True, progress=False)
+    coarse = coarse_masks(scores, 0.2)
+    assert len(coarse) == len(DATA)
+    for m, s in zip(coarse, scores.per_sample, strict=True):
+        assert torch.equal(m.tensor, s > 0.2 * s.max())
+    with pytest.raises(ValueError, match="per_sample"):
+        coarse_masks(attribute(model, DATA, "grad_x_act", progress=False))
