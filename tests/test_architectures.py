@@ -161,3 +161,34 @@ def test_bf16_model_accumulates_in_float32(tmp_path):
     assert got.values.dtype == torch.float32 and torch.isfinite(got.values).all()
     corr = torch.corrcoef(torch.stack([got.values.flatten(), ref.values.flatten()]))[0, 1]
     assert corr > 0.95, corr
+
+
+def test_mask_edits_on_every_architecture(arch_model):
+    """attribute -> select -> ablate == erase -> undo bit-exact; finetune touches only MLPs."""
+    from tl_capability.attribution import attribute
+    from tl_capability.edits import erase_weights, finetune_neurons
+    from tl_capability.interventions import ablate
+    from tl_capability.masks import select
+
+    _, _, model = arch_model
+    ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    mask = select(attribute(model, ds, steps=2, progress=False), top_k=10)
+    assert len(mask) == 10
+    tokens = torch.tensor([[0, 5, 9, 13, 2, 7]])
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        with ablate(model, mask):
+            ablated = model(tokens)
+        with erase_weights(model, mask):
+            erased = model(tokens)
+        clean = model(tokens)
+    torch.testing.assert_close(erased, ablated, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ablated, clean)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    try:
+        finetune_neurons(model, mask, ds, epochs=2, lr=1e-2, progress=False)
+        after = model.state_dict()
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        assert changed and all(".mlp." in k for k in changed), changed
+    finally:
+        model.load_state_dict(before)

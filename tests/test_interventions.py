@@ -125,3 +125,23 @@ def test_foreign_mask_is_refused(model):
         pass
     with pytest.raises(ValueError, match="mode must be"):
         _mask(model).hooks("delete")
+
+
+def test_ablation_applies_during_generation(zoo_model):
+    """Greedy generation with the KV cache under an ablation == greedy re-runs under it."""
+    model = zoo_model
+    mask = NeuronMask.from_indices(
+        [(0, j) for j in range(0, 512, 2)], model.cfg.n_layers, model.cfg.d_mlp
+    )
+    tokens = model.to_tokens("37+48=")
+    with ablate(model, mask), torch.no_grad():
+        generated = model.generate(tokens, max_new_tokens=4, do_sample=False, verbose=False)
+        seq = tokens
+        for _ in range(4):
+            nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    with torch.no_grad():
+        plain = model.generate(tokens, max_new_tokens=4, do_sample=False, verbose=False)
+    assert generated[0, tokens.shape[1] :].tolist() == seq[0, tokens.shape[1] :].tolist()
+    assert generated[0].tolist() != plain[0].tolist()  # the ablation did change the answer
+    assert _no_hooks(model)
