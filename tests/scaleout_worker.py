@@ -19,6 +19,20 @@ def dataset(n: int) -> CapabilityDataset:
     )
 
 
+def checkpointed_run(model, checkpoint_dir=None):
+    """The long run the checkpoint test kills (20 batches of 2 samples, a save after each)."""
+    return attribute(
+        model,
+        dataset(40),
+        steps=8,
+        batch_size=2,
+        per_sample=True,
+        progress=False,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=1,
+    )
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
@@ -32,16 +46,7 @@ def main() -> None:
             scores.save(out)
         dist.destroy_process_group()
     elif mode == "checkpoint":
-        attribute(
-            model,
-            dataset(40),
-            steps=8,
-            batch_size=2,
-            per_sample=True,
-            progress=False,
-            checkpoint_dir=out,
-            checkpoint_every=1,
-        )
+        checkpointed_run(model, out)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

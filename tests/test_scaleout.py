@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.scaleout_worker import dataset
+from tests.scaleout_worker import checkpointed_run, dataset
 from tl_capability.attribution import NeuronScores, attribute
 from tl_capability.stats import Moments, load_atomic
 
@@ -74,17 +74,8 @@ def test_killed_run_resumes_to_the_same_result(model, tmp_path):
     assert 3 <= meta["batches_done"] < total_batches, "the worker was not killed midway"
     assert Moments.from_state_dict(state).count == 2 * meta["batches_done"]
 
-    resumed = attribute(
-        model,
-        dataset(40),
-        steps=8,
-        batch_size=2,
-        per_sample=True,
-        progress=False,
-        checkpoint_dir=ckpt,
-        checkpoint_every=1,
-    )
-    fresh = attribute(model, dataset(40), steps=8, batch_size=2, per_sample=True, progress=False)
+    resumed = checkpointed_run(model, ckpt)
+    fresh = checkpointed_run(model)
     assert load_atomic(path)[1]["batches_done"] == total_batches
     torch.testing.assert_close(resumed.values, fresh.values, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(resumed.per_sample, fresh.per_sample, rtol=1e-6, atol=1e-9)
