@@ -10,6 +10,7 @@ pytestmark = pytest.mark.core
 
 
 def test_loads_offline_in_eval_mode_with_a_tokenizer():
+    zoo.import_backend()
     model = zoo.load_model()
     assert not model.training
     tokens = model.to_tokens("12+34=")

@@ -33,6 +33,7 @@ __all__ = [
     "capability_names",
     "dataset",
     "fact_prompts",
+    "import_backend",
     "load_model",
     "training_info",
 ]
@@ -73,6 +74,18 @@ def dataset(name: str, n: int = 200, split: str = "test", seed: int = 0) -> Capa
 def training_info() -> dict[str, Any]:
     """How the shipped weights were trained and their measured test accuracies."""
     return json.loads((MODEL_DIR / "training.json").read_text())
+
+
+def import_backend(kind: str = "auto") -> None:
+    """Imports the TransformerLens model class :func:`load_model` will use.
+
+    TransformerLens 4 imports its bridge machinery (and ``transformers``' modelling code) on
+    first use, a few seconds that are not the zoo model's; call this first to time them apart.
+    """
+    if kind in ("auto", "bridge") and transformer_lens_has("TransformerBridge"):
+        from transformer_lens import TransformerBridge  # noqa: F401
+    else:
+        from transformer_lens import HookedTransformer  # noqa: F401
 
 
 def load_model(kind: str = "auto", device: str | None = None) -> Any:
