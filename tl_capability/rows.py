@@ -105,11 +105,13 @@ def rows_for(batch: Batch, targets: Tensor, cache: Any = None) -> Rows:
     return general_rows(batch, targets) if cache is None else cached_rows(batch, cache, targets)
 
 
-def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
-    """``P(target | row)`` (or its log) of every row.
+def final_residual(
+    model: Any, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
+) -> Float[Tensor, "seq pos d_model"]:
+    """Runs the model up to the end of its last block and returns the residual stream there.
 
-    The forward pass stops at the last block; the final norm and the unembedding then run on
-    the rows' positions only, so no logits are computed for positions nobody reads.
+    A hook raises once the last block is done, so the unembedding never runs; callers apply
+    ``ln_final`` and ``unembed`` to the positions they read.
     """
     captured: dict[str, Tensor] = {}
 
@@ -120,11 +122,16 @@ def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Te
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     try:
         with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
-            model(rows.tokens, **rows.forward_kwargs)
+            model(tokens, **forward_kwargs)
     except StopForward:
         pass
-    resid = captured["resid"][rows.seq, rows.pos][:, None]
-    logits = model.unembed(model.ln_final(resid))[:, 0]
+    return captured["resid"]
+
+
+def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
+    """``P(target | row)`` (or its log) of every row, unembedding the rows' positions only."""
+    resid = final_residual(model, rows.tokens, fwd_hooks, **rows.forward_kwargs)
+    logits = model.unembed(model.ln_final(resid[rows.seq, rows.pos][:, None]))[:, 0]
     logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
 
@@ -148,16 +155,7 @@ def clean_pass(
             with model.hooks(fwd_hooks=fwd):
                 _, cache = model(batch.tokens, use_cache=True, return_type="logits_and_cache")
         else:
-            last = f"blocks.{site.n_layers - 1}.hook_resid_post"
-
-            def stop(resid: Tensor, hook: Any) -> None:
-                raise StopForward
-
-            try:
-                with model.hooks(fwd_hooks=[*fwd, (last, stop)]):
-                    model(batch.tokens)
-            except StopForward:
-                pass
+            final_residual(model, batch.tokens, fwd)
     return torch.stack(acts, dim=1), cache
 
 
