@@ -9,7 +9,7 @@ Both run here, in one process, on a GPT-2-small-shaped model with random weights
 d_model 768, d_mlp 3072, vocabulary 50,257), 16-token prompts and 20 midpoint steps on the CPU.
 The script prints both times, their ratio and the largest difference between the scores.
 
-    python benchmarks/bench_attribution.py [--prompts 8] [--threads 2]
+    python benchmarks/bench_attribution.py [--prompts 16] [--threads 2]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def reference_ig(model, prompt_ids: list[int], answer_id: int, steps: int) -> to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)

@@ -194,7 +194,7 @@ def attribute(
         steps: Integrated-gradients steps ``S`` (20 in Dai et al.'s code).
         metric: ``"prob"`` (``P(answer token)``, as in the papers) or ``"logprob"``.
         site: ``"post"`` (the input of ``W_out``) or ``"pre"``.
-        batch_size: Samples per batch (default: 8 for ``"ig"``, 32 otherwise).
+        batch_size: Samples per batch (default: 16 for ``"ig"``, 32 otherwise).
         progress: Show a progress bar.
         rule: Integrated-gradients quadrature, see :func:`ig_alphas`.
         per_sample: Also keep every sample's score (needed by knowledge-neuron refinement).
@@ -228,7 +228,7 @@ def attribute(
     resolved = neuron_site(model, site)
     samples = tokenize(model, dataset)
     if batch_size is None:
-        batch_size = 8 if method == "ig" else 32
+        batch_size = 16 if method == "ig" else 32
     if use_cache is None:
         use_cache = supports_kv_cache(model)
     elif use_cache and not supports_kv_cache(model):

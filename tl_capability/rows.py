@@ -136,6 +136,34 @@ def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Te
     return logp if metric == "logprob" else logp.exp()
 
 
+def _metric_surrogate(
+    model: Any, rows: Rows, metric: str, fwd_hooks: list
+) -> tuple[Float[Tensor, " row"], Tensor]:
+    """The rows' metric and a scalar whose gradient upstream of ``ln_final`` equals the
+    metric's.
+
+    The vocabulary-sized part of the backward pass is done in closed form:
+    ``∂ log P_y / ∂x = W_U[:, y] − softmax(x W_U + b_U) W_Uᵀ`` (times ``P_y`` for ``"prob"``),
+    so autograd only sees ``(x · g).sum()`` with ``g`` constant — no ``[row, vocab]`` tensors
+    in the graph.
+    """
+    resid = final_residual(model, rows.tokens, fwd_hooks, **rows.forward_kwargs)
+    x = model.ln_final(resid[rows.seq, rows.pos][:, None])[:, 0]
+    w_u, b_u = model.W_U, getattr(model, "b_U", None)
+    with torch.no_grad():
+        xf, w = x.float(), w_u.float()
+        logits = xf @ w if b_u is None else torch.addmm(b_u.float(), xf, w)
+        logp_all = logits.log_softmax(-1)
+        logp = logp_all.gather(1, rows.target[:, None])[:, 0]
+        grad = w[:, rows.target].T - logp_all.exp_() @ w.T
+        if metric == "prob":
+            value = logp.exp()
+            grad *= value[:, None]
+        else:
+            value = logp
+    return value, (x * grad.to(x.dtype)).sum()
+
+
 def clean_pass(
     model: Any, site: NeuronSite, batch: Batch, use_cache: bool
 ) -> tuple[Float[Tensor, "target layer d_mlp"], Any]:
@@ -211,8 +239,8 @@ def row_gradients(
 
     fwd = [(site.hook_name(lay), capture) for lay in layers]
     with torch.enable_grad():
-        value = row_metric(model, rows, metric, fwd)
-        grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd)
+        grads = torch.autograd.grad(surrogate, outputs, allow_unused=True)
     out = [
         torch.zeros(len(seq), site.d_mlp, device=seq.device) if g is None else g[seq, pos]
         for g in grads
