@@ -1,0 +1,56 @@
+"""Experiments: their numbers equal the same measurements made by hand."""
+
+import pytest
+
+from tl_capability import ablate, accuracy, attribute, select, zoo
+from tl_capability.experiments import Table, erase, mean_ci, split_overlap
+
+
+def test_mean_ci():
+    assert mean_ci([2.0]) == (2.0, 0.0)
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * (1 / 3) ** 0.5)
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def test_split_overlap_matches_manual_masks(zoo_model):
+    data = zoo.dataset("sentiment", n=24, split="train")
+    table = split_overlap(zoo_model, {"sentiment": data}, sigmas=(3.0, 6.0), method="grad_x_act")
+    assert isinstance(table, Table) and len(table.rows) == 2
+    a, b = data.split(0.5, seed=0)
+    ma = select(attribute(zoo_model, a, "grad_x_act", progress=False), sigma=3.0)
+    mb = select(attribute(zoo_model, b, "grad_x_act", progress=False), sigma=3.0)
+    row = table.rows[0]
+    assert (row["neurons_a"], row["neurons_b"]) == (len(ma), len(mb))
+    assert row["overlap"] == pytest.approx(ma.overlap(mb))
+    assert row["iou"] == pytest.approx(ma.iou(mb))
+    assert 0 <= row["iou"] <= row["overlap"] <= 1
+    frame = table.to_frame()
+    assert list(frame.columns) == list(row)
+    assert table.to_markdown().startswith("### Located neurons")
+
+
+def test_erase_matches_manual_ablation(zoo_model):
+    locate = {"sentiment": zoo.dataset("sentiment", n=16, split="train")}
+    evaluate = {n: zoo.dataset(n, n=40, seed=4) for n in ("sentiment", "addition")}
+    table = erase(zoo_model, locate, evaluate, sigmas=(3.0,), n_random=2, method="grad_x_act")
+    assert len(table.rows) == 2
+    mask = select(
+        attribute(zoo_model, locate["sentiment"], "grad_x_act", progress=False), sigma=3.0
+    )
+    for row in table.rows:
+        data = evaluate[row["evaluated"]]
+        base = accuracy(zoo_model, data)
+        with ablate(zoo_model, mask):
+            erased = accuracy(zoo_model, data)
+        drops = []
+        for seed in range(2):
+            with ablate(zoo_model, mask.random_like(seed=seed)):
+                drops.append(100 * (base - accuracy(zoo_model, data)))
+        assert row["neurons"] == len(mask)
+        assert row["erased"] == pytest.approx(100 * erased)
+        assert row["drop"] == pytest.approx(100 * (base - erased))
+        assert row["random_drop"] == pytest.approx(mean_ci(drops)[0])
+    with pytest.raises(ValueError, match="n_random"):
+        erase(zoo_model, locate, evaluate, n_random=0)

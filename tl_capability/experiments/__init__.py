@@ -1,0 +1,10 @@
+"""The papers' experiments, on any model and dataset, each against random-neuron controls.
+
+Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
+Capability localization: :func:`split_overlap`, :func:`erase` (see :mod:`.cnl`).
+"""
+
+from tl_capability.experiments._results import Table, mean_ci
+from tl_capability.experiments.cnl import SIGMAS, erase, locate_scores, split_overlap
+
+__all__ = ["SIGMAS", "Table", "erase", "locate_scores", "mean_ci", "split_overlap"]
