@@ -54,3 +54,39 @@ def test_erase_matches_manual_ablation(zoo_model):
         assert row["random_drop"] == pytest.approx(mean_ci(drops)[0])
     with pytest.raises(ValueError, match="n_random"):
         erase(zoo_model, locate, evaluate, n_random=0)
+
+
+def test_option_neg_of_the_right_option_is_the_answers_neurgrad(zoo_model):
+    import torch
+
+    from tl_capability.experiments import option_neg
+
+    data = zoo.dataset("choice", n=12)
+    per_option = option_neg(zoo_model, data)
+    assert per_option.shape == (12, 3, zoo_model.cfg.n_layers, zoo_model.cfg.d_mlp)
+    own = attribute(zoo_model, data, "neurgrad", per_sample=True, progress=False).per_sample
+    labels = torch.tensor(data.data["label"])
+    torch.testing.assert_close(per_option[torch.arange(12), labels], own)
+    with pytest.raises(ValueError, match="multiple-choice"):
+        option_neg(zoo_model, zoo.dataset("addition", n=4))
+
+
+def test_skill_probe_and_neurgrad_agreement_tables(zoo_model):
+    from tl_capability.experiments import neurgrad_agreement, skill_probe
+
+    table = skill_probe(
+        zoo_model,
+        zoo.dataset("choice", n=30, split="train"),
+        zoo.dataset("choice", n=30),
+        k=5,
+        n_random=3,
+    )
+    by = {row["predictor"]: row for row in table.rows}
+    assert set(by) == {"top-5 skill neurons", "5 random neurons", "the model itself", "chance"}
+    assert all(0 <= row["accuracy"] <= 100 for row in table.rows)
+    assert by["the model itself"]["accuracy"] == pytest.approx(
+        100 * accuracy(zoo_model, zoo.dataset("choice", n=30))
+    )
+    (row,) = neurgrad_agreement(zoo_model, zoo.dataset("sentiment", n=6), top=5).rows
+    assert 0 <= row["sign_agreement"] <= 1 and -1 <= row["correlation"] <= 1
+    assert 0 <= row["p10_abs_r"] <= row["median_abs_r"] <= 1

@@ -2,9 +2,21 @@
 
 Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
 Capability localization: :func:`split_overlap`, :func:`erase` (see :mod:`.cnl`).
+Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`skill_probe` (see :mod:`.neg`).
 """
 
 from tl_capability.experiments._results import Table, mean_ci
 from tl_capability.experiments.cnl import SIGMAS, erase, locate_scores, split_overlap
+from tl_capability.experiments.neg import neurgrad_agreement, option_neg, skill_probe
 
-__all__ = ["SIGMAS", "Table", "erase", "locate_scores", "mean_ci", "split_overlap"]
+__all__ = [
+    "SIGMAS",
+    "Table",
+    "erase",
+    "locate_scores",
+    "mean_ci",
+    "neurgrad_agreement",
+    "option_neg",
+    "skill_probe",
+    "split_overlap",
+]
