@@ -90,3 +90,27 @@ def test_skill_probe_and_neurgrad_agreement_tables(zoo_model):
     (row,) = neurgrad_agreement(zoo_model, zoo.dataset("sentiment", n=6), top=5).rows
     assert 0 <= row["sign_agreement"] <= 1 and -1 <= row["correlation"] <= 1
     assert 0 <= row["p10_abs_r"] <= row["median_abs_r"] <= 1
+
+
+def test_fidelity_matches_manual_pairwise_overlap(zoo_model):
+    from itertools import combinations
+
+    from tl_capability import CapabilityDataset, coarse_masks
+    from tl_capability.experiments import fidelity
+
+    facts = {}
+    for entity, _ in zoo.ENTITIES[:3]:
+        ex = zoo.fact_prompts(entity)
+        facts[entity] = CapabilityDataset.from_pairs([e.prompt for e in ex], [e.answer for e in ex])
+    table = fidelity(zoo_model, facts, steps=4)
+    rows = {row["fact"]: row for row in table.rows}
+    assert set(rows) == {*facts, "mean", "different facts"}
+    entity = next(iter(facts))
+    masks = coarse_masks(
+        attribute(zoo_model, facts[entity], steps=4, per_sample=True, progress=False), 0.2
+    )
+    pairs = list(combinations(masks, 2))
+    assert rows[entity]["overlap"] == pytest.approx(sum(a.overlap(b) for a, b in pairs) / 6)
+    assert rows["mean"]["overlap"] == pytest.approx(sum(rows[e]["overlap"] for e in facts) / 3)
+    with pytest.raises(ValueError, match="two paraphrases"):
+        fidelity(zoo_model, {"x": facts[entity].select([0])})

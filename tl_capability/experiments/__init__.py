@@ -2,17 +2,20 @@
 
 Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
 Capability localization: :func:`split_overlap`, :func:`erase` (see :mod:`.cnl`).
+Knowledge neurons: :func:`fidelity` (see :mod:`.kn`).
 Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`skill_probe` (see :mod:`.neg`).
 """
 
 from tl_capability.experiments._results import Table, mean_ci
 from tl_capability.experiments.cnl import SIGMAS, erase, locate_scores, split_overlap
+from tl_capability.experiments.kn import fidelity
 from tl_capability.experiments.neg import neurgrad_agreement, option_neg, skill_probe
 
 __all__ = [
     "SIGMAS",
     "Table",
     "erase",
+    "fidelity",
     "locate_scores",
     "mean_ci",
     "neurgrad_agreement",
