@@ -1,7 +1,8 @@
 """The ``tl-capability`` command line.
 
-``tl-capability demo`` runs the main job on the bundled zoo model (offline). Today it loads the
-model and measures every capability; the localization report grows on top of it.
+``tl-capability demo`` runs the main job on the bundled zoo model (offline): the papers'
+experiments, written to ``capability-report/`` (see :mod:`tl_capability.demo`), and a summary of
+the headline numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tl_capability import accuracy, zoo
+    from tl_capability import zoo
+    from tl_capability.demo import DemoSizes, run
 
     start = time.perf_counter()
     zoo.import_backend()  # TransformerLens imports its model machinery on first use
@@ -25,15 +27,37 @@ def _demo(args: argparse.Namespace) -> int:
         f"({cfg.n_layers * cfg.d_mlp} MLP neurons); TransformerLens import "
         f"{imported - start:.1f}s, model load {loaded - imported:.1f}s"
     )
-    print(f"\n{'capability':<12} {'accuracy':>9}  description")
-    worst = 1.0
+    sizes = (
+        DemoSizes()
+        if not args.quick
+        else DemoSizes(
+            locate=12, evaluate=20, n_random=2, facts=3, probe=24, neg_samples=4, sigmas=(3.0, 6.0)
+        )
+    )
+    index, head = run(args.out, sizes, progress=not args.quiet)
+    sigma = sizes.sigmas[0]
+    print(
+        f"\n{'capability':<11} {'accuracy':>9} {'neurons':>8} {'erased':>8} {'random':>8} "
+        f"{'others':>8} {'halves':>7}   (σ = {sigma:g}; drops in points)"
+    )
     for name in zoo.capability_names():
-        data = zoo.dataset(name, n=args.n, split="test", seed=args.seed)
-        acc = accuracy(model, data)
-        worst = min(worst, acc)
-        print(f"{name:<12} {100 * acc:>8.1f}%  {zoo.TASKS[name].description}")
-    print(f"\n{args.n} fresh test samples per capability (seed {args.seed}); exact match of the")
-    print(f"whole answer under teacher forcing. Done in {time.perf_counter() - start:.1f}s.")
+        h = head[name]
+        print(
+            f"{name:<11} {h['accuracy']:>8.1f}% {h['neurons']:>8d} {-h['own_drop']:>+8.1f} "
+            f"{-h['random_drop']:>+8.1f} {-h['worst_other_drop']:>+8.1f} "
+            f"{h['split_overlap']:>7.2f}"
+        )
+    print(
+        f"\nknowledge-neuron fidelity across paraphrases: overlap {head['kn_fidelity']:.2f}; "
+        f"NeurGrad vs interventions sign agreement {head['neurgrad_sign_agreement']:.2f}; "
+        f"skill-neuron probe {head['skill_probe']:.1f}%"
+    )
+    print(
+        "\nerased: accuracy change with the located neurons zeroed; random: the same for "
+        "random sets of the same size per layer; others: the worst change of another "
+        "capability; halves: overlap of the sets located on two halves of the data."
+    )
+    print(f"Report: {index.resolve()} ({head['seconds']} s)")
     return 0
 
 
@@ -45,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on the bundled zoo model (offline)")
-    demo.add_argument("--n", type=int, default=200, help="test samples per capability")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="capability-report", help="report folder")
+    demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,152 @@
+"""Reports: experiment tables and matplotlib figures rendered to a folder (``index.md`` + PNGs).
+
+Build a :class:`Report`, add text, :class:`~tl_capability.experiments.Table` objects and
+figures, then :meth:`Report.save`. The figure helpers draw what people would rather look at
+than read: where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability
+erase matrix (Fig. 4), accuracy against σ, and NeurGrad against interventions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from tl_capability.experiments._results import Table
+from tl_capability.masks import NeuronMask
+
+
+@dataclass
+class Report:
+    """A report being assembled; :meth:`save` writes it.
+
+    Attributes:
+        title: The report's heading.
+        parts: Markdown blocks and ``(file name, figure)`` pairs, in order.
+    """
+
+    title: str
+    parts: list[Any] = field(default_factory=list)
+
+    def text(self, markdown: str) -> None:
+        """Adds a markdown paragraph (or heading)."""
+        self.parts.append(markdown.strip() + "\n")
+
+    def table(self, table: Table) -> None:
+        """Adds an experiment's table."""
+        self.parts.append(table.to_markdown())
+
+    def figure(self, name: str, figure: Figure, caption: str = "") -> None:
+        """Adds a figure, saved as ``<name>.png``."""
+        self.parts.append((name, figure, caption))
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes ``index.md`` and the PNGs into ``directory``; returns the index's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"# {self.title}\n"]
+        for part in self.parts:
+            if isinstance(part, tuple):
+                name, figure, caption = part
+                figure.savefig(directory / f"{name}.png", dpi=110, bbox_inches="tight")
+                plt.close(figure)
+                lines.append(f"![{caption or name}]({name}.png)\n")
+                if caption:
+                    lines.append(f"*{caption}*\n")
+            else:
+                lines.append(part)
+        index = directory / "index.md"
+        index.write_text("\n".join(lines))
+        return index
+
+
+def mask_heatmap(masks: dict[str, NeuronMask], bins: int = 64) -> Figure:
+    """Where each capability's neurons are: per layer, counts in ``bins`` groups of neurons."""
+    fig, axes = plt.subplots(len(masks), 1, figsize=(8, 1.1 * len(masks) + 0.6), squeeze=False)
+    for ax, (name, mask) in zip(axes[:, 0], masks.items(), strict=True):
+        n_layers, d_mlp = mask.tensor.shape
+        width = -(-d_mlp // bins)
+        padded = torch.zeros(n_layers, bins * width, dtype=torch.bool)
+        padded[:, :d_mlp] = mask.tensor
+        counts = padded.view(n_layers, bins, width).sum(-1)
+        ax.imshow(counts, aspect="auto", cmap="Reds", interpolation="nearest")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(n_layers))
+        ax.set_xticks([])
+        ax.set_title(f"{name}: {len(mask)} neurons, per layer {mask.per_layer()}", fontsize=9)
+    axes[-1, 0].set_xlabel(f"neuron index (groups of {width})")
+    fig.tight_layout()
+    return fig
+
+
+def erase_matrix(table: Table, sigma: float) -> Figure:
+    """Accuracy drop of every evaluated capability (columns) when each capability's located
+    neurons (rows) are erased, at one σ, from :func:`~tl_capability.experiments.erase`."""
+    rows = [r for r in table.rows if r["sigma"] == sigma]
+    located = list(dict.fromkeys(r["located"] for r in rows))
+    evaluated = list(dict.fromkeys(r["evaluated"] for r in rows))
+    grid = torch.zeros(len(located), len(evaluated))
+    for r in rows:
+        grid[located.index(r["located"]), evaluated.index(r["evaluated"])] = r["drop"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(evaluated) + 2, 0.8 * len(located) + 1.5))
+    image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(1.0, float(grid.max())))
+    for i in range(len(located)):
+        for j in range(len(evaluated)):
+            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(evaluated)), evaluated, rotation=45, ha="right")
+    ax.set_yticks(range(len(located)), located)
+    ax.set_xlabel("capability measured")
+    ax.set_ylabel("neurons erased")
+    ax.set_title(f"accuracy drop (points), σ = {sigma:g}")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def sigma_curves(table: Table) -> Figure:
+    """Own-capability drop against σ for located and random sets (from ``erase``)."""
+    own = [r for r in table.rows if r["located"] == r["evaluated"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in dict.fromkeys(r["located"] for r in own):
+        rows = sorted((r for r in own if r["located"] == name), key=lambda r: r["sigma"])
+        sigmas = [r["sigma"] for r in rows]
+        (line,) = ax.plot(sigmas, [r["drop"] for r in rows], marker="o", label=name)
+        ax.plot(
+            sigmas, [r["random_drop"] for r in rows], ls="--", color=line.get_color(), alpha=0.6
+        )
+    ax.set_xlabel("σ")
+    ax.set_ylabel("own accuracy drop (points)")
+    ax.set_title("located (solid) vs random sets of the same size (dashed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
+    """NeurGrad (x) against interventional NEG (y), with the identity line."""
+    x, y = predicted.flatten().float(), measured.flatten().float()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x, y, s=8, alpha=0.6)
+    lim = float(torch.cat([x, y]).abs().max()) * 1.05 or 1.0
+    ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1)
+    slope = float((x * y).sum() / (x * x).sum().clamp_min(1e-30))
+    ax.plot(
+        [-lim, lim],
+        [-lim * slope, lim * slope],
+        color="C1",
+        lw=1,
+        label=f"fit through 0: slope {slope:.2f}",
+    )
+    ax.set_xlabel("NeurGrad  ∂P/∂a · sign(a)")
+    ax.set_ylabel("empirical NEG (interventions)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
