@@ -34,7 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
             locate=12, evaluate=20, n_random=2, facts=3, probe=24, neg_samples=4, sigmas=(3.0, 6.0)
         )
     )
-    index, head = run(args.out, sizes, progress=not args.quiet)
+    index, head = run(args.out, sizes, progress=not args.quiet, model=model)
     sigma = sizes.sigmas[0]
     print(
         f"\n{'capability':<11} {'accuracy':>9} {'neurons':>8} {'erased':>8} {'random':>8} "

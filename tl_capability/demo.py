@@ -46,13 +46,19 @@ class DemoSizes:
 
 
 def run(
-    out: str | Path = "capability-report", sizes: DemoSizes | None = None, progress: bool = True
+    out: str | Path = "capability-report",
+    sizes: DemoSizes | None = None,
+    progress: bool = True,
+    model: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Runs every stage and writes the report; returns its index path and headline numbers."""
+    """Runs every stage and writes the report; returns its index path and headline numbers.
+
+    ``model`` defaults to a freshly loaded zoo model.
+    """
     sizes = sizes or DemoSizes()
     start = time.perf_counter()
     stages = tqdm(total=6, desc="demo", disable=not progress)
-    model = zoo.load_model()
+    model = zoo.load_model() if model is None else model
     names = zoo.capability_names()
     report = Report("tl_capability demo: the zoo model's capabilities and their neurons")
     cfg = model.cfg
