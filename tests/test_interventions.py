@@ -145,3 +145,25 @@ def test_ablation_applies_during_generation(zoo_model):
     assert generated[0, tokens.shape[1] :].tolist() == seq[0, tokens.shape[1] :].tolist()
     assert generated[0].tolist() != plain[0].tolist()  # the ablation did change the answer
     assert _no_hooks(model)
+
+
+def test_accuracy_with_per_batch_answer_position_hooks(model):
+    """Erasing at answer positions only, through accuracy's per-batch hooks, equals doing it
+    by hand on each batch; it differs from erasing everywhere."""
+    ds = CapabilityDataset.from_pairs(["ab", "cde", "f", "ghij"], ["x", "yz", "q", "rs"])
+    everything = NeuronMask(torch.ones(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool))
+    from tl_capability import answer_correct
+
+    got = answer_correct(
+        model, ds, batch_size=2, hooks=lambda b: everything.hooks(positions=answer_positions(b))
+    )
+    expected = torch.zeros(len(ds), dtype=torch.bool)
+    for batch in batches(model, ds, 2):
+        with torch.no_grad(), ablate(model, everything, positions=answer_positions(batch)):
+            logits = model(batch.tokens)
+        pred = logits[batch.target_row, batch.target_pos].argmax(-1)
+        for r in range(batch.tokens.shape[0]):
+            ok = (pred[batch.target_row == r] == batch.target_token[batch.target_row == r]).all()
+            expected[batch.sample_index[r]] = ok
+    assert got.tolist() == expected.tolist()
+    assert _no_hooks(model)

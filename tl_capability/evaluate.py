@@ -8,6 +8,7 @@ active, so ``with ablate(model, mask): accuracy(model, data)`` measures the edit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from jaxtyping import Bool
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.data import CapabilityDataset, batches, tokenize
+from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
 from tl_capability.sites import require_eval
 
 
@@ -25,6 +26,7 @@ def answer_correct(
     *,
     batch_size: int = 64,
     progress: bool | None = None,
+    hooks: Callable[[Batch], list] | None = None,
 ) -> Bool[Tensor, " n"]:
     """Per-sample exact match, in dataset order.
 
@@ -33,6 +35,9 @@ def answer_correct(
         dataset: The samples.
         batch_size: Samples per forward pass.
         progress: Show a progress bar; ``None`` shows one when there are more than 20 batches.
+        hooks: Per-batch forward hooks, for interventions that depend on the batch, e.g.
+            erasing only at the positions that predict answers:
+            ``hooks=lambda b: mask.hooks(positions=answer_positions(b))``.
 
     Raises:
         ValueError: For a model in training mode, an empty dataset, or a sample that does not
@@ -50,7 +55,8 @@ def answer_correct(
             disable=not show,
             desc=f"accuracy {dataset.name or ''}".strip(),
         ):
-            logits = model(batch.tokens)
+            with model.hooks(fwd_hooks=hooks(batch) if hooks is not None else []):
+                logits = model(batch.tokens)
             predicted = logits[batch.target_row, batch.target_pos].argmax(-1)
             wrong = (predicted != batch.target_token).long()
             n_wrong = torch.zeros(batch.tokens.shape[0], dtype=torch.long, device=wrong.device)
@@ -65,10 +71,11 @@ def accuracy(
     *,
     batch_size: int = 64,
     progress: bool | None = None,
+    hooks: Callable[[Batch], list] | None = None,
 ) -> float:
     """Fraction of samples whose whole answer the model predicts exactly (0.0 to 1.0).
 
     See :func:`answer_correct` for the arguments.
     """
-    correct = answer_correct(model, dataset, batch_size=batch_size, progress=progress)
+    correct = answer_correct(model, dataset, batch_size=batch_size, progress=progress, hooks=hooks)
     return correct.float().mean().item()
