@@ -114,3 +114,24 @@ def test_fidelity_matches_manual_pairwise_overlap(zoo_model):
     assert rows["mean"]["overlap"] == pytest.approx(sum(rows[e]["overlap"] for e in facts) / 3)
     with pytest.raises(ValueError, match="two paraphrases"):
         fidelity(zoo_model, {"x": facts[entity].select([0])})
+
+
+def test_enhancement_restores_the_model_and_reports_every_set(zoo_model):
+    import torch
+
+    from tl_capability.experiments import enhancement
+
+    before = {k: v.detach().clone() for k, v in zoo_model.state_dict().items()}
+    train = zoo.dataset("addition", n=16, split="train")
+    test = zoo.dataset("addition", n=20)
+    mask = select(attribute(zoo_model, train, "grad_x_act", progress=False), top_k=10)
+    table = enhancement(zoo_model, train, test, mask, epochs=(1, 2), noise=1.0)
+    after = zoo_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    labels = [(r["neurons"], r["epochs"]) for r in table.rows]
+    assert labels == [(s, e) for s in ("located", "random", "all but located") for e in (0, 1, 2)]
+    starts = {r["accuracy"] for r in table.rows if r["epochs"] == 0}
+    assert len(starts) == 1  # every set starts from the same degraded model
+    counts = {r["neurons"]: r["count"] for r in table.rows}
+    assert counts["located"] == counts["random"] == 10
+    assert counts["all but located"] == zoo_model.cfg.n_layers * zoo_model.cfg.d_mlp - 10

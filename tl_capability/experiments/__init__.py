@@ -1,19 +1,27 @@
 """The papers' experiments, on any model and dataset, each against random-neuron controls.
 
 Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
-Capability localization: :func:`split_overlap`, :func:`erase` (see :mod:`.cnl`).
+Capability localization: :func:`split_overlap`, :func:`erase`, :func:`enhancement` (see
+:mod:`.cnl`).
 Knowledge neurons: :func:`fidelity` (see :mod:`.kn`).
 Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`skill_probe` (see :mod:`.neg`).
 """
 
 from tl_capability.experiments._results import Table, mean_ci
-from tl_capability.experiments.cnl import SIGMAS, erase, locate_scores, split_overlap
+from tl_capability.experiments.cnl import (
+    SIGMAS,
+    enhancement,
+    erase,
+    locate_scores,
+    split_overlap,
+)
 from tl_capability.experiments.kn import fidelity
 from tl_capability.experiments.neg import neurgrad_agreement, option_neg, skill_probe
 
 __all__ = [
     "SIGMAS",
     "Table",
+    "enhancement",
     "erase",
     "fidelity",
     "locate_scores",
