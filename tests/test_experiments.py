@@ -95,13 +95,10 @@ def test_skill_probe_and_neurgrad_agreement_tables(zoo_model):
 def test_fidelity_matches_manual_pairwise_overlap(zoo_model):
     from itertools import combinations
 
-    from tl_capability import CapabilityDataset, coarse_masks
+    from tl_capability import coarse_masks
     from tl_capability.experiments import fidelity
 
-    facts = {}
-    for entity, _ in zoo.ENTITIES[:3]:
-        ex = zoo.fact_prompts(entity)
-        facts[entity] = CapabilityDataset.from_pairs([e.prompt for e in ex], [e.answer for e in ex])
+    facts = {entity: zoo.fact_dataset(entity) for entity, _ in zoo.ENTITIES[:3]}
     table = fidelity(zoo_model, facts, steps=4)
     rows = {row["fact"]: row for row in table.rows}
     assert set(rows) == {*facts, "mean", "different facts"}

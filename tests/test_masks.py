@@ -116,3 +116,8 @@ def test_coarse_masks_per_prompt(model):
         assert torch.equal(m.tensor, s > 0.2 * s.max())
     with pytest.raises(ValueError, match="per_sample"):
         coarse_masks(attribute(model, DATA, "grad_x_act", progress=False))
+
+
+def test_algebra_with_a_non_mask_is_a_type_error():
+    with pytest.raises(TypeError, match="expected a NeuronMask"):
+        NeuronMask.empty(*SHAPE) & torch.zeros(*SHAPE, dtype=torch.bool)

@@ -86,3 +86,12 @@ def test_zoo_answers_are_deterministic(zoo_model):
     with torch.no_grad():
         a, b = zoo_model(tokens), zoo_model(tokens)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fact_dataset_holds_every_paraphrase():
+    entity, city = tasks.ENTITIES[1]
+    data = zoo.fact_dataset(entity)
+    assert data.name == entity and len(data) == len(tasks.FACT_TEMPLATES)
+    assert set(data.answers) == {city}
+    with pytest.raises(ValueError, match="unknown entity"):
+        zoo.fact_dataset("nobody")

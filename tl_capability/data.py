@@ -211,7 +211,8 @@ class TokenizedSample:
         return len(self.prompt) + len(self.answer) - 1
 
 
-def _tokenizer(model: Any) -> Any:
+def model_tokenizer(model: Any) -> Any:
+    """The model's tokenizer, or a clear error when it has none."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError(
@@ -224,7 +225,7 @@ def _tokenizer(model: Any) -> Any:
 def prepends_bos(model: Any) -> bool:
     """Whether prompts get the model's BOS token (TransformerLens's ``default_prepend_bos``)."""
     return bool(getattr(model.cfg, "default_prepend_bos", True)) and (
-        getattr(_tokenizer(model), "bos_token_id", None) is not None
+        getattr(model_tokenizer(model), "bos_token_id", None) is not None
     )
 
 
@@ -235,7 +236,7 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
         ValueError: Naming the first sample whose answer tokenizes to nothing, or whose
             teacher-forced input is longer than the model's context (``cfg.n_ctx``).
     """
-    tokenizer = _tokenizer(model)
+    tokenizer = model_tokenizer(model)
     prompts = tokenizer(dataset.prompts, add_special_tokens=False)["input_ids"]
     answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
     bos = (tokenizer.bos_token_id,) if prepends_bos(model) else ()

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from tl_capability import zoo
 from tl_capability.attribution import attribute
-from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
 from tl_capability.experiments import (
     Table,
@@ -109,12 +108,7 @@ def run(
     stages.update()
 
     stages.set_postfix_str("knowledge neurons")
-    facts = {}
-    for entity, _ in zoo.ENTITIES[: sizes.facts]:
-        ex = zoo.fact_prompts(entity)
-        facts[entity] = CapabilityDataset.from_pairs(
-            [e.prompt for e in ex], [e.answer for e in ex], name=entity
-        )
+    facts = {e: zoo.fact_dataset(e) for e, _ in zoo.ENTITIES[: sizes.facts]}
     fid = fidelity(model, facts)
     report.text("## Knowledge neurons")
     report.table(Table(fid.title, tuple(r for r in fid.rows if r["paraphrases"] is None)))

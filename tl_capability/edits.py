@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.data import CapabilityDataset, batches, tokenize
+from tl_capability.data import CapabilityDataset, batches, model_tokenizer, tokenize
 from tl_capability.masks import NeuronMask
 from tl_capability.sites import neuron_site, require_eval
 
@@ -98,7 +98,7 @@ def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
 
 
 def _first_token(model: Any, text: str) -> int:
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = model_tokenizer(model)(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"{text!r} tokenizes to no tokens")
     return ids[0]

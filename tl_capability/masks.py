@@ -122,7 +122,7 @@ class NeuronMask:
 
     def _other(self, other: NeuronMask) -> Tensor:
         if not isinstance(other, NeuronMask):
-            return NotImplemented
+            raise TypeError(f"expected a NeuronMask, got {type(other).__name__}")
         other.check_fits(self.n_layers, self.d_mlp, self.site)
         return other.tensor
 
@@ -322,7 +322,7 @@ def refine(
     if not masks:
         raise ValueError("refine needs at least one mask")
     first = masks[0]
-    stack = torch.stack([first._other(m) if m is not first else m.tensor for m in masks])
+    stack = torch.stack([first._other(m) for m in masks])
     kept = stack.float().mean(0) > share
     if negatives is not None:
         negs = [negatives] if isinstance(negatives, NeuronMask) else list(negatives)

@@ -32,6 +32,7 @@ __all__ = [
     "TASKS",
     "capability_names",
     "dataset",
+    "fact_dataset",
     "fact_prompts",
     "import_backend",
     "load_model",
@@ -68,6 +69,17 @@ def dataset(name: str, n: int = 200, split: str = "test", seed: int = 0) -> Capa
         name=name,
         choices=[list(e.choices or ()) for e in examples] if mc else None,
         labels=[e.label for e in examples] if mc else None,
+    )
+
+
+def fact_dataset(entity: str) -> CapabilityDataset:
+    """Every paraphrase of one entity's fact (both splits) as a dataset named after it, for
+    knowledge-neuron experiments."""
+    if entity not in dict(ENTITIES):
+        raise ValueError(f"unknown entity {entity!r}; see zoo.ENTITIES")
+    examples = fact_prompts(entity)
+    return CapabilityDataset.from_pairs(
+        [e.prompt for e in examples], [e.answer for e in examples], name=entity
     )
 
 
