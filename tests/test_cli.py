@@ -1,11 +1,18 @@
+import json
+import re
+
 import pytest
 
-from tl_capability import cli
+from tests.models import HAS_BRIDGE, save_hf_model
+from tl_capability import cli, zoo
+from tl_capability.loaders import resolve
+from tl_capability.masks import NeuronMask
+from tl_capability.models import load_model
+
+bridge_only = pytest.mark.skipif(not HAS_BRIDGE, reason="local directories load with TL 4.x")
 
 
 def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
-    from tl_capability import zoo
-
     out_dir = tmp_path / "report"
     assert cli.main(["demo", "--quick", "--quiet", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
@@ -22,3 +29,59 @@ def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         cli.main(["nope"])
+
+
+def test_locate_then_erase_on_the_zoo_model(capsys, tmp_path):
+    out = tmp_path / "mask"
+    assert cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--n", "24",
+                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    mask = NeuronMask.load(out)
+    assert len(mask) > 0 and f"{len(mask)} of 2048 neurons" in capsys.readouterr().out
+    assert (out / "scores.safetensors").is_file()
+    assert cli.main(["erase", "--model", "zoo", "--mask", str(out), "--data", "sentiment",
+                     "--n", "60", "--random", "2", "--quiet"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    base, erased = map(float, re.search(r"accuracy ([\d.]+) % -> ([\d.]+) %", text).groups())
+    random_drop = float(re.search(r"size per layer: drop (-?[\d.]+)", text).group(1))
+    assert base - erased > random_drop + 10  # located neurons matter more than random ones
+
+
+def test_erase_refuses_a_mask_from_another_model(tmp_path):
+    NeuronMask.empty(2, 64).save(tmp_path / "mask")
+    with pytest.raises(ValueError, match="2 layers of 64 neurons"):
+        cli.main(["erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--data",
+                  "sentiment", "--n", "4", "--quiet"])  # fmt: skip
+
+
+@bridge_only
+def test_report_on_a_local_model_and_a_local_file(capsys, tmp_path):
+    model_dir = save_hf_model("gpt2", tmp_path / "model")
+    rows = [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(10)]
+    data = tmp_path / "double.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    assert cli.main(["report", "--model", str(model_dir), "--data", str(data), "reverse",
+                     "--n", "10", "--n-locate", "6", "--sigmas", "2", "3", "--random", "1",
+                     "--steps", "2", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    index = (out / "index.md").read_text()
+    assert str(model_dir) in index and "(erase-matrix.png)" in index
+    assert "| reverse" in index and str(data).split(":")[0] in index
+
+
+def test_resolve_specs(tmp_path):
+    assert resolve("addition", n=5).name == "addition" and len(resolve("addition", n=5)) == 5
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"text": "I am glad", "label": 1}\n{"text": "so sad", "label": 0}\n')
+    emotion = resolve(f"emotion:{path}")
+    assert list(emotion.data["answer"]) == [" joy", " sadness"]
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"prompt": "1+1=", "answer": "2"}\n' * 3)
+    assert len(resolve(str(pairs), n=2)) == 2
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("zoo", dtype="float8")
+    with pytest.raises(FileNotFoundError, match="no model directory"):
+        load_model(str(tmp_path / "missing"))
+    assert load_model("zoo").cfg.d_mlp == 2048 // 4

@@ -1,8 +1,14 @@
 """The ``tl-capability`` command line.
 
-``tl-capability demo`` runs the main job on the bundled zoo model (offline): the papers'
-experiments, written to ``capability-report/`` (see :mod:`tl_capability.demo`), and a summary of
-the headline numbers.
+- ``demo``: the main job on the bundled zoo model (offline): the papers' experiments, written
+  to ``capability-report/`` (see :mod:`tl_capability.demo`), and the headline numbers.
+- ``locate``: attribution scores and a σ-selected neuron mask for one dataset, saved to a folder.
+- ``erase``: a saved mask's effect on a dataset's accuracy, against random sets of its size.
+- ``report``: the capability-localization report for any model and datasets.
+
+``--model`` is ``zoo``, a local Hugging Face directory or a hub name; ``--data`` a spec of
+:func:`tl_capability.loaders.resolve` (a zoo capability, ``emotion[:PATH]``-style loaders, a
+``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer columns).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -61,6 +68,125 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace) -> dict[str, float]:
+    if args.top_k is not None:
+        return {"top_k": args.top_k}
+    if args.quantile is not None:
+        return {"quantile": args.quantile}
+    return {"sigma": args.sigma}
+
+
+def _locate(args: argparse.Namespace) -> int:
+    from tl_capability.attribution import attribute
+    from tl_capability.loaders import resolve
+    from tl_capability.masks import select
+    from tl_capability.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
+    scores = attribute(
+        model,
+        data,
+        args.method,
+        steps=args.steps,
+        metric=args.metric,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    mask = select(scores, **_selection(args))
+    out = Path(args.out)
+    mask.save(out)
+    scores.save(out)
+    print(
+        f"{len(mask)} of {mask.tensor.numel()} neurons ({100 * mask.fraction:.2f} %), per layer "
+        f"{mask.per_layer()}; {len(data)} samples of {data.name!r}"
+    )
+    print(f"mask and scores written to {out.resolve()}")
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    from tl_capability.evaluate import accuracy
+    from tl_capability.experiments import mean_ci
+    from tl_capability.interventions import ablate
+    from tl_capability.loaders import resolve
+    from tl_capability.masks import NeuronMask
+    from tl_capability.models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    mask = NeuronMask.load(args.mask)
+    data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
+    base = accuracy(model, data)
+    with ablate(model, mask, args.mode):
+        erased = accuracy(model, data)
+    drops = []
+    for seed in range(args.random):
+        with ablate(model, mask.random_like(seed=seed), args.mode):
+            drops.append(100 * (base - accuracy(model, data)))
+    mean, half = mean_ci(drops) if drops else (float("nan"), float("nan"))
+    print(f"{data.name}: {len(data)} samples; mask: {len(mask)} neurons ({args.mode})")
+    print(
+        f"accuracy {100 * base:.1f} % -> {100 * erased:.1f} % with the mask "
+        f"(drop {100 * (base - erased):.1f} points); {args.random} random sets of the same "
+        f"size per layer: drop {mean:.1f} ± {half:.1f}"
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from tl_capability.loaders import resolve
+    from tl_capability.models import load_model
+    from tl_capability.report import Report, add_localization
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    locate_on, evaluate_on = {}, {}
+    for spec in args.data:
+        name = spec.split(":")[0]
+        locate_on[name] = resolve(spec, split=args.locate_split, n=args.n_locate, seed=1)
+        evaluate_on[name] = resolve(spec, split=args.split, n=args.n, seed=2)
+    report = Report(f"tl_capability report: {args.model}")
+    report.text(
+        f"Model: {args.model}. Attribution: {args.method} of P(answer) on {args.n_locate} "
+        f"{args.locate_split} samples per dataset; selection: |s − mean| > σ·std; erasure: zero "
+        f"at every position; {args.random} random sets of the same size per layer."
+    )
+    bar = tqdm(total=4, desc="report", disable=args.quiet)
+
+    def stage(name: str) -> None:
+        if name != "accuracy":
+            bar.update()
+        bar.set_postfix_str(name)
+
+    add_localization(
+        report,
+        model,
+        locate_on,
+        evaluate_on,
+        sigmas=args.sigmas,
+        n_random=args.random,
+        stage=stage,
+        method=args.method,
+        steps=args.steps,
+    )
+    bar.update()
+    bar.close()
+    print(f"Report: {report.save(args.out).resolve()}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="zoo, a local model directory, or a hub name"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--split", default="test", help="dataset split to use")
+    parser.add_argument("--n", type=int, default=200, help="samples (default 200)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tl-capability`` console script."""
     parser = argparse.ArgumentParser(
@@ -73,6 +199,42 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
+
+    locate = sub.add_parser("locate", help="locate a dataset's neurons and save the mask")
+    _common(locate)
+    locate.add_argument("--data", required=True, help="dataset spec (see the module docstring)")
+    locate.add_argument("--method", default="ig", help="ig, grad_x_act, neurgrad or activation")
+    locate.add_argument("--metric", default="prob", choices=["prob", "logprob"])
+    locate.add_argument("--steps", type=int, default=20, help="integrated-gradient steps")
+    locate.add_argument("--batch-size", type=int, default=None)
+    rule = locate.add_mutually_exclusive_group()
+    rule.add_argument("--sigma", type=float, default=3.0, help="σ rule (default 3)")
+    rule.add_argument("--top-k", type=int, default=None, help="keep the k largest |scores|")
+    rule.add_argument("--quantile", type=float, default=None, help="keep |scores| ≥ quantile")
+    locate.add_argument("--seed", type=int, default=1, help="sampling seed of zoo datasets")
+    locate.add_argument("--out", required=True, help="folder for mask.* and scores.*")
+    locate.set_defaults(func=_locate, split="train")
+
+    erase = sub.add_parser("erase", help="accuracy with a saved mask erased vs random sets")
+    _common(erase)
+    erase.add_argument("--data", required=True, help="dataset spec")
+    erase.add_argument("--mask", required=True, help="folder written by `locate`")
+    erase.add_argument("--mode", default="zero", choices=["zero", "mean", "scale", "add"])
+    erase.add_argument("--random", type=int, default=3, help="random control sets")
+    erase.add_argument("--seed", type=int, default=2, help="sampling seed of zoo datasets")
+    erase.set_defaults(func=_erase)
+
+    report = sub.add_parser("report", help="capability-localization report for any model")
+    _common(report)
+    report.add_argument("--data", required=True, nargs="+", help="one spec per capability")
+    report.add_argument("--method", default="ig")
+    report.add_argument("--steps", type=int, default=20)
+    report.add_argument("--n-locate", type=int, default=100, help="samples to locate on")
+    report.add_argument("--locate-split", default="train")
+    report.add_argument("--sigmas", type=float, nargs="+", default=[3.0, 6.0, 12.0])
+    report.add_argument("--random", type=int, default=3, help="random control sets")
+    report.add_argument("--out", default="capability-report", help="report folder")
+    report.set_defaults(func=_report)
     args = parser.parse_args(argv)
     return args.func(args)
 

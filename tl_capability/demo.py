@@ -17,18 +17,9 @@ from tqdm.auto import tqdm
 
 from tl_capability import zoo
 from tl_capability.attribution import attribute
-from tl_capability.evaluate import accuracy
-from tl_capability.experiments import (
-    Table,
-    erase,
-    fidelity,
-    locate_scores,
-    skill_probe,
-    split_overlap,
-)
-from tl_capability.masks import select
+from tl_capability.experiments import Table, fidelity, skill_probe
 from tl_capability.neg import empirical_neg
-from tl_capability.report import Report, erase_matrix, mask_heatmap, neg_scatter, sigma_curves
+from tl_capability.report import Report, add_localization, neg_scatter
 
 
 @dataclass(frozen=True)
@@ -70,41 +61,18 @@ def run(
         "with the same number of neurons in every layer."
     )
 
-    stages.set_postfix_str("accuracy")
     train = {n: zoo.dataset(n, n=sizes.locate, split="train", seed=1) for n in names}
     test = {n: zoo.dataset(n, n=sizes.evaluate, split="test", seed=2) for n in names}
-    acc = Table(
-        "Accuracy (exact match, test split)",
-        tuple({"capability": n, "accuracy": 100 * accuracy(model, test[n])} for n in names),
-    )
-    report.table(acc)
-    stages.update()
 
-    stages.set_postfix_str("locate")
-    scores = locate_scores(model, train)
-    masks = {n: select(scores[n], sigma=sizes.sigmas[0]) for n in names}
-    report.text("## Capability localization")
-    report.figure(
-        "neurons",
-        mask_heatmap(masks),
-        f"Located neurons per layer (σ = {sizes.sigmas[0]:g}); darker = more neurons.",
-    )
-    stages.update()
+    def stage(name: str) -> None:
+        if name != "accuracy":
+            stages.update()
+        stages.set_postfix_str(name)
 
-    stages.set_postfix_str("split overlap")
-    halves = split_overlap(model, train, sigmas=sizes.sigmas)
-    report.table(halves)
-    stages.update()
-
-    stages.set_postfix_str("erase")
-    erased = erase(model, train, test, sigmas=sizes.sigmas, n_random=sizes.n_random, scores=scores)
-    report.figure(
-        "erase-matrix",
-        erase_matrix(erased, sizes.sigmas[0]),
-        "Erasing each capability's neurons (rows) and measuring every capability.",
+    found = add_localization(
+        report, model, train, test, sigmas=sizes.sigmas, n_random=sizes.n_random, stage=stage
     )
-    report.figure("sigma", sigma_curves(erased), "Own-capability drop against σ.")
-    report.table(erased)
+    halves, erased = found.halves, found.erased
     stages.update()
 
     stages.set_postfix_str("knowledge neurons")

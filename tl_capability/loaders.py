@@ -235,3 +235,35 @@ def load(name: str, source: str | Path | None = None, **kwargs: Any) -> Capabili
     if source is not None:
         kwargs["source"] = source
     return LOADERS[name](**kwargs)
+
+
+def resolve(
+    spec: str, *, split: str = "test", n: int | None = None, seed: int = 0
+) -> CapabilityDataset:
+    """A dataset from a command-line style spec.
+
+    Specs, tried in this order:
+
+    - a zoo capability (``addition``, ``sentiment``, ...): ``n`` fresh samples (default 200) of
+      its ``split``, seeded;
+    - a loader of :data:`LOADERS` (``emotion``) from its hub default, or ``emotion:PATH`` from a
+      local file or directory with the same columns;
+    - a local ``.jsonl``/``.json``/``.csv`` file with ``prompt`` and ``answer`` columns;
+    - any other name: a hub dataset with ``prompt`` and ``answer`` columns.
+
+    ``n`` keeps the first ``n`` samples of loaded data (all when ``None``).
+    """
+    from tl_capability import zoo
+
+    name, _, source = spec.partition(":")
+    if name in zoo.capability_names() and not source:
+        return zoo.dataset(
+            name, n=n or 200, split="test" if split == "test" else "train", seed=seed
+        )
+    if name in LOADERS:
+        return load(name, source or None, split=split, n=n)
+    if Path(spec).is_file():
+        data = CapabilityDataset.from_file(spec)
+    else:
+        data = CapabilityDataset.from_hf(load_raw(spec, split), name=spec)
+    return data if n is None else data.select(range(min(n, len(data))))

@@ -8,6 +8,7 @@ erase matrix (Fig. 4), accuracy against σ, and NeurGrad against interventions.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from tl_capability.experiments._results import Table
-from tl_capability.masks import NeuronMask
+from tl_capability.attribution import NeuronScores
+from tl_capability.data import CapabilityDataset
+from tl_capability.evaluate import accuracy
+from tl_capability.experiments import Table, erase, locate_scores, split_overlap
+from tl_capability.masks import NeuronMask, select
 
 
 @dataclass
@@ -150,3 +154,65 @@ def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+@dataclass(frozen=True)
+class Localization:
+    """What :func:`add_localization` measured (the tables are also in the report)."""
+
+    accuracy: Table
+    scores: dict[str, NeuronScores]
+    masks: dict[str, NeuronMask]
+    halves: Table
+    erased: Table
+
+
+def add_localization(
+    report: Report,
+    model: Any,
+    locate_on: Mapping[str, CapabilityDataset],
+    evaluate_on: Mapping[str, CapabilityDataset],
+    *,
+    sigmas: Sequence[float] = (3.0, 6.0, 12.0),
+    n_random: int = 3,
+    stage: Callable[[str], None] = lambda name: None,
+    **attribute_kwargs: Any,
+) -> Localization:
+    """Adds the capability-localization experiments for any model and datasets to ``report``.
+
+    Accuracy per capability, where each capability's neurons are (first σ), the overlap of sets
+    located on two halves of the data, and the erase matrix with random controls for every σ,
+    as tables and figures. ``stage(name)`` is called as each step starts (for progress bars);
+    ``attribute_kwargs`` go to :func:`~tl_capability.attribution.attribute`.
+    """
+    sigmas = tuple(sigmas)
+    stage("accuracy")
+    acc = Table(
+        "Accuracy (exact match)",
+        tuple(
+            {"capability": n, "accuracy": 100 * accuracy(model, d)} for n, d in evaluate_on.items()
+        ),
+    )
+    report.table(acc)
+    stage("locate")
+    scores = locate_scores(model, locate_on, **attribute_kwargs)
+    masks = {n: select(scores[n], sigma=sigmas[0]) for n in locate_on}
+    report.text("## Capability localization")
+    report.figure(
+        "neurons",
+        mask_heatmap(masks),
+        f"Located neurons per layer (σ = {sigmas[0]:g}); darker = more neurons.",
+    )
+    stage("split overlap")
+    halves = split_overlap(model, locate_on, sigmas=sigmas, **attribute_kwargs)
+    report.table(halves)
+    stage("erase")
+    erased = erase(model, locate_on, evaluate_on, sigmas=sigmas, n_random=n_random, scores=scores)
+    report.figure(
+        "erase-matrix",
+        erase_matrix(erased, sigmas[0]),
+        "Erasing each capability's neurons (rows) and measuring every capability.",
+    )
+    report.figure("sigma", sigma_curves(erased), "Own-capability drop against σ.")
+    report.table(erased)
+    return Localization(acc, scores, masks, halves, erased)

@@ -77,8 +77,14 @@ def train(
     lr: float = 3e-3,
     seed: int = 0,
     eval_every: int = 500,
+    architecture: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """Trains the zoo model, saves it to ``out`` and returns its test accuracies."""
+    """Trains the zoo model, saves it to ``out`` and returns its test accuracies.
+
+    ``architecture`` overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``) to make
+    sibling models, used to check that the library's defaults do not only suit the shipped one.
+    """
+    architecture = ARCHITECTURE | (architecture or {})
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     config = GPT2Config(
@@ -89,7 +95,7 @@ def train(
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        **ARCHITECTURE,
+        **architecture,
     )
     model = GPT2LMHeadModel(config)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -141,7 +147,7 @@ def train(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {
-        "architecture": ARCHITECTURE,
+        "architecture": architecture,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -165,9 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (fixed for determinism)"
     )
+    parser.add_argument("--layers", type=int, default=ARCHITECTURE["n_layer"])
+    parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE["n_inner"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    accs = train(args.out, args.steps, args.batch_size, args.lr, args.seed)
+    arch = {"n_layer": args.layers, "n_inner": args.d_mlp}
+    accs = train(args.out, args.steps, args.batch_size, args.lr, args.seed, architecture=arch)
     print(json.dumps(accs, indent=2))
 
 
