@@ -56,3 +56,17 @@ def test_accuracy_refuses_training_mode(model):
             accuracy(model, CapabilityDataset.from_pairs(["a"], ["b"]))
     finally:
         model.eval()
+
+
+def test_answer_probability_is_the_mean_token_probability(model):
+    from tl_capability import answer_probability
+
+    ds = CapabilityDataset.from_pairs(["ab", "hello there", "1+2="], ["c", "xyz", "34"])
+    got = answer_probability(model, ds, batch_size=2)
+    for i, s in enumerate(tokenize(model, ds)):
+        seq = torch.tensor([list(s.prompt) + list(s.answer)])
+        with torch.no_grad():
+            probs = model(seq)[0].softmax(-1)
+        n = len(s.prompt)
+        expected = sum(probs[n - 1 + m, t].item() for m, t in enumerate(s.answer)) / len(s.answer)
+        assert got[i].item() == pytest.approx(expected, rel=1e-4)

@@ -132,3 +132,53 @@ def test_enhancement_restores_the_model_and_reports_every_set(zoo_model):
     counts = {r["neurons"]: r["count"] for r in table.rows}
     assert counts["located"] == counts["random"] == 10
     assert counts["all but located"] == zoo_model.cfg.n_layers * zoo_model.cfg.d_mlp - 10
+
+
+def test_reliability_matches_manual_suppression(zoo_model):
+    import torch
+
+    from tl_capability import answer_probability
+    from tl_capability.experiments import reliability
+
+    data = {"sentiment": zoo.dataset("sentiment", n=16, seed=5)}
+    mask = select(attribute(zoo_model, data["sentiment"], "grad_x_act", progress=False), top_k=8)
+    empty = select(torch.zeros(4, 512), top_k=0)
+    table = reliability(
+        zoo_model, {"sentiment": mask, "none": empty}, data | {"none": data["sentiment"]},
+        n_random=3,
+    )  # fmt: skip
+    row = table.rows[0]
+    base = answer_probability(zoo_model, data["sentiment"]).mean().item()
+    with ablate(zoo_model, mask):
+        located = base - answer_probability(zoo_model, data["sentiment"]).mean().item()
+    randoms = []
+    for seed in range(3):
+        with ablate(zoo_model, mask.random_like(seed=seed)):
+            randoms.append(base - answer_probability(zoo_model, data["sentiment"]).mean().item())
+    assert row["located_effect"] == pytest.approx(located, abs=1e-6)
+    assert row["best_random_effect"] == pytest.approx(max(randoms), abs=1e-6)
+    assert row["beats_best_random"] == (located > max(randoms))
+    assert table.rows[1]["beats_best_random"] is False  # an empty set never wins
+    assert table.rows[-1]["beats_best_random"] == pytest.approx(row["beats_best_random"] / 2)
+
+
+def test_decoupling_follows_the_poster_formula(zoo_model):
+    import torch
+
+    from tl_capability.experiments import decoupling
+    from tl_capability.masks import coarse_masks
+
+    first, second = zoo.addition_pairs(6, seed=1)
+    assert [p.split("+")[0] for p in first.data["prompt"]] == [
+        p.split("+")[0] for p in second.data["prompt"]
+    ]
+    table = decoupling(zoo_model, first, second, method="grad_x_act")
+    a = coarse_masks(attribute(zoo_model, first, "grad_x_act", per_sample=True, progress=False))
+    b = coarse_masks(attribute(zoo_model, second, "grad_x_act", per_sample=True, progress=False))
+    paired = sum(len(x & y) for x, y in zip(a, b, strict=True)) / 6
+    rows = {r["rate"]: r for r in table.rows}
+    assert rows["C(1,2)"]["value"] == pytest.approx(paired / 2048)
+    common = torch.stack([m.tensor for m in a]).all(0).sum().item()
+    assert rows["C(1,1)"]["neurons"] == common
+    with pytest.raises(ValueError, match="aligned"):
+        decoupling(zoo_model, first, second.select(range(3)))

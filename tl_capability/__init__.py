@@ -10,7 +10,7 @@ See the README for the quickstart and ``tutorials/`` for the methods.
 from tl_capability.attribution import NeuronScores, attribute, ig_alphas
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
-from tl_capability.evaluate import accuracy, answer_correct
+from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
 from tl_capability.masks import NeuronMask, coarse_masks, refine, select
 from tl_capability.neg import EmpiricalNEG, empirical_neg
@@ -31,6 +31,7 @@ __all__ = [
     "ablate",
     "accuracy",
     "answer_correct",
+    "answer_probability",
     "answer_positions",
     "attribute",
     "batches",

@@ -8,16 +8,40 @@ active, so ``with ablate(model, mask): accuracy(model, data)`` measures the edit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
 from tl_capability.sites import require_eval
+
+
+def _answer_logits(
+    model: Any,
+    dataset: CapabilityDataset,
+    batch_size: int,
+    progress: bool | None,
+    hooks: Callable[[Batch], list] | None,
+) -> Iterator[tuple[Batch, Float[Tensor, "target vocab"]]]:
+    """Each batch and the logits at its answer-predicting positions (no gradients)."""
+    require_eval(model)
+    samples = tokenize(model, dataset)
+    n_batches = -(-len(samples) // batch_size)
+    show = n_batches > 20 if progress is None else progress
+    with torch.no_grad():
+        for batch in tqdm(
+            batches(model, samples, batch_size),
+            total=n_batches,
+            disable=not show,
+            desc=f"evaluate {dataset.name or ''}".strip(),
+        ):
+            with model.hooks(fwd_hooks=hooks(batch) if hooks is not None else []):
+                logits = model(batch.tokens)
+            yield batch, logits[batch.target_row, batch.target_pos]
 
 
 def answer_correct(
@@ -43,26 +67,36 @@ def answer_correct(
         ValueError: For a model in training mode, an empty dataset, or a sample that does not
             fit the context.
     """
-    require_eval(model)
-    samples = tokenize(model, dataset)
-    n_batches = -(-len(samples) // batch_size)
-    show = n_batches > 20 if progress is None else progress
-    correct = torch.zeros(len(samples), dtype=torch.bool)
-    with torch.no_grad():
-        for batch in tqdm(
-            batches(model, samples, batch_size),
-            total=n_batches,
-            disable=not show,
-            desc=f"accuracy {dataset.name or ''}".strip(),
-        ):
-            with model.hooks(fwd_hooks=hooks(batch) if hooks is not None else []):
-                logits = model(batch.tokens)
-            predicted = logits[batch.target_row, batch.target_pos].argmax(-1)
-            wrong = (predicted != batch.target_token).long()
-            n_wrong = torch.zeros(batch.tokens.shape[0], dtype=torch.long, device=wrong.device)
-            n_wrong.index_add_(0, batch.target_row, wrong)
-            correct[batch.sample_index.cpu()] = (n_wrong == 0).cpu()
+    correct = torch.zeros(len(dataset), dtype=torch.bool)
+    for batch, logits in _answer_logits(model, dataset, batch_size, progress, hooks):
+        wrong = (logits.argmax(-1) != batch.target_token).long()
+        n_wrong = torch.zeros(batch.tokens.shape[0], dtype=torch.long, device=wrong.device)
+        n_wrong.index_add_(0, batch.target_row, wrong)
+        correct[batch.sample_index.cpu()] = (n_wrong == 0).cpu()
     return correct
+
+
+def answer_probability(
+    model: Any,
+    dataset: CapabilityDataset,
+    *,
+    batch_size: int = 64,
+    progress: bool | None = None,
+    hooks: Callable[[Batch], list] | None = None,
+) -> Float[Tensor, " n"]:
+    """Per-sample probability of the answer under teacher forcing, in dataset order: the mean
+    over answer tokens of ``P(y_m | x ⊕ y_<m)`` (the quantity the CNL score attributes).
+
+    See :func:`answer_correct` for the arguments.
+    """
+    probs = torch.zeros(len(dataset))
+    for batch, logits in _answer_logits(model, dataset, batch_size, progress, hooks):
+        p = logits.float().softmax(-1).gather(-1, batch.target_token[:, None])[:, 0]
+        total = torch.zeros(batch.tokens.shape[0], device=p.device).index_add_(
+            0, batch.target_row, p
+        )
+        probs[batch.sample_index.cpu()] = (total / batch.n_targets.to(p.device)).cpu()
+    return probs
 
 
 def accuracy(

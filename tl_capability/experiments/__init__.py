@@ -3,7 +3,7 @@
 Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
 Capability localization: :func:`split_overlap`, :func:`erase`, :func:`enhancement` (see
 :mod:`.cnl`).
-Knowledge neurons: :func:`fidelity` (see :mod:`.kn`).
+Knowledge neurons: :func:`fidelity`, :func:`reliability`, :func:`decoupling` (see :mod:`.kn`).
 Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`skill_probe` (see :mod:`.neg`).
 """
 
@@ -15,19 +15,22 @@ from tl_capability.experiments.cnl import (
     locate_scores,
     split_overlap,
 )
-from tl_capability.experiments.kn import fidelity
+from tl_capability.experiments.kn import decoupling, fidelity, knowledge_neurons, reliability
 from tl_capability.experiments.neg import neurgrad_agreement, option_neg, skill_probe
 
 __all__ = [
     "SIGMAS",
     "Table",
+    "decoupling",
     "enhancement",
     "erase",
     "fidelity",
+    "knowledge_neurons",
     "locate_scores",
     "mean_ci",
     "neurgrad_agreement",
     "option_neg",
+    "reliability",
     "skill_probe",
     "split_overlap",
 ]

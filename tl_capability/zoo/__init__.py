@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,21 @@ def _load_hooked(device: str | None) -> Any:
         fold_value_biases=False,
     )
     return model
+
+
+def addition_pairs(n: int = 50, seed: int = 0) -> tuple[CapabilityDataset, CapabilityDataset]:
+    """``n`` pairs of addition problems that share their first operand (the main part) and
+    differ in the second (the replaceable part), as two aligned datasets, for
+    :func:`tl_capability.experiments.decoupling`."""
+    rng = random.Random(seed)
+    rows: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
+    for _ in range(n):
+        a, b, c = rng.randrange(100), *rng.sample(range(100), 2)
+        rows[0].append((f"{a}+{b}=", str(a + b)))
+        rows[1].append((f"{a}+{c}=", str(a + c)))
+    return tuple(  # type: ignore[return-value]
+        CapabilityDataset.from_pairs(
+            [p for p, _ in r], [q for _, q in r], f"addition pairs {i + 1}"
+        )
+        for i, r in enumerate(rows)
+    )
