@@ -20,10 +20,11 @@ def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
         assert name in out
     assert "accuracy" in out and "%" in out and "Report:" in out
     index = (out_dir / "index.md").read_text()
-    for png in ("neurons", "erase-matrix", "sigma", "neg"):
+    for png in ("neurons", "erase-matrix", "sigma", "neg", "linearity", "enhancement"):
         assert (out_dir / f"{png}.png").stat().st_size > 1000
         assert f"({png}.png)" in index
     assert "Skill-neuron probe" in index and "Knowledge-neuron fidelity" in index
+    assert "IPP" in index and "C(1,2)" in index and "Enhancement" in index
 
 
 def test_unknown_command_exits_with_usage():

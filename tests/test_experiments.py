@@ -182,3 +182,23 @@ def test_decoupling_follows_the_poster_formula(zoo_model):
     assert rows["C(1,1)"]["neurons"] == common
     with pytest.raises(ValueError, match="aligned"):
         decoupling(zoo_model, first, second.select(range(3)))
+
+
+def test_linearity_rows_are_the_interventions_of_top_and_random_neurons(zoo_model):
+    import torch
+
+    from tl_capability.experiments import linearity
+    from tl_capability.neg import empirical_neg
+
+    data = zoo.dataset("sentiment", n=4, seed=6)
+    table = linearity(zoo_model, data, top=3, n_random=2, shifts=(0.5, 1.0))
+    assert [r["group"] for r in table.rows] == ["top"] * 3 + ["random"] * 2
+    grads = attribute(zoo_model, data, "neurgrad", progress=False).values
+    top = {(r["layer"], r["index"]) for r in table.rows[:3]}
+    flat = grads.abs().flatten().topk(3).indices
+    assert top == {(int(i) // 512, int(i) % 512) for i in flat}
+    neurons = [(r["layer"], r["index"]) for r in table.rows]
+    measured = empirical_neg(zoo_model, data, neurons, shifts=(0.5, 1.0), progress=False)
+    got = torch.tensor([r["abs_r"] for r in table.rows])
+    assert torch.allclose(got, measured.r.abs().mean(0), atol=1e-6)
+    assert all(0 <= r["abs_r"] <= 1 for r in table.rows)

@@ -38,7 +38,17 @@ def _demo(args: argparse.Namespace) -> int:
         DemoSizes()
         if not args.quick
         else DemoSizes(
-            locate=12, evaluate=20, n_random=2, facts=3, probe=24, neg_samples=4, sigmas=(3.0, 6.0)
+            locate=12,
+            evaluate=20,
+            n_random=2,
+            facts=3,
+            probe=24,
+            neg_samples=4,
+            n_random_kn=2,
+            pairs=4,
+            enhance_train=16,
+            epochs=(1,),
+            sigmas=(3.0, 6.0),
         )
     )
     index, head = run(args.out, sizes, progress=not args.quiet, model=model)
@@ -58,6 +68,12 @@ def _demo(args: argparse.Namespace) -> int:
         f"\nknowledge-neuron fidelity across paraphrases: overlap {head['kn_fidelity']:.2f}; "
         f"NeurGrad vs interventions sign agreement {head['neurgrad_sign_agreement']:.2f}; "
         f"skill-neuron probe {head['skill_probe']:.1f}%"
+    )
+    print(
+        f"knowledge-neuron reliability (IPP vs the best random set): {head['kn_ipp']:.2f}; "
+        f"linearity: median |r| {head['neg_median_abs_r']:.2f}; enhancement (addition after "
+        "noise, accuracy after fine-tuning): "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in head["enhancement"].items())
     )
     print(
         "\nerased: accuracy change with the located neurons zeroed; random: the same for "

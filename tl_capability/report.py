@@ -115,10 +115,14 @@ def erase_matrix(table: Table, sigma: float) -> Figure:
     return fig
 
 
-def sigma_curves(table: Table) -> Figure:
-    """Own-capability drop against σ for located and random sets (from ``erase``)."""
-    own = [r for r in table.rows if r["located"] == r["evaluated"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
+    """Every σ-dependent number against σ: the own-capability drop of located and random sets
+    (from :func:`~tl_capability.experiments.erase`) and, when given, the overlap of sets
+    located on two halves of the data (from :func:`~tl_capability.experiments.split_overlap`)."""
+    own = [r for r in erased.rows if r["located"] == r["evaluated"]]
+    n_panels = 3 if halves is not None else 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 3.6), squeeze=False)
+    ax = axes[0, 0]
     for name in dict.fromkeys(r["located"] for r in own):
         rows = sorted((r for r in own if r["located"] == name), key=lambda r: r["sigma"])
         sigmas = [r["sigma"] for r in rows]
@@ -128,7 +132,55 @@ def sigma_curves(table: Table) -> Figure:
         )
     ax.set_xlabel("σ")
     ax.set_ylabel("own accuracy drop (points)")
-    ax.set_title("located (solid) vs random sets of the same size (dashed)")
+    ax.set_title("erased: located (solid) vs random (dashed)", fontsize=10)
+    ax.legend(fontsize=8)
+    if halves is not None:
+        for name in dict.fromkeys(r["capability"] for r in halves.rows):
+            rows = sorted(
+                (r for r in halves.rows if r["capability"] == name), key=lambda r: r["sigma"]
+            )
+            sigmas = [r["sigma"] for r in rows]
+            axes[0, 1].plot(sigmas, [r["overlap"] for r in rows], marker="o", label=name)
+            axes[0, 2].plot(sigmas, [100 * r["fraction"] for r in rows], marker="o", label=name)
+        axes[0, 1].set_ylim(0, 1.02)
+        axes[0, 1].set_title("overlap of the sets located on two halves", fontsize=10)
+        axes[0, 2].set_yscale("log")
+        axes[0, 2].set_title("located neurons (% of all)", fontsize=10)
+        for a in axes[0, 1:]:
+            a.set_xlabel("σ")
+    fig.tight_layout()
+    return fig
+
+
+def enhancement_curves(table: Table) -> Figure:
+    """Test accuracy against fine-tuning epochs for each neuron set (from
+    :func:`~tl_capability.experiments.enhancement`)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label in dict.fromkeys(r["neurons"] for r in table.rows):
+        rows = sorted((r for r in table.rows if r["neurons"] == label), key=lambda r: r["epochs"])
+        ax.plot(
+            [r["epochs"] for r in rows],
+            [r["accuracy"] for r in rows],
+            marker="o",
+            label=f"{label} ({rows[0]['count']})",
+        )
+    ax.set_xlabel("epochs of fine-tuning")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(table.title.split("(")[-1].rstrip(")"), fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def linearity_histogram(table: Table) -> Figure:
+    """The distribution over neurons of |Pearson r| under interventions (from
+    :func:`~tl_capability.experiments.linearity`)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for group in dict.fromkeys(r["group"] for r in table.rows):
+        values = [r["abs_r"] for r in table.rows if r["group"] == group]
+        ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{group} ({len(values)})")
+    ax.set_xlabel("|Pearson r| of activation shift vs answer-probability change")
+    ax.set_ylabel("neurons")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -213,6 +265,10 @@ def add_localization(
         erase_matrix(erased, sigmas[0]),
         "Erasing each capability's neurons (rows) and measuring every capability.",
     )
-    report.figure("sigma", sigma_curves(erased), "Own-capability drop against σ.")
+    report.figure(
+        "sigma",
+        sigma_curves(erased, halves),
+        "Own-capability drop, split overlap and size against σ.",
+    )
     report.table(erased)
     return Localization(acc, scores, masks, halves, erased)

@@ -4,7 +4,8 @@ Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()
 Capability localization: :func:`split_overlap`, :func:`erase`, :func:`enhancement` (see
 :mod:`.cnl`).
 Knowledge neurons: :func:`fidelity`, :func:`reliability`, :func:`decoupling` (see :mod:`.kn`).
-Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`skill_probe` (see :mod:`.neg`).
+Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`linearity`, :func:`skill_probe`
+(see :mod:`.neg`).
 """
 
 from tl_capability.experiments._results import Table, mean_ci
@@ -16,7 +17,7 @@ from tl_capability.experiments.cnl import (
     split_overlap,
 )
 from tl_capability.experiments.kn import decoupling, fidelity, knowledge_neurons, reliability
-from tl_capability.experiments.neg import neurgrad_agreement, option_neg, skill_probe
+from tl_capability.experiments.neg import linearity, neurgrad_agreement, option_neg, skill_probe
 
 __all__ = [
     "SIGMAS",
@@ -26,6 +27,7 @@ __all__ = [
     "erase",
     "fidelity",
     "knowledge_neurons",
+    "linearity",
     "locate_scores",
     "mean_ci",
     "neurgrad_agreement",

@@ -2,6 +2,8 @@
 
 - :func:`neurgrad_agreement`: NeurGrad against interventions on the top neurons — sign
   agreement, correlation, error — and how linear the interventions are (Pearson r).
+- :func:`linearity`: the distribution over neurons of the Pearson r between activation shift
+  and answer-probability change, for the top neurons by NeurGrad and for random neurons.
 - :func:`skill_probe`: the skill-neuron probe on a multiple-choice dataset.
 
 The skill-neuron probe, as implemented here: for every sample and answer option ``o``, NeurGrad
@@ -59,6 +61,50 @@ def neurgrad_agreement(
             },
         ),
     )
+
+
+def linearity(
+    model: Any,
+    dataset: CapabilityDataset,
+    *,
+    top: int = 20,
+    n_random: int = 20,
+    seed: int = 0,
+    **neg_kwargs: Any,
+) -> Table:
+    """How linear the answer probability is in each neuron's activation (NEG paper, Fig. 2).
+
+    Interventions (:func:`~tl_capability.neg.empirical_neg`) on the ``top`` neurons by mean
+    |NeurGrad| and on ``n_random`` other neurons drawn with ``seed``.
+
+    Returns:
+        One row per neuron: its group (``"top"`` or ``"random"``), layer, index, the mean over
+        samples of ``|r|`` (the Pearson r of one sample's shifts and probability changes; its
+        sign is the NEG's, which may differ between samples) and of the NEG (slope). A neuron
+        whose shifts change nothing gets r = 0 (no linear effect to speak of).
+    """
+    grads = attribute(model, dataset, "neurgrad", progress=False)
+    d_mlp = grads.values.shape[1]
+    order = grads.values.abs().flatten().argsort(descending=True)
+    chosen = order[:top]
+    rest = order[top:]
+    generator = torch.Generator().manual_seed(seed)
+    randoms = rest[torch.randperm(len(rest), generator=generator)[:n_random]]
+    flat = torch.cat([chosen, randoms])
+    neurons = torch.stack([flat // d_mlp, flat % d_mlp], 1)
+    measured = empirical_neg(model, dataset, neurons, progress=False, **neg_kwargs)
+    r, slope = measured.r.abs().mean(0), measured.slope.mean(0)
+    rows = tuple(
+        {
+            "group": "top" if i < len(chosen) else "random",
+            "layer": int(neurons[i, 0]),
+            "index": int(neurons[i, 1]),
+            "abs_r": float(r[i]),
+            "neg": float(slope[i]),
+        }
+        for i in range(len(flat))
+    )
+    return Table(f"Linearity of the answer probability in each neuron ({dataset.name})", rows)
 
 
 def option_neg(
