@@ -80,11 +80,20 @@ def test_selection_rules():
     values[1, 3] = 10.0
     values[2, 0] = -8.0
     values[0, 5] = 1.0
-    assert select(values, sigma=3).indices().tolist() == [[1, 3], [2, 0]]
-    assert select(values).indices().tolist() == [[1, 3], [2, 0]]  # sigma=3 by default
-    assert select(values, top_k=1).indices().tolist() == [[1, 3]]
+    # std = 1.89, mean = 0.06: only 10 and -8 are more than 2 or 3 std from the mean
+    assert select(values, sigma=3, side="both").indices().tolist() == [[1, 3], [2, 0]]
+    assert select(values, sigma=3).indices().tolist() == [[1, 3]]  # positive side by default
+    assert select(values, sigma=3, side="negative").indices().tolist() == [[2, 0]]
+    default = select(values)
+    assert default.indices().tolist() == [[1, 3]]
+    assert default.selection["value"] == 2.0 and default.selection["side"] == "positive"
+    assert select(values, top_k=2).indices().tolist() == [[0, 5], [1, 3]]
+    assert select(values, top_k=2, side="both").indices().tolist() == [[1, 3], [2, 0]]
+    assert select(values, top_k=1, side="negative").indices().tolist() == [[2, 0]]
     assert select(values, fraction_of_max=0.05).indices().tolist() == [[0, 5], [1, 3]]
     assert len(select(values, quantile=1.0)) == 1
+    with pytest.raises(ValueError, match="side"):
+        select(values, side="up")
     with pytest.raises(ValueError, match="one selection rule"):
         select(values, sigma=3, top_k=2)
     with pytest.raises(ValueError, match="fraction_of_max"):

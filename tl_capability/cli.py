@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
             pairs=4,
             enhance_train=16,
             epochs=(1,),
-            sigmas=(3.0, 6.0),
+            sigmas=(2.0, 6.0),
         )
     )
     index, head = run(args.out, sizes, progress=not args.quiet, model=model)
@@ -84,12 +85,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selection(args: argparse.Namespace) -> dict[str, float]:
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
     if args.top_k is not None:
-        return {"top_k": args.top_k}
+        return {"top_k": args.top_k, "side": args.side}
     if args.quantile is not None:
-        return {"quantile": args.quantile}
-    return {"sigma": args.sigma}
+        return {"quantile": args.quantile, "side": args.side}
+    return {"sigma": args.sigma, "side": args.side}
 
 
 def _locate(args: argparse.Namespace) -> int:
@@ -165,8 +166,9 @@ def _report(args: argparse.Namespace) -> int:
     report = Report(f"tl_capability report: {args.model}")
     report.text(
         f"Model: {args.model}. Attribution: {args.method} of P(answer) on {args.n_locate} "
-        f"{args.locate_split} samples per dataset; selection: |s − mean| > σ·std; erasure: zero "
-        f"at every position; {args.random} random sets of the same size per layer."
+        f"{args.locate_split} samples per dataset; selection: s − mean > σ·std (positive "
+        f"side); erasure: zero at every position; {args.random} random sets of the same size "
+        "per layer."
     )
     bar = tqdm(total=4, desc="report", disable=args.quiet)
 
@@ -224,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     locate.add_argument("--steps", type=int, default=20, help="integrated-gradient steps")
     locate.add_argument("--batch-size", type=int, default=None)
     rule = locate.add_mutually_exclusive_group()
-    rule.add_argument("--sigma", type=float, default=3.0, help="σ rule (default 3)")
+    rule.add_argument("--sigma", type=float, default=2.0, help="σ rule (default 2)")
     rule.add_argument("--top-k", type=int, default=None, help="keep the k largest |scores|")
     rule.add_argument("--quantile", type=float, default=None, help="keep |scores| ≥ quantile")
+    locate.add_argument("--side", default="positive", choices=["positive", "negative", "both"])
     locate.add_argument("--seed", type=int, default=1, help="sampling seed of zoo datasets")
     locate.add_argument("--out", required=True, help="folder for mask.* and scores.*")
     locate.set_defaults(func=_locate, split="train")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--steps", type=int, default=20)
     report.add_argument("--n-locate", type=int, default=100, help="samples to locate on")
     report.add_argument("--locate-split", default="train")
-    report.add_argument("--sigmas", type=float, nargs="+", default=[3.0, 6.0, 12.0])
+    report.add_argument("--sigmas", type=float, nargs="+", default=[2.0, 3.0, 6.0, 12.0])
     report.add_argument("--random", type=int, default=3, help="random control sets")
     report.add_argument("--out", default="capability-report", help="report folder")
     report.set_defaults(func=_report)

@@ -51,7 +51,7 @@ class DemoSizes:
     pairs: int = 50
     enhance_train: int = 200
     epochs: tuple[int, ...] = (1, 3, 5)
-    sigmas: tuple[float, ...] = (3.0, 6.0, 12.0)
+    sigmas: tuple[float, ...] = (2.0, 3.0, 6.0, 12.0)
 
 
 def run(
@@ -75,7 +75,8 @@ def run(
         f"Model: the zoo model ({cfg.n_layers} layers, d_mlp {cfg.d_mlp}, "
         f"{cfg.n_layers * cfg.d_mlp} MLP neurons). Attribution: integrated gradients of P(answer) "
         f"(20 midpoint steps) on {sizes.locate} training samples per capability; selection: "
-        f"|s − mean| > σ·std over all neurons; erasure: zero at every position; evaluation: "
+        f"s − mean > σ·std over all neurons (positive side); erasure: zero at every position; "
+        "evaluation: "
         f"exact match on {sizes.evaluate} test samples; random controls: {sizes.n_random} sets "
         "with the same number of neurons in every layer."
     )

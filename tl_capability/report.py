@@ -4,6 +4,9 @@ Build a :class:`Report`, add text, :class:`~tl_capability.experiments.Table` obj
 figures, then :meth:`Report.save`. The figure helpers draw what people would rather look at
 than read: where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability
 erase matrix (Fig. 4), accuracy against σ, and NeurGrad against interventions.
+
+Figures are ``matplotlib.figure.Figure`` objects made without pyplot: a notebook shows the one
+a cell returns, and nothing touches the global pyplot state or the user's backend.
 """
 
 from __future__ import annotations
@@ -13,11 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: never needs a display
-
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
@@ -61,7 +59,6 @@ class Report:
             if isinstance(part, tuple):
                 name, figure, caption = part
                 figure.savefig(directory / f"{name}.png", dpi=110, bbox_inches="tight")
-                plt.close(figure)
                 lines.append(f"![{caption or name}]({name}.png)\n")
                 if caption:
                     lines.append(f"*{caption}*\n")
@@ -74,7 +71,8 @@ class Report:
 
 def mask_heatmap(masks: dict[str, NeuronMask], bins: int = 64) -> Figure:
     """Where each capability's neurons are: per layer, counts in ``bins`` groups of neurons."""
-    fig, axes = plt.subplots(len(masks), 1, figsize=(8, 1.1 * len(masks) + 0.6), squeeze=False)
+    fig = Figure(figsize=(8, 1.1 * len(masks) + 0.6), layout="tight")
+    axes = fig.subplots(len(masks), 1, squeeze=False)
     for ax, (name, mask) in zip(axes[:, 0], masks.items(), strict=True):
         n_layers, d_mlp = mask.tensor.shape
         width = -(-d_mlp // bins)
@@ -87,7 +85,6 @@ def mask_heatmap(masks: dict[str, NeuronMask], bins: int = 64) -> Figure:
         ax.set_xticks([])
         ax.set_title(f"{name}: {len(mask)} neurons, per layer {mask.per_layer()}", fontsize=9)
     axes[-1, 0].set_xlabel(f"neuron index (groups of {width})")
-    fig.tight_layout()
     return fig
 
 
@@ -100,7 +97,8 @@ def erase_matrix(table: Table, sigma: float) -> Figure:
     grid = torch.zeros(len(located), len(evaluated))
     for r in rows:
         grid[located.index(r["located"]), evaluated.index(r["evaluated"])] = r["drop"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(evaluated) + 2, 0.8 * len(located) + 1.5))
+    fig = Figure(figsize=(1.1 * len(evaluated) + 2, 0.8 * len(located) + 1.5), layout="tight")
+    ax = fig.subplots()
     image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(1.0, float(grid.max())))
     for i in range(len(located)):
         for j in range(len(evaluated)):
@@ -111,7 +109,6 @@ def erase_matrix(table: Table, sigma: float) -> Figure:
     ax.set_ylabel("neurons erased")
     ax.set_title(f"accuracy drop (points), σ = {sigma:g}")
     fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.tight_layout()
     return fig
 
 
@@ -121,7 +118,8 @@ def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
     located on two halves of the data (from :func:`~tl_capability.experiments.split_overlap`)."""
     own = [r for r in erased.rows if r["located"] == r["evaluated"]]
     n_panels = 3 if halves is not None else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * n_panels, 3.6), layout="tight")
+    axes = fig.subplots(1, n_panels, squeeze=False)
     ax = axes[0, 0]
     for name in dict.fromkeys(r["located"] for r in own):
         rows = sorted((r for r in own if r["located"] == name), key=lambda r: r["sigma"])
@@ -148,14 +146,14 @@ def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
         axes[0, 2].set_title("located neurons (% of all)", fontsize=10)
         for a in axes[0, 1:]:
             a.set_xlabel("σ")
-    fig.tight_layout()
     return fig
 
 
 def enhancement_curves(table: Table) -> Figure:
     """Test accuracy against fine-tuning epochs for each neuron set (from
     :func:`~tl_capability.experiments.enhancement`)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.subplots()
     for label in dict.fromkeys(r["neurons"] for r in table.rows):
         rows = sorted((r for r in table.rows if r["neurons"] == label), key=lambda r: r["epochs"])
         ax.plot(
@@ -168,28 +166,28 @@ def enhancement_curves(table: Table) -> Figure:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(table.title.split("(")[-1].rstrip(")"), fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def linearity_histogram(table: Table) -> Figure:
     """The distribution over neurons of |Pearson r| under interventions (from
     :func:`~tl_capability.experiments.linearity`)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.subplots()
     for group in dict.fromkeys(r["group"] for r in table.rows):
         values = [r["abs_r"] for r in table.rows if r["group"] == group]
         ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{group} ({len(values)})")
     ax.set_xlabel("|Pearson r| of activation shift vs answer-probability change")
     ax.set_ylabel("neurons")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
     """NeurGrad (x) against interventional NEG (y), with the identity line."""
     x, y = predicted.flatten().float(), measured.flatten().float()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5), layout="tight")
+    ax = fig.subplots()
     ax.scatter(x, y, s=8, alpha=0.6)
     lim = float(torch.cat([x, y]).abs().max()) * 1.05 or 1.0
     ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1)
@@ -204,7 +202,6 @@ def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
     ax.set_xlabel("NeurGrad  ∂P/∂a · sign(a)")
     ax.set_ylabel("empirical NEG (interventions)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -225,7 +222,7 @@ def add_localization(
     locate_on: Mapping[str, CapabilityDataset],
     evaluate_on: Mapping[str, CapabilityDataset],
     *,
-    sigmas: Sequence[float] = (3.0, 6.0, 12.0),
+    sigmas: Sequence[float] = (2.0, 3.0, 6.0, 12.0),
     n_random: int = 3,
     stage: Callable[[str], None] = lambda name: None,
     **attribute_kwargs: Any,

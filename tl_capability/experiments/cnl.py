@@ -26,7 +26,7 @@ from tl_capability.experiments._results import Table, mean_ci
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, select
 
-SIGMAS = (3.0, 6.0, 12.0)
+SIGMAS = (2.0, 3.0, 6.0, 12.0)
 
 
 def locate_scores(
