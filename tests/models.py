@@ -73,7 +73,8 @@ def tiny_model(
     return model.eval()
 
 
-ARCHITECTURES = ("gpt2", "gpt_neox", "gptj", "llama")
+ARCHITECTURES = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2")
+GATED = ("llama", "mistral", "qwen2")
 
 
 def hf_config(arch: str, vocab_size: int) -> Any:
@@ -96,26 +97,42 @@ def hf_config(arch: str, vocab_size: int) -> Any:
         return t.GPTJConfig(
             n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128, **common
         )
+    gated = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **common,
+    )
     if arch == "llama":
-        return t.LlamaConfig(
+        return t.LlamaConfig(**gated)
+    if arch == "mistral":
+        return t.MistralConfig(sliding_window=None, **gated)
+    if arch == "bert":
+        return t.BertConfig(
+            vocab_size=vocab_size,
             hidden_size=64,
-            intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
-            num_key_value_heads=2,
+            intermediate_size=128,
             max_position_embeddings=64,
-            **common,
+            pad_token_id=1,
         )
+    if arch == "qwen2":
+        return t.Qwen2Config(use_sliding_window=False, tie_word_embeddings=False, **gated)
     raise ValueError(arch)
 
 
 def save_hf_model(arch: str, directory: Path, seed: int = 0) -> Path:
     """Writes a random-weight model of ``arch`` and the character tokenizer to ``directory``."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     tok = char_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(arch, len(tok))).eval()
+    auto = AutoModelForMaskedLM if arch == "bert" else AutoModelForCausalLM
+    model = auto.from_config(hf_config(arch, len(tok))).eval()
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

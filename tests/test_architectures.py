@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.models import ARCHITECTURES, HAS_BRIDGE, save_hf_model
+from tests.models import ARCHITECTURES, GATED, HAS_BRIDGE, save_hf_model
 from tl_capability import CapabilityDataset, accuracy, answer_correct, neuron_site, tokenize
 
 pytestmark = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
@@ -39,7 +39,8 @@ def test_bridge_matches_the_hf_model(arch_model):
 def test_post_site_is_what_the_down_projection_reads(arch_model):
     """For every architecture, hook_post @ W_out (+ b_out) is the MLP's output.
 
-    On Llama this pins the gated neuron: act(gate) * up, the input of down_proj.
+    On gated MLPs (Llama, Mistral, Qwen2) this pins the neuron: act(gate) * up, the input of
+    down_proj, checked against the Hugging Face module.
     """
     arch, directory, model = arch_model
     seen = {}
@@ -59,7 +60,7 @@ def test_post_site_is_what_the_down_projection_reads(arch_model):
     if getattr(mlp, "b_out", None) is not None:
         out = out + mlp.b_out
     torch.testing.assert_close(out, seen["out"], rtol=1e-4, atol=1e-5)
-    if arch == "llama":
+    if arch in GATED:
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(directory).eval()
@@ -164,9 +165,10 @@ def test_bf16_model_accumulates_in_float32(tmp_path):
 
 
 def test_mask_edits_on_every_architecture(arch_model):
-    """attribute -> select -> ablate == erase -> undo bit-exact; finetune touches only MLPs."""
+    """attribute -> select -> ablate == erase -> edit -> undo bit-exact; finetune touches only
+    MLPs."""
     from tl_capability.attribution import attribute
-    from tl_capability.edits import erase_weights, finetune_neurons
+    from tl_capability.edits import edit_knowledge, erase_weights, finetune_neurons
     from tl_capability.interventions import ablate
     from tl_capability.masks import select
 
@@ -185,6 +187,11 @@ def test_mask_edits_on_every_architecture(arch_model):
     torch.testing.assert_close(erased, ablated, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(ablated, clean)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    handle = edit_knowledge(model, mask, "46", "57")
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens), clean)
+    handle.undo()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     try:
         finetune_neurons(model, mask, ds, epochs=2, lr=1e-2, progress=False)
         after = model.state_dict()
@@ -192,3 +199,33 @@ def test_mask_edits_on_every_architecture(arch_model):
         assert changed and all(".mlp." in k for k in changed), changed
     finally:
         model.load_state_dict(before)
+
+
+def test_masked_lm_takes_masks_and_refuses_teacher_forcing(tmp_path):
+    """BERT-style models: neuron sites, interventions and weight erasure work; (prompt, answer)
+    attribution, which needs next-token predictions, is refused with a clear error."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability import NeuronMask, ablate, attribute, erase_weights
+    from tl_capability.sites import is_masked_lm
+
+    model = TransformerBridge.boot_transformers(str(save_hf_model("bert", tmp_path / "bert")))
+    model.eval()
+    assert is_masked_lm(model)
+    site = neuron_site(model)
+    assert (site.n_layers, site.d_mlp) == (2, 128)
+    mask = NeuronMask.from_indices([(0, 3), (1, 7), (1, 100)], 2, 128)
+    tokens = torch.tensor([[0, 5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        clean = model(tokens)
+        with ablate(model, mask):
+            ablated = model(tokens)
+        with erase_weights(model, mask):
+            erased = model(tokens)
+    assert not torch.allclose(ablated, clean)
+    torch.testing.assert_close(erased, ablated, rtol=1e-4, atol=1e-5)
+    data = CapabilityDataset.from_pairs(["paris is in"], [" france"])
+    with pytest.raises(NotImplementedError, match="masked LM"):
+        attribute(model, data, progress=False)
+    with pytest.raises(NotImplementedError, match="masked LM"):
+        accuracy(model, data)

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tl_capability.sites import model_device
+from tl_capability.sites import is_masked_lm, model_device
 
 
 class CapabilityDataset:
@@ -235,7 +235,16 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     Raises:
         ValueError: Naming the first sample whose answer tokenizes to nothing, or whose
             teacher-forced input is longer than the model's context (``cfg.n_ctx``).
+        NotImplementedError: For a masked (BERT-style) LM: teacher forcing reads a causal
+            model's next-token predictions, which a bidirectional model does not make.
     """
+    if is_masked_lm(model):
+        raise NotImplementedError(
+            f"{getattr(model.cfg, 'architecture', None) or type(model).__name__} is a masked "
+            "LM; (prompt, answer) attribution and accuracy need a causal LM. Masks and "
+            "interventions (NeuronMask.hooks, ablate, erase_weights) work on it; text-level "
+            "attribution of [MASK] predictions is not implemented yet."
+        )
     tokenizer = model_tokenizer(model)
     prompts = tokenizer(dataset.prompts, add_special_tokens=False)["input_ids"]
     answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]

@@ -95,6 +95,16 @@ def model_name(model: Any) -> str | None:
     return getattr(cfg, "model_name", None)
 
 
+def is_masked_lm(model: Any) -> bool:
+    """Whether the model is a bidirectional masked LM (BERT-style) rather than a causal LM."""
+    if type(model).__name__ in ("HookedEncoder", "HookedEncoderDecoder"):
+        return True
+    cfg = getattr(model, "cfg", None)
+    # TransformerLens 3.x names it original_architecture, 4.x architecture.
+    arch = str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", ""))
+    return arch.endswith(("ForMaskedLM", "ForPreTraining")) or arch.startswith(("Bert", "Roberta"))
+
+
 def neuron_site(model: Any, site: str = "post", *, check_width: bool = True) -> NeuronSite:
     """Resolves the neuron hook point of every layer and checks that it is usable.
 
