@@ -45,6 +45,9 @@ def test_locate_then_erase_on_the_zoo_model(capsys, tmp_path):
     base, erased = map(float, re.search(r"accuracy ([\d.]+) % -> ([\d.]+) %", text).groups())
     random_drop = float(re.search(r"size per layer: drop (-?[\d.]+)", text).group(1))
     assert base - erased > random_drop + 10  # located neurons matter more than random ones
+    assert cli.main(["erase", "--model", "zoo", "--mask", str(out), "--data", "sentiment",
+                     "--n", "20", "--random", "1", "--mode", "mean", "--quiet"]) == 0  # fmt: skip
+    assert "(mean)" in capsys.readouterr().out
 
 
 def test_erase_refuses_a_mask_from_another_model(tmp_path):

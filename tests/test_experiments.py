@@ -160,6 +160,8 @@ def test_reliability_matches_manual_suppression(zoo_model):
     assert row["beats_best_random"] == (located > max(randoms))
     assert table.rows[1]["beats_best_random"] is False  # an empty set never wins
     assert table.rows[-1]["beats_best_random"] == pytest.approx(row["beats_best_random"] / 2)
+    with pytest.raises(ValueError, match="no dataset"):
+        reliability(zoo_model, {"other": mask}, data)
 
 
 def test_decoupling_follows_the_poster_formula(zoo_model):

@@ -125,7 +125,7 @@ def _locate(args: argparse.Namespace) -> int:
 def _erase(args: argparse.Namespace) -> int:
     from tl_capability.evaluate import accuracy
     from tl_capability.experiments import mean_ci
-    from tl_capability.interventions import ablate
+    from tl_capability.interventions import ablate, mean_activations
     from tl_capability.loaders import resolve
     from tl_capability.masks import NeuronMask
     from tl_capability.models import load_model
@@ -133,12 +133,14 @@ def _erase(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     mask = NeuronMask.load(args.mask)
     data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
+    # Mean ablation replaces activations by their mean over the evaluated data.
+    kwargs = {"means": mean_activations(model, data, mask.site)} if args.mode == "mean" else {}
     base = accuracy(model, data)
-    with ablate(model, mask, args.mode):
+    with ablate(model, mask, args.mode, **kwargs):
         erased = accuracy(model, data)
     drops = []
     for seed in range(args.random):
-        with ablate(model, mask.random_like(seed=seed), args.mode):
+        with ablate(model, mask.random_like(seed=seed), args.mode, **kwargs):
             drops.append(100 * (base - accuracy(model, data)))
     mean, half = mean_ci(drops) if drops else (float("nan"), float("nan"))
     print(f"{data.name}: {len(data)} samples; mask: {len(mask)} neurons ({args.mode})")

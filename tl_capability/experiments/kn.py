@@ -137,6 +137,9 @@ def reliability(
     """
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
+    missing = sorted(set(masks) - set(datasets))
+    if missing:
+        raise ValueError(f"no dataset for the masks {missing}")
     rows = []
     for name, mask in masks.items():
         data = datasets[name]
