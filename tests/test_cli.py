@@ -20,7 +20,16 @@ def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
         assert name in out
     assert "accuracy" in out and "%" in out and "Report:" in out
     index = (out_dir / "index.md").read_text()
-    for png in ("neurons", "erase-matrix", "sigma", "neg", "linearity", "enhancement"):
+    for png in (
+        "neurons",
+        "erase-matrix",
+        "amplify-matrix",
+        "overlap-matrix",
+        "sigma",
+        "neg",
+        "linearity",
+        "enhancement",
+    ):
         assert (out_dir / f"{png}.png").stat().st_size > 1000
         assert f"({png}.png)" in index
     assert "Skill-neuron probe" in index and "Knowledge-neuron fidelity" in index

@@ -204,3 +204,24 @@ def test_linearity_rows_are_the_interventions_of_top_and_random_neurons(zoo_mode
     got = torch.tensor([r["abs_r"] for r in table.rows])
     assert torch.allclose(got, measured.r.abs().mean(0), atol=1e-6)
     assert all(0 <= r["abs_r"] <= 1 for r in table.rows)
+
+
+def test_amplify_matrix_and_overlap_matrix(zoo_model):
+    from tl_capability.experiments import overlap_matrix
+
+    locate = {n: zoo.dataset(n, n=12, split="train") for n in ("sentiment", "sort")}
+    evaluate = {"sentiment": zoo.dataset("sentiment", n=30, seed=4)}
+    table = erase(zoo_model, locate, evaluate, sigmas=(2.0,), n_random=1, mode="scale",
+                  factor=3.0, method="grad_x_act")  # fmt: skip
+    assert "amplified (×3" in table.title
+    mask = select(attribute(zoo_model, locate["sentiment"], "grad_x_act", progress=False))
+    base = accuracy(zoo_model, evaluate["sentiment"])
+    with ablate(zoo_model, mask, "scale", factor=3.0):
+        scaled = accuracy(zoo_model, evaluate["sentiment"])
+    assert table.rows[0]["drop"] == pytest.approx(100 * (base - scaled))
+    with pytest.raises(ValueError, match="mode"):
+        erase(zoo_model, locate, evaluate, mode="mean")
+    masks = {"a": mask, "b": mask.random_like(seed=1)}
+    rows = {(r["a"], r["b"]): r for r in overlap_matrix(masks).rows}
+    assert rows[("a", "a")]["overlap"] == 1.0
+    assert rows[("a", "b")]["iou"] == pytest.approx(mask.iou(masks["b"]))

@@ -172,7 +172,7 @@ def _report(args: argparse.Namespace) -> int:
         f"side); erasure: zero at every position; {args.random} random sets of the same size "
         "per layer."
     )
-    bar = tqdm(total=4, desc="report", disable=args.quiet)
+    bar = tqdm(total=5, desc="report", disable=args.quiet)
 
     def stage(name: str) -> None:
         if name != "accuracy":

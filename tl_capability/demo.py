@@ -66,7 +66,7 @@ def run(
     """
     sizes = sizes or DemoSizes()
     start = time.perf_counter()
-    stages = tqdm(total=7, desc="demo", disable=not progress)
+    stages = tqdm(total=8, desc="demo", disable=not progress)
     model = zoo.load_model() if model is None else model
     names = zoo.capability_names()
     report = Report("tl_capability demo: the zoo model's capabilities and their neurons")

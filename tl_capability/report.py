@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments import Table, erase, locate_scores, split_overlap
+from tl_capability.experiments import Table, erase, locate_scores, overlap_matrix, split_overlap
 from tl_capability.masks import NeuronMask, select
 
 
@@ -88,28 +88,59 @@ def mask_heatmap(masks: dict[str, NeuronMask], bins: int = 64) -> Figure:
     return fig
 
 
+def _grid_figure(
+    grid: torch.Tensor, rows: list[str], cols: list[str], title: str, fmt: str, **imshow: Any
+) -> Figure:
+    """A labelled heatmap with its values written in the cells."""
+    fig = Figure(figsize=(1.1 * len(cols) + 2, 0.8 * len(rows) + 1.5), layout="tight")
+    ax = fig.subplots()
+    image = ax.imshow(grid, **imshow)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, format(float(grid[i, j]), fmt), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
 def erase_matrix(table: Table, sigma: float) -> Figure:
     """Accuracy drop of every evaluated capability (columns) when each capability's located
-    neurons (rows) are erased, at one σ, from :func:`~tl_capability.experiments.erase`."""
+    neurons (rows) are erased or amplified, at one σ, from
+    :func:`~tl_capability.experiments.erase`. Negative drops (gains) show in blue."""
     rows = [r for r in table.rows if r["sigma"] == sigma]
     located = list(dict.fromkeys(r["located"] for r in rows))
     evaluated = list(dict.fromkeys(r["evaluated"] for r in rows))
     grid = torch.zeros(len(located), len(evaluated))
     for r in rows:
         grid[located.index(r["located"]), evaluated.index(r["evaluated"])] = r["drop"]
-    fig = Figure(figsize=(1.1 * len(evaluated) + 2, 0.8 * len(located) + 1.5), layout="tight")
-    ax = fig.subplots()
-    image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(1.0, float(grid.max())))
-    for i in range(len(located)):
-        for j in range(len(evaluated)):
-            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(evaluated)), evaluated, rotation=45, ha="right")
-    ax.set_yticks(range(len(located)), located)
-    ax.set_xlabel("capability measured")
-    ax.set_ylabel("neurons erased")
-    ax.set_title(f"accuracy drop (points), σ = {sigma:g}")
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    top = max(1.0, float(grid.abs().max()))
+    fig = _grid_figure(
+        grid,
+        located,
+        evaluated,
+        f"accuracy drop (points), σ = {sigma:g}",
+        ".0f",
+        cmap="RdBu_r",
+        vmin=-top,
+        vmax=top,
+    )
+    fig.axes[0].set_xlabel("capability measured")
+    fig.axes[0].set_ylabel("neurons intervened on")
     return fig
+
+
+def overlap_heatmap(table: Table) -> Figure:
+    """Overlap between capabilities' sets (from
+    :func:`~tl_capability.experiments.overlap_matrix`)."""
+    names = list(dict.fromkeys(r["a"] for r in table.rows))
+    grid = torch.zeros(len(names), len(names))
+    for r in table.rows:
+        grid[names.index(r["a"]), names.index(r["b"])] = r["overlap"]
+    return _grid_figure(
+        grid, names, names, "overlap of located neurons", ".2f", cmap="Purples", vmin=0, vmax=1
+    )
 
 
 def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
@@ -214,6 +245,8 @@ class Localization:
     masks: dict[str, NeuronMask]
     halves: Table
     erased: Table
+    amplified: Table
+    overlaps: Table
 
 
 def add_localization(
@@ -230,8 +263,9 @@ def add_localization(
     """Adds the capability-localization experiments for any model and datasets to ``report``.
 
     Accuracy per capability, where each capability's neurons are (first σ), the overlap of sets
-    located on two halves of the data, and the erase matrix with random controls for every σ,
-    as tables and figures. ``stage(name)`` is called as each step starts (for progress bars);
+    located on two halves of the data, the erase matrix with random controls for every σ, the
+    amplify (×2) matrix and the overlap between capabilities' sets at the first σ, as tables
+    and figures. ``stage(name)`` is called as each step starts (for progress bars);
     ``attribute_kwargs`` go to :func:`~tl_capability.attribution.attribute`.
     """
     sigmas = tuple(sigmas)
@@ -268,4 +302,15 @@ def add_localization(
         "Own-capability drop, split overlap and size against σ.",
     )
     report.table(erased)
-    return Localization(acc, scores, masks, halves, erased)
+    stage("amplify")
+    amplified = erase(
+        model, locate_on, evaluate_on, sigmas=sigmas[:1], n_random=1, scores=scores, mode="scale"
+    )
+    report.figure(
+        "amplify-matrix",
+        erase_matrix(amplified, sigmas[0]),
+        "Amplifying (×2) each capability's neurons (rows); negative drops are gains.",
+    )
+    overlaps = overlap_matrix(masks)
+    report.figure("overlap-matrix", overlap_heatmap(overlaps), "Overlap between capabilities.")
+    return Localization(acc, scores, masks, halves, erased, amplified, overlaps)

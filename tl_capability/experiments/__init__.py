@@ -1,7 +1,8 @@
 """The papers' experiments, on any model and dataset, each against random-neuron controls.
 
 Results are :class:`Table` objects (``.rows``, ``.to_frame()``, ``.to_markdown()``).
-Capability localization: :func:`split_overlap`, :func:`erase`, :func:`enhancement` (see
+Capability localization: :func:`split_overlap`, :func:`erase` (or amplify), :func:`overlap_matrix`,
+:func:`enhancement` (see
 :mod:`.cnl`).
 Knowledge neurons: :func:`fidelity`, :func:`reliability`, :func:`decoupling` (see :mod:`.kn`).
 Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`linearity`, :func:`skill_probe`
@@ -14,6 +15,7 @@ from tl_capability.experiments.cnl import (
     enhancement,
     erase,
     locate_scores,
+    overlap_matrix,
     split_overlap,
 )
 from tl_capability.experiments.kn import decoupling, fidelity, knowledge_neurons, reliability
@@ -32,6 +34,7 @@ __all__ = [
     "mean_ci",
     "neurgrad_agreement",
     "option_neg",
+    "overlap_matrix",
     "reliability",
     "skill_probe",
     "split_overlap",

@@ -79,9 +79,12 @@ def erase(
     sigmas: Sequence[float] = SIGMAS,
     n_random: int = 5,
     scores: Mapping[str, NeuronScores] | None = None,
+    mode: str = "zero",
+    factor: float = 2.0,
     **attribute_kwargs: Any,
 ) -> Table:
-    """Accuracy of every capability with each capability's located neurons zeroed.
+    """Accuracy of every capability with each capability's located neurons zeroed (or, with
+    ``mode="scale"``, amplified by ``factor``: the other half of the paper's Fig. 4).
 
     Args:
         model: The model (restored after every measurement).
@@ -90,6 +93,7 @@ def erase(
         sigmas: σ values of the selection rule.
         n_random: Random placebo sets per located set (same count per layer, seeds 0..n-1).
         scores: Precomputed attribution scores per capability (else computed here).
+        mode: ``"zero"`` (erase) or ``"scale"`` (amplify by ``factor``).
 
     Returns:
         One row per (located capability, σ, evaluated capability): the number of neurons,
@@ -98,6 +102,9 @@ def erase(
     """
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
+    if mode not in ("zero", "scale"):
+        raise ValueError(f"mode must be 'zero' or 'scale', got {mode!r}")
+    hook_kwargs = {"factor": factor} if mode == "scale" else {}
     if scores is None:
         scores = locate_scores(model, locate_on, **attribute_kwargs)
     base = {name: accuracy(model, data) for name, data in evaluate_on.items()}
@@ -108,11 +115,11 @@ def erase(
             placebos = [mask.random_like(seed=s) for s in range(n_random)]
             for name, data in evaluate_on.items():
                 if len(mask):
-                    with ablate(model, mask):
+                    with ablate(model, mask, mode, **hook_kwargs):
                         erased = accuracy(model, data)
                     random_drops = []
                     for placebo in placebos:
-                        with ablate(model, placebo):
+                        with ablate(model, placebo, mode, **hook_kwargs):
                             random_drops.append(100 * (base[name] - accuracy(model, data)))
                 else:
                     erased, random_drops = base[name], [0.0]
@@ -130,7 +137,18 @@ def erase(
                         "random_ci95": half,
                     }
                 )
-    return Table("Accuracy with located neurons erased (zeroed at every position)", tuple(rows))
+    what = "erased (zeroed" if mode == "zero" else f"amplified (×{factor:g}"
+    return Table(f"Accuracy with located neurons {what} at every position)", tuple(rows))
+
+
+def overlap_matrix(masks: Mapping[str, NeuronMask]) -> Table:
+    """Overlap and IoU between every pair of capabilities' neuron sets (CNL Fig. 4)."""
+    rows = tuple(
+        {"a": a, "b": b, "overlap": masks[a].overlap(masks[b]), "iou": masks[a].iou(masks[b])}
+        for a in masks
+        for b in masks
+    )
+    return Table("Overlap between capabilities' located neurons", rows)
 
 
 def _degrade(model: Any, noise: float, seed: int) -> None:
