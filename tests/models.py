@@ -125,11 +125,18 @@ def hf_config(arch: str, vocab_size: int) -> Any:
     raise ValueError(arch)
 
 
+def masked_lm_tokenizer() -> Any:
+    """The character tokenizer plus BERT's special tokens ([MASK], [CLS], [SEP])."""
+    tok = char_tokenizer()
+    tok.add_special_tokens({"mask_token": "[MASK]", "cls_token": "[CLS]", "sep_token": "[SEP]"})
+    return tok
+
+
 def save_hf_model(arch: str, directory: Path, seed: int = 0) -> Path:
     """Writes a random-weight model of ``arch`` and the character tokenizer to ``directory``."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    tok = char_tokenizer()
+    tok = masked_lm_tokenizer() if arch == "bert" else char_tokenizer()
     torch.manual_seed(seed)
     auto = AutoModelForMaskedLM if arch == "bert" else AutoModelForCausalLM
     model = auto.from_config(hf_config(arch, len(tok))).eval()

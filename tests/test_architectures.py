@@ -201,31 +201,108 @@ def test_mask_edits_on_every_architecture(arch_model):
         model.load_state_dict(before)
 
 
-def test_masked_lm_takes_masks_and_refuses_teacher_forcing(tmp_path):
-    """BERT-style models: neuron sites, interventions and weight erasure work; (prompt, answer)
-    attribution, which needs next-token predictions, is refused with a clear error."""
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
     from transformer_lens import TransformerBridge
 
-    from tl_capability import NeuronMask, ablate, attribute, erase_weights
+    directory = save_hf_model("bert", tmp_path_factory.mktemp("bert"))
+    model = TransformerBridge.boot_transformers(str(directory))
+    model.eval()
+    return directory, model
+
+
+BERT_DATA = CapabilityDataset.from_pairs(
+    ["paris is in [MASK].", "ab", "rev abc: [MASK]!", "q"], ["fr", "c", "cba", "xy"]
+)
+
+
+def _mask_positions(model, data):
+    return [s.slots for s in tokenize(model, data)], [s.prompt for s in tokenize(model, data)]
+
+
+def test_masked_lm_accuracy_reads_the_mask_positions(bert):
+    """Accuracy on a BERT-style model = argmax of the Hugging Face model at the [MASK]s."""
+    from transformers import AutoModelForMaskedLM
+
     from tl_capability.sites import is_masked_lm
 
-    model = TransformerBridge.boot_transformers(str(save_hf_model("bert", tmp_path / "bert")))
-    model.eval()
+    directory, model = bert
     assert is_masked_lm(model)
-    site = neuron_site(model)
-    assert (site.n_layers, site.d_mlp) == (2, 128)
-    mask = NeuronMask.from_indices([(0, 3), (1, 7), (1, 100)], 2, 128)
-    tokens = torch.tensor([[0, 5, 9, 13, 2, 7]])
+    hf = AutoModelForMaskedLM.from_pretrained(directory).eval()
+    slots, inputs = _mask_positions(model, BERT_DATA)
+    mask_id = model.tokenizer.mask_token_id
+    assert inputs[0].count(mask_id) == 2 and inputs[1][-2] == mask_id  # in place, or appended
+    expected = []
+    for ids, pos, s in zip(inputs, slots, tokenize(model, BERT_DATA), strict=True):
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0]
+            torch.testing.assert_close(model(torch.tensor([ids]))[0], logits, rtol=1e-4, atol=1e-4)
+        expected.append(
+            all(logits[p].argmax().item() == t for p, t in zip(pos, s.answer, strict=True))
+        )
+    assert answer_correct(model, BERT_DATA, batch_size=3).tolist() == expected
+
+
+@pytest.mark.parametrize("method", ["ig", "grad_x_act"])
+def test_masked_lm_attribution_equals_a_full_rerun_reference(bert, method):
+    """IG / grad x act on BERT: every row re-runs the whole bidirectional input."""
+    from tl_capability import attribute, ig_alphas
+
+    _, model = bert
+    got = attribute(model, BERT_DATA, method, steps=3, batch_size=2, progress=False).values
+    alphas = ig_alphas(3) if method == "ig" else torch.ones(1)
+    per_sample = []
+    for s in tokenize(model, BERT_DATA):
+        ids = torch.tensor([list(s.prompt)])
+        tokens = []
+        for q, target in zip(s.slots, s.answer, strict=True):
+            layers = []
+            for layer in range(2):
+                clean = {}
+                name = f"blocks.{layer}.mlp.hook_post"
+                with (
+                    torch.no_grad(),
+                    model.hooks(
+                        fwd_hooks=[(name, lambda a, hook: clean.__setitem__("a", a[0, q].clone()))]
+                    ),
+                ):
+                    model(ids)
+                a, grads = clean["a"], []
+                for alpha in alphas:
+                    box = {}
+
+                    def patch(act, hook, alpha=alpha, a=a, box=box, q=q):
+                        new = act.clone()
+                        new[0, q] = alpha * a
+                        box["x"] = new
+                        return new
+
+                    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, patch)]):
+                        p = model(ids)[0, q].float().softmax(-1)[target]
+                        (g,) = torch.autograd.grad(p, box["x"])
+                    grads.append(g[0, q])
+                layers.append(torch.stack(grads).mean(0) * a)
+            tokens.append(torch.stack(layers))
+        per_sample.append(torch.stack(tokens).mean(0))
+    torch.testing.assert_close(got, torch.stack(per_sample).mean(0), rtol=1e-4, atol=1e-7)
+
+
+def test_masked_lm_end_to_end(bert):
+    """attribute -> select -> ablate == erase_weights -> edit -> undo on a BERT-style model."""
+    from tl_capability import ablate, attribute, edit_knowledge, erase_weights, select
+
+    _, model = bert
+    mask = select(attribute(model, BERT_DATA, steps=2, progress=False), top_k=10)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([list(tokenize(model, BERT_DATA)[0].prompt)])
     with torch.no_grad():
-        clean = model(tokens)
+        clean = model(ids)
         with ablate(model, mask):
-            ablated = model(tokens)
+            ablated = model(ids)
         with erase_weights(model, mask):
-            erased = model(tokens)
+            erased = model(ids)
     assert not torch.allclose(ablated, clean)
     torch.testing.assert_close(erased, ablated, rtol=1e-4, atol=1e-5)
-    data = CapabilityDataset.from_pairs(["paris is in"], [" france"])
-    with pytest.raises(NotImplementedError, match="masked LM"):
-        attribute(model, data, progress=False)
-    with pytest.raises(NotImplementedError, match="masked LM"):
-        accuracy(model, data)
+    with edit_knowledge(model, mask, "fr", "it"), torch.no_grad():
+        assert not torch.allclose(model(ids), clean)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

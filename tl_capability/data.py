@@ -200,14 +200,22 @@ class CapabilityDataset:
 
 @dataclass(frozen=True)
 class TokenizedSample:
-    """One sample's token ids: ``prompt`` includes the BOS token when the model uses one."""
+    """One sample's token ids: ``prompt`` includes the BOS token when the model uses one.
+
+    For a masked LM, ``prompt`` is the whole input (the answer's tokens replaced by mask
+    tokens) and ``slots`` are the positions of those masks, one per answer token.
+    """
 
     prompt: tuple[int, ...]
     answer: tuple[int, ...]
+    slots: tuple[int, ...] | None = None
 
     @property
     def input_length(self) -> int:
-        """Length of ``prompt ⊕ answer[:-1]``, the teacher-forced input."""
+        """Length of the input: ``prompt ⊕ answer[:-1]`` (teacher forcing), or the masked
+        LM's whole input."""
+        if self.slots is not None:
+            return len(self.prompt)
         return len(self.prompt) + len(self.answer) - 1
 
 
@@ -235,16 +243,12 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     Raises:
         ValueError: Naming the first sample whose answer tokenizes to nothing, or whose
             teacher-forced input is longer than the model's context (``cfg.n_ctx``).
-        NotImplementedError: For a masked (BERT-style) LM: teacher forcing reads a causal
-            model's next-token predictions, which a bidirectional model does not make.
+
+    Masked (BERT-style) LMs read the answer at mask tokens instead (see
+    :func:`_tokenize_masked`).
     """
     if is_masked_lm(model):
-        raise NotImplementedError(
-            f"{getattr(model.cfg, 'architecture', None) or type(model).__name__} is a masked "
-            "LM; (prompt, answer) attribution and accuracy need a causal LM. Masks and "
-            "interventions (NeuronMask.hooks, ablate, erase_weights) work on it; text-level "
-            "attribution of [MASK] predictions is not implemented yet."
-        )
+        return _tokenize_masked(model, dataset)
     tokenizer = model_tokenizer(model)
     prompts = tokenizer(dataset.prompts, add_special_tokens=False)["input_ids"]
     answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
@@ -285,6 +289,7 @@ class Batch:
     target_pos: Int[Tensor, " target"]
     target_token: Int[Tensor, " target"]
     target_index: Int[Tensor, " target"]
+    causal: bool = True
 
     @property
     def n_targets(self) -> Int[Tensor, " batch"]:
@@ -293,7 +298,42 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device``."""
-        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        tensors = (getattr(self, f).to(device) for f in self.__dataclass_fields__ if f != "causal")
+        return Batch(*tensors, causal=self.causal)
+
+
+def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
+    """Masked-LM samples, as in knowledge-neuron work on BERT: ``[CLS] prompt [SEP]`` with the
+    answer's tokens replaced by mask tokens, at the tokenizer's mask token in the prompt when it
+    has one (``"Paris is the capital of [MASK]."``), else at the end of the prompt. Every mask
+    is predicted at once (no teacher forcing between them)."""
+    tokenizer = model_tokenizer(model)
+    mask_id, mask_text = tokenizer.mask_token_id, tokenizer.mask_token
+    if mask_id is None:
+        raise ValueError("this masked LM's tokenizer has no mask token")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
+    cls = (tokenizer.cls_token_id,) if tokenizer.cls_token_id is not None else ()
+    sep = (tokenizer.sep_token_id,) if tokenizer.sep_token_id is not None else ()
+    out = []
+    for i, (prompt, answer) in enumerate(zip(dataset.prompts, answers, strict=True)):
+        if not answer:
+            raise ValueError(f"sample {i}: answer {dataset.answers[i]!r} tokenizes to no tokens")
+        before, found, after = prompt.partition(mask_text)
+        if found and mask_text in after:
+            raise ValueError(f"sample {i}: the prompt has more than one {mask_text!r}")
+        left = tuple(tokenizer(before, add_special_tokens=False)["input_ids"])
+        right = tuple(tokenizer(after, add_special_tokens=False)["input_ids"]) if found else ()
+        ids = (*cls, *left, *(mask_id,) * len(answer), *right, *sep)
+        start = len(cls) + len(left)
+        sample = TokenizedSample(ids, tuple(answer), tuple(range(start, start + len(answer))))
+        if n_ctx is not None and sample.input_length > n_ctx:
+            raise ValueError(
+                f"sample {i} needs {sample.input_length} positions but the model's context is "
+                f"{n_ctx} tokens"
+            )
+        out.append(sample)
+    return out
 
 
 def collate(
@@ -305,19 +345,21 @@ def collate(
     mask = torch.zeros((len(samples), width), dtype=torch.bool)
     rows, pos, tok, idx = [], [], [], []
     for r, s in enumerate(samples):
-        seq = s.prompt + s.answer[:-1]
+        seq = s.prompt if s.slots is not None else s.prompt + s.answer[:-1]
         tokens[r, : len(seq)] = torch.tensor(seq)
         mask[r, : len(seq)] = True
         for m, t in enumerate(s.answer):
             rows.append(r)
-            pos.append(len(s.prompt) - 1 + m)
+            pos.append(s.slots[m] if s.slots is not None else len(s.prompt) - 1 + m)
             tok.append(t)
             idx.append(m)
 
     def long(x: list[int]) -> Tensor:
         return torch.tensor(x, dtype=torch.long)
 
-    return Batch(tokens, mask, long(list(indices)), long(rows), long(pos), long(tok), long(idx))
+    causal = all(s.slots is None for s in samples)
+    fields = (long(list(indices)), long(rows), long(pos), long(tok), long(idx))
+    return Batch(tokens, mask, *fields, causal=causal)
 
 
 def batches(
@@ -342,10 +384,16 @@ def batches(
     if not samples:
         raise ValueError("the dataset is empty")
     order = list(range(len(samples)))
-    if sort_by_length:
+    bidirectional = any(s.slots is not None for s in samples)
+    if sort_by_length or bidirectional:
         order.sort(key=lambda i: samples[i].input_length)
     pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
     device = model_device(model)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bidirectional:  # padding would be attended to: batch equal lengths only
+        length = [samples[i].input_length for i in order]
+        starts = [i for i in range(len(order)) if i == 0 or length[i] != length[i - 1]]
+        runs = [order[a:b] for a, b in zip(starts, [*starts[1:], len(order)], strict=True)]
+        chunks = [run[i : i + batch_size] for run in runs for i in range(0, len(run), batch_size)]
+    for chunk in chunks:
         yield collate([samples[i] for i in chunk], chunk, pad).to(device)

@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_capability.data import Batch
-from tl_capability.sites import NeuronSite, model_device
+from tl_capability.sites import NeuronSite, is_masked_lm, model_device
 
 
 class StopForward(Exception):
@@ -47,9 +47,9 @@ class Rows:
 
 
 def general_rows(batch: Batch, targets: Tensor) -> Rows:
-    """One sequence ``z_m`` per target, cut to the longest one."""
+    """One sequence ``z_m`` per target, cut to the longest one (whole, for masked LMs)."""
     pos = batch.target_pos[targets]
-    width = int(pos.max()) + 1
+    width = int(pos.max()) + 1 if batch.causal else batch.tokens.shape[1]
     tokens = batch.tokens[batch.target_row[targets], :width]
     seq = torch.arange(len(targets), device=pos.device)
     return Rows(tokens, seq, pos, batch.target_token[targets])
@@ -113,25 +113,47 @@ def final_residual(
     A hook raises once the last block is done, so the unembedding never runs; callers apply
     ``ln_final`` and ``unembed`` to the positions they read.
     """
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return _run_until(model, last, tokens, fwd_hooks, **forward_kwargs)
+
+
+def _run_until(
+    model: Any, name: str, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
+) -> Tensor:
+    """Runs the model until hook point ``name`` and returns what it carried."""
     captured: dict[str, Tensor] = {}
 
-    def grab(resid: Tensor, hook: Any) -> None:
-        captured["resid"] = resid
+    def grab(value: Tensor, hook: Any) -> None:
+        captured["value"] = value
         raise StopForward
 
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     try:
-        with model.hooks(fwd_hooks=[*fwd_hooks, (last, grab)]):
+        with model.hooks(fwd_hooks=[*fwd_hooks, (name, grab)]):
             model(tokens, **forward_kwargs)
     except StopForward:
         pass
-    return captured["resid"]
+    return captured["value"]
+
+
+def unembed_input(
+    model: Any, tokens: Tensor, fwd_hooks: list, seq: Tensor, pos: Tensor, **forward_kwargs: Any
+) -> Float[Tensor, "row d_model"]:
+    """What the unembedding reads at ``(seq, pos)``: ``ln_final`` of the last block's output.
+
+    Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is not
+    exposed as modules, so there the forward pass stops at ``unembed.hook_in`` instead.
+    """
+    if is_masked_lm(model) and "unembed.hook_in" in model.hook_dict:
+        x = _run_until(model, "unembed.hook_in", tokens, fwd_hooks, **forward_kwargs)
+        return x[seq, pos]
+    resid = final_residual(model, tokens, fwd_hooks, **forward_kwargs)
+    return model.ln_final(resid[seq, pos][:, None])[:, 0]
 
 
 def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
     """``P(target | row)`` (or its log) of every row, unembedding the rows' positions only."""
-    resid = final_residual(model, rows.tokens, fwd_hooks, **rows.forward_kwargs)
-    logits = model.unembed(model.ln_final(resid[rows.seq, rows.pos][:, None]))[:, 0]
+    x = unembed_input(model, rows.tokens, fwd_hooks, rows.seq, rows.pos, **rows.forward_kwargs)
+    logits = model.unembed(x[:, None])[:, 0]
     logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
 
@@ -147,8 +169,7 @@ def _metric_surrogate(
     so autograd only sees ``(x · g).sum()`` with ``g`` constant — no ``[row, vocab]`` tensors
     in the graph.
     """
-    resid = final_residual(model, rows.tokens, fwd_hooks, **rows.forward_kwargs)
-    x = model.ln_final(resid[rows.seq, rows.pos][:, None])[:, 0]
+    x = unembed_input(model, rows.tokens, fwd_hooks, rows.seq, rows.pos, **rows.forward_kwargs)
     w_u, b_u = model.W_U, getattr(model, "b_U", None)
     with torch.no_grad():
         xf, w = x.float(), w_u.float()
@@ -190,7 +211,11 @@ def clean_pass(
 def supports_kv_cache(model: Any) -> bool:
     """Whether ``model`` takes the fast, exact cached path (a bridge over a Hugging Face
     decoder whose cache is a ``DynamicCache``); other models take the general path."""
-    if not hasattr(model, "original_model") or getattr(model.cfg, "is_encoder_decoder", False):
+    if (
+        not hasattr(model, "original_model")
+        or getattr(model.cfg, "is_encoder_decoder", False)
+        or is_masked_lm(model)  # bidirectional: a row's change reaches every position
+    ):
         return False
     try:
         with torch.no_grad():
