@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -389,11 +390,13 @@ def batches(
         order.sort(key=lambda i: samples[i].input_length)
     pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
     device = model_device(model)
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if bidirectional:  # padding would be attended to: batch equal lengths only
-        length = [samples[i].input_length for i in order]
-        starts = [i for i in range(len(order)) if i == 0 or length[i] != length[i - 1]]
-        runs = [order[a:b] for a, b in zip(starts, [*starts[1:], len(order)], strict=True)]
-        chunks = [run[i : i + batch_size] for run in runs for i in range(0, len(run), batch_size)]
-    for chunk in chunks:
-        yield collate([samples[i] for i in chunk], chunk, pad).to(device)
+    # A bidirectional model would attend to padding: batch equal lengths only.
+    runs = (
+        [list(run) for _, run in groupby(order, key=lambda i: samples[i].input_length)]
+        if bidirectional
+        else [order]
+    )
+    for run in runs:
+        for start in range(0, len(run), batch_size):
+            chunk = run[start : start + batch_size]
+            yield collate([samples[i] for i in chunk], chunk, pad).to(device)
