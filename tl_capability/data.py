@@ -257,21 +257,26 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     out = []
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        sample = TokenizedSample(bos + tuple(p), tuple(a))
-        if not sample.answer:
-            raise ValueError(
-                f"sample {i} ({dataset.prompts[i][:40]!r}): answer {dataset.answers[i]!r} "
-                "tokenizes to no tokens"
-            )
+        sample = _checked(TokenizedSample(bos + tuple(p), tuple(a)), i, dataset, n_ctx)
         if not sample.prompt:
             raise ValueError(f"sample {i}: the prompt is empty and the model has no BOS token")
-        if n_ctx is not None and sample.input_length > n_ctx:
-            raise ValueError(
-                f"sample {i} ({dataset.prompts[i][:40]!r}...) needs {sample.input_length} "
-                f"positions but the model's context is {n_ctx} tokens"
-            )
         out.append(sample)
     return out
+
+
+def _checked(
+    sample: TokenizedSample, i: int, dataset: CapabilityDataset, n_ctx: int | None
+) -> TokenizedSample:
+    """``sample`` (the ``i``-th), unless its answer is empty or it does not fit the context."""
+    where = f"sample {i} ({dataset.prompts[i][:40]!r})"
+    if not sample.answer:
+        raise ValueError(f"{where}: answer {dataset.answers[i]!r} tokenizes to no tokens")
+    if n_ctx is not None and sample.input_length > n_ctx:
+        raise ValueError(
+            f"{where} needs {sample.input_length} positions but the model's context is "
+            f"{n_ctx} tokens"
+        )
+    return sample
 
 
 @dataclass(frozen=True)
@@ -318,8 +323,6 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
     sep = (tokenizer.sep_token_id,) if tokenizer.sep_token_id is not None else ()
     out = []
     for i, (prompt, answer) in enumerate(zip(dataset.prompts, answers, strict=True)):
-        if not answer:
-            raise ValueError(f"sample {i}: answer {dataset.answers[i]!r} tokenizes to no tokens")
         before, found, after = prompt.partition(mask_text)
         if found and mask_text in after:
             raise ValueError(f"sample {i}: the prompt has more than one {mask_text!r}")
@@ -327,13 +330,8 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
         right = tuple(tokenizer(after, add_special_tokens=False)["input_ids"]) if found else ()
         ids = (*cls, *left, *(mask_id,) * len(answer), *right, *sep)
         start = len(cls) + len(left)
-        sample = TokenizedSample(ids, tuple(answer), tuple(range(start, start + len(answer))))
-        if n_ctx is not None and sample.input_length > n_ctx:
-            raise ValueError(
-                f"sample {i} needs {sample.input_length} positions but the model's context is "
-                f"{n_ctx} tokens"
-            )
-        out.append(sample)
+        slots = tuple(range(start, start + len(answer)))
+        out.append(_checked(TokenizedSample(ids, tuple(answer), slots), i, dataset, n_ctx))
     return out
 
 
