@@ -6,9 +6,12 @@ given seed, torch version and thread count: examples come from seeded generators
 (:mod:`tl_capability.zoo.tasks`), the batches round-robin over the tasks, and the loss is read
 only on answer tokens.
 
-The model is a plain GPT-2 (4 layers, d_model 128, 4 heads, d_mlp 512, GELU, no dropout) over a
-character-level tokenizer, written with ``save_pretrained`` so that
+The default model is a plain GPT-2 (4 layers, d_model 128, 4 heads, d_mlp 512, GELU, no
+dropout) over a character-level tokenizer, written with ``save_pretrained`` so that
 ``TransformerBridge.boot_transformers(directory)`` (or any Hugging Face tool) loads it offline.
+Two other training regimes make the rest of the zoo (``docs/zoo-model.md`` gives each command):
+``--dropout 0.1`` trains the same GPT-2 with GPT-2's own dropout, and ``--family llama`` a
+Llama-style model (gated SiLU MLP, RMSNorm, rotary positions, no dropout, untied unembedding).
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from tl_capability.zoo.tasks import ALPHABET, TASKS, Example
 
@@ -70,6 +79,37 @@ def exact_match(model, tokenizer, examples: list[Example], batch_size: int = 256
     return correct / len(examples)
 
 
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, architecture: dict[str, int], family: str, dropout: float
+) -> torch.nn.Module:
+    """A freshly initialised model of one zoo family, in training mode."""
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if family == "gpt2":
+        drop = dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        return GPT2LMHeadModel(GPT2Config(**ids, **drop, **architecture)).train()
+    if family == "llama":
+        config = LlamaConfig(
+            **ids,
+            hidden_size=architecture["n_embd"],
+            intermediate_size=architecture["n_inner"],
+            num_hidden_layers=architecture["n_layer"],
+            num_attention_heads=architecture["n_head"],
+            num_key_value_heads=architecture["n_head"],
+            max_position_embeddings=architecture["n_positions"],
+            hidden_act="silu",
+            rms_norm_eps=1e-5,
+            attention_dropout=dropout,
+            tie_word_embeddings=False,
+        )
+        return LlamaForCausalLM(config).train()
+    raise ValueError(f"family must be 'gpt2' or 'llama', got {family!r}")
+
+
 def train(
     out: Path = MODEL_DIR,
     steps: int = 4000,
@@ -78,26 +118,21 @@ def train(
     seed: int = 0,
     eval_every: int = 500,
     architecture: dict[str, int] | None = None,
+    family: str = "gpt2",
+    dropout: float = 0.0,
 ) -> dict[str, float]:
-    """Trains the zoo model, saves it to ``out`` and returns its test accuracies.
+    """Trains a zoo model, saves it to ``out`` and returns its test accuracies.
 
-    ``architecture`` overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``) to make
-    sibling models, used to check that the library's defaults do not only suit the shipped one.
+    Args:
+        architecture: Overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``).
+        family: ``"gpt2"`` (learned positions, LayerNorm, GELU MLP, tied unembedding) or
+            ``"llama"`` (rotary positions, RMSNorm, gated SiLU MLP, untied unembedding).
+        dropout: Residual, embedding and attention dropout while training (GPT-2 used 0.1).
     """
     architecture = ARCHITECTURE | (architecture or {})
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        **architecture,
-    )
-    model = GPT2LMHeadModel(config)
+    model = build_model(tokenizer, architecture, family, dropout)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -147,6 +182,8 @@ def train(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {
+        "family": family,
+        "dropout": dropout,
         "architecture": architecture,
         "steps": steps,
         "batch_size": batch_size,
@@ -173,10 +210,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--layers", type=int, default=ARCHITECTURE["n_layer"])
     parser.add_argument("--d-mlp", type=int, default=ARCHITECTURE["n_inner"])
+    parser.add_argument("--family", choices=("gpt2", "llama"), default="gpt2")
+    parser.add_argument("--dropout", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     arch = {"n_layer": args.layers, "n_inner": args.d_mlp}
-    accs = train(args.out, args.steps, args.batch_size, args.lr, args.seed, architecture=arch)
+    accs = train(
+        args.out,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        architecture=arch,
+        family=args.family,
+        dropout=args.dropout,
+    )
     print(json.dumps(accs, indent=2))
 
 
