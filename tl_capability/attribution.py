@@ -18,8 +18,10 @@ deviation over samples.
   gradient (Zhao et al., ACL 2025).
 - ``"activation"``: ``|a_m|``, a baseline.
 
-Only the activation at the last position of ``z_m`` is changed or differentiated; positions
-after it are not in ``z_m`` and are dropped from the row.
+With ``positions="answer"`` (the papers' choice, the default) only the activation at the last
+position of ``z_m`` is changed or differentiated; positions after it are not in ``z_m`` and are
+dropped from the row. ``positions="all"`` scales the neuron at every position at once, as erasure
+removes it (:mod:`tl_capability.all_positions`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability.all_positions import ALL_POSITION_METHODS, all_position_scores
 from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
 from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
 from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
@@ -50,6 +53,7 @@ from tl_capability.stats import (
 METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
 METRICS = ("prob", "logprob")
 RULES = ("midpoint", "left", "right")
+POSITIONS = ("answer", "all")
 
 
 def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
@@ -183,6 +187,7 @@ def attribute(
     use_cache: bool | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 10,
+    positions: str = "answer",
 ) -> NeuronScores:
     """Scores every MLP neuron for the dataset's answers.
 
@@ -206,6 +211,11 @@ def attribute(
             ``checkpoint_every`` batches; a run restarted with the same arguments resumes
             where the last save left off and gives the same result.
         checkpoint_every: Batches between checkpoints.
+        positions: ``"answer"`` (the papers' scores: the neuron at the position that predicts
+            each answer token) or ``"all"`` (the neuron scaled at every position at once, as
+            erasure removes it; ``ig``, ``grad_x_act`` and ``activation`` only; see
+            :mod:`tl_capability.all_positions`). With ``"all"``, ``max_rows`` counts
+            ``(sample, step)`` sequences per pass.
 
     Under ``torchrun`` (``torch.distributed`` initialised, gloo or NCCL), every rank takes
     every ``world_size``-th sample and the statistics are all-reduced: each rank returns the
@@ -223,6 +233,10 @@ def attribute(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if positions == "all" and method not in ALL_POSITION_METHODS:
+        raise ValueError(f"positions='all' supports methods {ALL_POSITION_METHODS}, got {method!r}")
     alphas = ig_alphas(steps, rule)
     require_eval(model)
     resolved = neuron_site(model, site)
@@ -237,6 +251,7 @@ def attribute(
         "steps": steps if method == "ig" else None,
         "rule": rule if method == "ig" else None,
         "metric": metric,
+        "positions": positions,
         "site": site,
         "n_layers": resolved.n_layers,
         "d_mlp": resolved.d_mlp,
@@ -276,8 +291,15 @@ def attribute(
     for i, batch in enumerate(batches(model, local, batch_size)):
         if i < done:
             continue
-        scores = _target_scores(model, resolved, batch, method, metric, alphas, max_rows, use_cache)
-        sample_scores = _per_sample(batch, scores)
+        if positions == "all":
+            sample_scores = all_position_scores(
+                model, resolved, batch, method, metric, alphas, max_rows
+            )
+        else:
+            scores = _target_scores(
+                model, resolved, batch, method, metric, alphas, max_rows, use_cache
+            )
+            sample_scores = _per_sample(batch, scores)
         bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
         if bad.any():
             index = int(mine[batch.sample_index[bad.nonzero()[0, 0]].cpu()])

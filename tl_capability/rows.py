@@ -159,10 +159,10 @@ def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Te
 
 
 def _metric_surrogate(
-    model: Any, rows: Rows, metric: str, fwd_hooks: list
+    model: Any, rows: Rows, metric: str, fwd_hooks: list, weight: Tensor | None = None
 ) -> tuple[Float[Tensor, " row"], Tensor]:
-    """The rows' metric and a scalar whose gradient upstream of ``ln_final`` equals the
-    metric's.
+    """The rows' metric and a scalar whose gradient upstream of ``ln_final`` equals that of the
+    metric's sum over rows (weighted by ``weight`` when given).
 
     The vocabulary-sized part of the backward pass is done in closed form:
     ``∂ log P_y / ∂x = W_U[:, y] − softmax(x W_U + b_U) W_Uᵀ`` (times ``P_y`` for ``"prob"``),
@@ -182,6 +182,8 @@ def _metric_surrogate(
             grad *= value[:, None]
         else:
             value = logp
+        if weight is not None:
+            grad *= weight[:, None].to(grad.dtype)
     return value, (x * grad.to(x.dtype)).sum()
 
 

@@ -1,0 +1,207 @@
+"""All-position attribution: exact against a plain reference and against Captum, complete, and
+independent of how rows are batched."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.models import HAS_BRIDGE, save_hf_model
+from tl_capability import CapabilityDataset, tokenize
+from tl_capability.attribution import attribute, ig_alphas
+
+pytestmark = pytest.mark.core
+
+DATA = CapabilityDataset.from_pairs(
+    ["12+34=", "rev abc:", "the day was", "q"], ["46", "cba", " fun", "xy"], name="mixed"
+)
+
+
+def _sequence(model, sample):
+    """The teacher-forced sequence of one sample and where each answer token is read."""
+    tokens = torch.tensor([list(sample.prompt + sample.answer[:-1])])
+    reads = [len(sample.prompt) - 1 + m for m in range(len(sample.answer))]
+    return tokens, reads
+
+
+def _f(logits, reads, answer, metric):
+    logp = logits[0].float().log_softmax(-1)[reads, list(answer)]
+    return (logp if metric == "logprob" else logp.exp()).mean()
+
+
+def _clean(model, tokens, layer):
+    box = {}
+    with (
+        torch.no_grad(),
+        model.hooks(
+            fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", lambda a, hook: box.setdefault("a", a[0]))]
+        ),
+    ):
+        model(tokens)
+    return box["a"].clone()
+
+
+def _f_scaled(model, tokens, reads, answer, metric, layer, value):
+    """``f`` with layer ``layer``'s activations replaced by ``value`` at every position."""
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", lambda a, hook: value[None])]):
+        return _f(model(tokens), reads, answer, metric)
+
+
+def reference(model, ds, method="ig", steps=4, metric="prob"):
+    """Obviously correct and slow: the whole model re-run per sample, layer and step."""
+    out = []
+    for s in tokenize(model, ds):
+        tokens, reads = _sequence(model, s)
+        layers = []
+        for layer in range(model.cfg.n_layers):
+            a = _clean(model, tokens, layer)
+            if method == "activation":
+                layers.append(a.abs().mean(0))
+                continue
+            points = ig_alphas(steps) if method == "ig" else torch.ones(1)
+            total = torch.zeros_like(a)
+            for alpha in points:
+                x = (alpha * a).requires_grad_(True)
+                with torch.enable_grad():
+                    value = _f_scaled(model, tokens, reads, s.answer, metric, layer, x)
+                    (g,) = torch.autograd.grad(value, x)
+                total += g
+            layers.append((a * total / len(points)).sum(0))
+        out.append(torch.stack(layers))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", ["ig", "activation"])
+@pytest.mark.parametrize("metric", ["prob", "logprob"])
+def test_matches_the_plain_reference(model, method, metric):
+    scores = attribute(
+        model,
+        DATA,
+        method,
+        steps=4,
+        metric=metric,
+        positions="all",
+        per_sample=True,
+        progress=False,
+    )
+    ref = reference(model, DATA, method, steps=4, metric=metric)
+    torch.testing.assert_close(scores.per_sample, ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scores.values, ref.mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_x_act_is_the_gradient_at_the_clean_run_for_every_layer_at_once(model):
+    """One pass for all layers must equal differentiating each layer alone (paths through
+    later layers included)."""
+    scores = attribute(model, DATA, "grad_x_act", positions="all", per_sample=True, progress=False)
+    ref = reference(model, DATA, "grad_x_act")
+    torch.testing.assert_close(scores.per_sample, ref, rtol=1e-4, atol=1e-6)
+
+
+def _captum(model, ds, steps, metric):
+    from captum.attr import IntegratedGradients
+
+    out = []
+    for s in tokenize(model, ds):
+        tokens, reads = _sequence(model, s)
+        layers = []
+        for layer in range(model.cfg.n_layers):
+            a = _clean(model, tokens, layer)
+
+            def forward(x, toks, layer=layer, reads=reads, answer=s.answer):
+                hook = (f"blocks.{layer}.mlp.hook_post", lambda act, hook: x)
+                with model.hooks(fwd_hooks=[hook]):
+                    logp = model(toks).float().log_softmax(-1)[:, reads, list(answer)]
+                return (logp if metric == "logprob" else logp.exp()).mean(-1)
+
+            ig = IntegratedGradients(forward)
+            attr = ig.attribute(
+                a[None],
+                baselines=torch.zeros_like(a[None]),
+                additional_forward_args=(tokens,),
+                n_steps=steps,
+                method="riemann_middle",
+            )
+            layers.append(attr[0].sum(0))
+        out.append(torch.stack(layers))
+    return torch.stack(out).mean(0)
+
+
+def test_matches_captum_integrated_gradients_on_the_layer_activation(model):
+    pytest.importorskip("captum", reason="captum is in the dev extra")
+    scores = attribute(
+        model, DATA, "ig", steps=5, metric="logprob", positions="all", progress=False
+    )
+    torch.testing.assert_close(
+        scores.values, _captum(model, DATA, 5, "logprob"), rtol=1e-4, atol=1e-6
+    )
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_matches_captum_on_hugging_face_architectures(arch):
+    """Bridges over Hugging Face models take the path that shares the layers below the scaled
+    one across rows (with an explicit 4-D causal mask)."""
+    from transformer_lens import TransformerBridge
+
+    path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
+    model = TransformerBridge.boot_transformers(str(path))
+    model.eval()
+    scores = attribute(model, DATA, "ig", steps=4, positions="all", progress=False)
+    torch.testing.assert_close(scores.values, _captum(model, DATA, 4, "prob"), rtol=1e-4, atol=1e-7)
+
+
+def test_completeness_per_layer(model):
+    """Σ_j IG_j of one layer → f(clean) − f(layer zeroed at every position)."""
+    ds = DATA.select([0])
+    scores = attribute(model, ds, "ig", steps=64, positions="all", progress=False)
+    (s,) = tokenize(model, ds)
+    tokens, reads = _sequence(model, s)
+    with torch.no_grad():
+        clean = _f(model(tokens), reads, s.answer, "prob")
+        for layer in range(model.cfg.n_layers):
+            zeroed = _f_scaled(
+                model,
+                tokens,
+                reads,
+                s.answer,
+                "prob",
+                layer,
+                torch.zeros_like(_clean(model, tokens, layer)),
+            )
+            total = scores.values[layer].sum()
+            assert abs(total - (clean - zeroed)) <= 0.02 * abs(clean - zeroed) + 1e-5
+
+
+@settings(max_examples=6, deadline=None)
+@given(batch_size=st.integers(1, 4), max_rows=st.integers(1, 12))
+def test_independent_of_batching(model, batch_size, max_rows):
+    base = attribute(model, DATA, "ig", steps=3, positions="all", progress=False)
+    other = attribute(
+        model,
+        DATA,
+        "ig",
+        steps=3,
+        positions="all",
+        progress=False,
+        batch_size=batch_size,
+        max_rows=max_rows,
+    )
+    torch.testing.assert_close(other.values, base.values, rtol=1e-4, atol=1e-7)
+
+
+def test_bad_options_are_refused(model):
+    with pytest.raises(ValueError, match="positions must be one of"):
+        attribute(model, DATA, positions="every", progress=False)
+    with pytest.raises(ValueError, match="positions='all' supports"):
+        attribute(model, DATA, "neurgrad", positions="all", progress=False)
+
+
+def test_answer_and_all_position_checkpoints_do_not_mix(model, tmp_path):
+    attribute(model, DATA, "ig", steps=2, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="another run"):
+        attribute(
+            model, DATA, "ig", steps=2, progress=False, checkpoint_dir=tmp_path, positions="all"
+        )

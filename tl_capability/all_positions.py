@@ -1,0 +1,187 @@
+"""All-position attribution: a neuron scaled at every position at once, as erasure removes it.
+
+The papers' scores (:mod:`tl_capability.attribution`, ``positions="answer"``) change a neuron only
+at the position that predicts each answer token. Erasing a neuron removes it at *every* position,
+including the prompt positions whose outputs later positions read through attention, so on models
+trained with dropout or with gated MLPs the answer-position score misses most of what erasure
+does (``docs/findings.md``). Here, for one sample and layer ``l``, all of the layer's activations
+are scaled together, ``a ← α·a`` at every real position, and the metric is read at every answer
+position (teacher forced):
+
+    ``f(α) = (1/Y) Σ_m P(y_m | x ⊕ y_<m; layer l scaled by α)``   (or its log)
+
+    ``IG_j = Σ_p a_pj · (1/S) Σ_k ∂f/∂a_pj (α_k)``
+
+With ``S → ∞`` the scores of one layer sum to ``f(1) − f(0)``: the effect of zeroing the whole
+layer at every position (completeness). ``"grad_x_act"`` is ``Σ_p a_pj ∂f/∂a_pj`` at the clean
+run (all layers in one pass); ``"activation"`` is the mean ``|a_pj|`` over real positions.
+
+How it is computed: the model runs the batch's ``B`` sequences once up to layer ``l``; a hook on
+``blocks.{l}.hook_resid_pre`` then copies each sequence into its ``(sample, α)`` rows, so the
+layers below ``l`` run once, not ``S`` times, and the backward pass stops at layer ``l``. Causal
+models need an explicit ``[1, 1, T, T]`` causal mask for that (the mask a Hugging Face model
+builds has the batch of the input); masked LMs take the plain path, one full sequence per row.
+Sequences are right padded and end at their last answer token, so no position after it is run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_capability.data import Batch
+from tl_capability.rows import Rows, _metric_surrogate, final_residual
+from tl_capability.sites import NeuronSite, is_masked_lm
+
+ALL_POSITION_METHODS = ("ig", "grad_x_act", "activation")
+
+
+def _expands(model: Any) -> bool:
+    """Whether rows can share the layers below the scaled one (a causal model)."""
+    return not is_masked_lm(model)
+
+
+def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]:
+    """Forward kwargs that let a batch grow inside the model (bridges over HF models only)."""
+    if not hasattr(model, "original_model"):
+        return {}  # HookedTransformer builds its causal mask per position, not per batch
+    dtype = model.W_U.dtype
+    mask = torch.full((1, 1, width, width), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return {"attention_mask": mask.triu(1)}
+
+
+def _rows(
+    batch: Batch, row_sample: Tensor, expand: bool, kwargs: dict[str, Any]
+) -> tuple[Rows, Tensor]:
+    """Rows whose ``r``-th sequence is sample ``row_sample[r]``, reading every answer token of
+    it, and the batch target of each read."""
+    hit = row_sample[:, None] == batch.target_row[None, :]
+    r, t = hit.nonzero(as_tuple=True)
+    tokens = batch.tokens if expand else batch.tokens[row_sample]
+    return Rows(tokens, r, batch.target_pos[t], batch.target_token[t], kwargs), t
+
+
+def all_position_scores(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    method: str,
+    metric: str,
+    alphas: Float[Tensor, " steps"],
+    max_rows: int,
+) -> Float[Tensor, "batch layer d_mlp"]:
+    """Each sample's all-position score of every neuron (see the module docstring)."""
+    if method not in ALL_POSITION_METHODS:
+        raise ValueError(f"positions='all' supports methods {ALL_POSITION_METHODS}, got {method!r}")
+    device = batch.tokens.device
+    n_samples = batch.tokens.shape[0]
+    real = batch.mask.to(device)
+    weight = 1.0 / batch.n_targets.to(device).float()
+    if method == "activation":
+        return _activation(model, site, batch, real)
+    if method == "grad_x_act":
+        return _grad_x_act(model, site, batch, metric, real, weight)
+    expand = _expands(model)
+    kwargs = _causal_mask(model, batch.tokens.shape[1], device) if expand else {}
+    alphas = alphas.to(device)
+    n_steps = len(alphas)
+    s_idx, k_idx = (
+        x.flatten().to(device)
+        for x in torch.meshgrid(torch.arange(n_samples), torch.arange(n_steps), indexing="ij")
+    )
+    out = torch.zeros(n_samples, site.n_layers, site.d_mlp, device=device)
+    for layer in range(site.n_layers):
+        for start in range(0, len(s_idx), max_rows):
+            s, k = s_idx[start : start + max_rows], k_idx[start : start + max_rows]
+            rows, t = _rows(batch, s, expand, kwargs)
+            w = weight[batch.target_row[t]]
+            clean, grad = _scaled_gradient(
+                model, site, layer, rows, metric, s, alphas[k], expand, w
+            )
+            per_row = (clean * grad * real[s, :, None]).sum(1)
+            out[:, layer].index_add_(0, s, per_row)
+    return out / n_steps
+
+
+def _scaled_gradient(
+    model: Any,
+    site: NeuronSite,
+    layer: int,
+    rows: Rows,
+    metric: str,
+    row_sample: Tensor,
+    alpha: Float[Tensor, " row"],
+    expand: bool,
+    weight: Float[Tensor, " read"],
+) -> tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]:
+    """The clean activations of ``layer`` and the gradient of each row's metric at ``α·a``."""
+    held: dict[str, Tensor] = {}
+
+    def copy_rows(resid: Tensor, hook: Any) -> Tensor:
+        return resid.detach()[row_sample]
+
+    def scale(act: Tensor, hook: Any) -> Tensor:
+        held["clean"] = act.detach().float()
+        scaled = (act.detach() * alpha[:, None, None].to(act.dtype)).requires_grad_(True)
+        held["scaled"] = scaled
+        return scaled
+
+    fwd = [(site.hook_name(layer), scale)]
+    if expand:
+        fwd.insert(0, (f"blocks.{layer}.hook_resid_pre", copy_rows))
+    with torch.enable_grad():
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
+        (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
+    return held["clean"], grad.float()
+
+
+def _grad_x_act(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    metric: str,
+    real: Tensor,
+    weight: Tensor,
+) -> Float[Tensor, "batch layer d_mlp"]:
+    """``Σ_p a ∂f/∂a`` at the clean run, every layer in one forward and backward pass."""
+    rows, t = _rows(batch, torch.arange(batch.tokens.shape[0], device=real.device), False, {})
+    held: list[Tensor] = []
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        new = act.clone()
+        if not new.requires_grad:  # frozen parameters: start the graph here
+            new.requires_grad_(True)
+        held.append(new)
+        return new
+
+    fwd = [(site.hook_name(layer), keep) for layer in range(site.n_layers)]
+    with torch.enable_grad():
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
+        grads = torch.autograd.grad(surrogate, held, allow_unused=True)
+    out = [
+        torch.zeros_like(a[:, 0]) if g is None else (a.detach() * g * real[..., None]).sum(1)
+        for a, g in zip(held, grads, strict=True)
+    ]
+    return torch.stack(out, dim=1).float()
+
+
+def _activation(
+    model: Any, site: NeuronSite, batch: Batch, real: Tensor
+) -> Float[Tensor, "batch layer d_mlp"]:
+    """Mean ``|a|`` over each sample's real positions."""
+    acts: list[Tensor] = [torch.empty(0)] * site.n_layers
+
+    def grab(layer: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            acts[layer] = (act.detach().float().abs() * real[..., None]).sum(1)
+
+        return hook
+
+    with torch.no_grad():
+        final_residual(
+            model, batch.tokens, [(site.hook_name(i), grab(i)) for i in range(site.n_layers)]
+        )
+    return torch.stack(acts, dim=1) / real.sum(1)[:, None, None]
