@@ -146,3 +146,25 @@ def test_model_without_tokenizer_is_refused(model):
 
     with pytest.raises(ValueError, match="no tokenizer"):
         tokenize(NoTok(), CapabilityDataset.from_pairs(["a"], ["b"]))
+
+
+def test_tokenize_reads_each_column_a_constant_number_of_times(model, monkeypatch):
+    # Reading dataset.prompts materialises the whole column: once per sample is quadratic.
+    reads = {"prompts": 0, "answers": 0}
+
+    def counted(column):
+        original = getattr(CapabilityDataset, column)
+
+        def read(self):
+            reads[column] += 1
+            return original.fget(self)
+
+        return property(read)
+
+    for column in reads:
+        monkeypatch.setattr(CapabilityDataset, column, counted(column))
+    for n in (3, 40):
+        reads.update(prompts=0, answers=0)
+        ds = CapabilityDataset.from_pairs([f"p{i}" for i in range(n)], ["a"] * n)
+        assert len(tokenize(model, ds)) == n
+        assert reads == {"prompts": 1, "answers": 1}

@@ -70,3 +70,17 @@ def test_answer_probability_is_the_mean_token_probability(model):
         n = len(s.prompt)
         expected = sum(probs[n - 1 + m, t].item() for m, t in enumerate(s.answer)) / len(s.answer)
         assert got[i].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_tokenized_samples_measure_like_the_dataset(model):
+    from tl_capability import answer_probability
+
+    ds = CapabilityDataset.from_pairs(["ab", "hello there", "1+2=", "q"], ["c", "xyz", "34", "r"])
+    samples = tokenize(model, ds)
+    assert answer_correct(model, samples, batch_size=3).tolist() == (
+        answer_correct(model, ds, batch_size=3).tolist()
+    )
+    assert accuracy(model, samples) == accuracy(model, ds)
+    torch.testing.assert_close(answer_probability(model, samples), answer_probability(model, ds))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(model, [])

@@ -251,13 +251,14 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     if is_masked_lm(model):
         return _tokenize_masked(model, dataset)
     tokenizer = model_tokenizer(model)
-    prompts = tokenizer(dataset.prompts, add_special_tokens=False)["input_ids"]
-    answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
+    texts = dataset.prompts, dataset.answers  # each column read once: see _checked
+    prompts = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    answers = tokenizer(texts[1], add_special_tokens=False)["input_ids"]
     bos = (tokenizer.bos_token_id,) if prepends_bos(model) else ()
     n_ctx = getattr(model.cfg, "n_ctx", None)
     out = []
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        sample = _checked(TokenizedSample(bos + tuple(p), tuple(a)), i, dataset, n_ctx)
+        sample = _checked(TokenizedSample(bos + tuple(p), tuple(a)), i, texts, n_ctx)
         if not sample.prompt:
             raise ValueError(f"sample {i}: the prompt is empty and the model has no BOS token")
         out.append(sample)
@@ -265,12 +266,19 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
 
 
 def _checked(
-    sample: TokenizedSample, i: int, dataset: CapabilityDataset, n_ctx: int | None
+    sample: TokenizedSample,
+    i: int,
+    texts: tuple[Sequence[str], Sequence[str]],
+    n_ctx: int | None,
 ) -> TokenizedSample:
-    """``sample`` (the ``i``-th), unless its answer is empty or it does not fit the context."""
-    where = f"sample {i} ({dataset.prompts[i][:40]!r})"
+    """``sample`` (the ``i``-th), unless its answer is empty or it does not fit the context.
+
+    ``texts`` are the dataset's prompts and answers, read once by the caller (reading
+    ``dataset.prompts`` here would materialise the whole column for every sample).
+    """
+    where = f"sample {i} ({texts[0][i][:40]!r})"
     if not sample.answer:
-        raise ValueError(f"{where}: answer {dataset.answers[i]!r} tokenizes to no tokens")
+        raise ValueError(f"{where}: answer {texts[1][i]!r} tokenizes to no tokens")
     if n_ctx is not None and sample.input_length > n_ctx:
         raise ValueError(
             f"{where} needs {sample.input_length} positions but the model's context is "
@@ -318,11 +326,12 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
     if mask_id is None:
         raise ValueError("this masked LM's tokenizer has no mask token")
     n_ctx = getattr(model.cfg, "n_ctx", None)
-    answers = tokenizer(dataset.answers, add_special_tokens=False)["input_ids"]
+    texts = dataset.prompts, dataset.answers
+    answers = tokenizer(texts[1], add_special_tokens=False)["input_ids"]
     cls = (tokenizer.cls_token_id,) if tokenizer.cls_token_id is not None else ()
     sep = (tokenizer.sep_token_id,) if tokenizer.sep_token_id is not None else ()
     out = []
-    for i, (prompt, answer) in enumerate(zip(dataset.prompts, answers, strict=True)):
+    for i, (prompt, answer) in enumerate(zip(texts[0], answers, strict=True)):
         before, found, after = prompt.partition(mask_text)
         if found and mask_text in after:
             raise ValueError(f"sample {i}: the prompt has more than one {mask_text!r}")
@@ -331,7 +340,7 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
         ids = (*cls, *left, *(mask_id,) * len(answer), *right, *sep)
         start = len(cls) + len(left)
         slots = tuple(range(start, start + len(answer)))
-        out.append(_checked(TokenizedSample(ids, tuple(answer), slots), i, dataset, n_ctx))
+        out.append(_checked(TokenizedSample(ids, tuple(answer), slots), i, texts, n_ctx))
     return out
 
 

@@ -4,11 +4,14 @@ A sample is correct when every answer token is the model's top prediction given 
 the previous answer tokens. That is the same as greedy decoding of ``len(answer)`` tokens, in
 one forward pass per batch. Hooks the caller has attached (an ablation, a user's analysis) are
 active, so ``with ablate(model, mask): accuracy(model, data)`` measures the edited model.
+
+Every function takes a dataset or what :func:`~tl_capability.data.tokenize` returned for it:
+code that measures the same data many times (erase curves, sweeps) tokenizes it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -16,20 +19,23 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
+from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.sites import require_eval
+
+#: A dataset, or its samples as :func:`~tl_capability.data.tokenize` returned them.
+Samples = CapabilityDataset | Sequence[TokenizedSample]
 
 
 def _answer_logits(
     model: Any,
-    dataset: CapabilityDataset,
+    dataset: Samples,
     batch_size: int,
     progress: bool | None,
     hooks: Callable[[Batch], list] | None,
 ) -> Iterator[tuple[Batch, Float[Tensor, "target vocab"]]]:
     """Each batch and the logits at its answer-predicting positions (no gradients)."""
     require_eval(model)
-    samples = tokenize(model, dataset)
+    samples = tokenize(model, dataset) if isinstance(dataset, CapabilityDataset) else dataset
     n_batches = -(-len(samples) // batch_size)
     show = n_batches > 20 if progress is None else progress
     with torch.no_grad():
@@ -37,7 +43,7 @@ def _answer_logits(
             batches(model, samples, batch_size),
             total=n_batches,
             disable=not show,
-            desc=f"evaluate {dataset.name or ''}".strip(),
+            desc=f"evaluate {getattr(dataset, 'name', None) or ''}".strip(),
         ):
             with model.hooks(fwd_hooks=hooks(batch) if hooks is not None else []):
                 logits = model(batch.tokens)
@@ -46,7 +52,7 @@ def _answer_logits(
 
 def answer_correct(
     model: Any,
-    dataset: CapabilityDataset,
+    dataset: Samples,
     *,
     batch_size: int = 64,
     progress: bool | None = None,
@@ -56,7 +62,8 @@ def answer_correct(
 
     Args:
         model: A TransformerLens model in eval mode.
-        dataset: The samples.
+        dataset: The samples, or what :func:`~tl_capability.data.tokenize` returned for them
+            with this model (skips tokenizing again when the same data is measured often).
         batch_size: Samples per forward pass.
         progress: Show a progress bar; ``None`` shows one when there are more than 20 batches.
         hooks: Per-batch forward hooks, for interventions that depend on the batch, e.g.
@@ -78,7 +85,7 @@ def answer_correct(
 
 def answer_probability(
     model: Any,
-    dataset: CapabilityDataset,
+    dataset: Samples,
     *,
     batch_size: int = 64,
     progress: bool | None = None,
@@ -101,7 +108,7 @@ def answer_probability(
 
 def accuracy(
     model: Any,
-    dataset: CapabilityDataset,
+    dataset: Samples,
     *,
     batch_size: int = 64,
     progress: bool | None = None,

@@ -3,7 +3,8 @@
 Build a :class:`Report`, add text, :class:`~tl_capability.experiments.Table` objects and
 figures, then :meth:`Report.save`. The figure helpers draw what people would rather look at
 than read: where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability
-erase matrix (Fig. 4), accuracy against σ, and NeurGrad against interventions.
+erase matrix (Fig. 4), accuracy against σ, erase curves against the number of neurons, and
+NeurGrad against interventions.
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: a notebook shows the one
 a cell returns, and nothing touches the global pyplot state or the user's backend.
@@ -20,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tl_capability.attribution import NeuronScores
+from tl_capability.curves import EraseCurve
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
 from tl_capability.experiments import Table, erase, locate_scores, overlap_matrix, split_overlap
@@ -233,6 +235,57 @@ def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
     ax.set_xlabel("NeurGrad  ∂P/∂a · sign(a)")
     ax.set_ylabel("empirical NEG (interventions)")
     ax.legend(fontsize=8)
+    return fig
+
+
+def erase_curves_figure(curves: Sequence[EraseCurve], title: str | None = None) -> Figure:
+    """Erase curves of every method side by side, one panel per capability (from
+    :func:`~tl_capability.curves.erase_curve`).
+
+    x: % of the model's neurons erased (log scale); y: accuracy drop (points). Each method has
+    one colour: its own-capability drop is solid, its worst other-capability drop dashed, and
+    random sets of the same per-layer shape dotted, with their 95 % interval shaded.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not curves:
+        raise ValueError("no erase curves to draw")
+    targets = list(dict.fromkeys(c.target for c in curves))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(c.name for c in curves))}
+    n_cols = min(3, len(targets))
+    n_rows = -(-len(targets) // n_cols)
+    fig = Figure(figsize=(4.6 * n_cols, 3.4 * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).flatten()
+    for ax, target in zip(axes, targets, strict=False):
+        for curve in (c for c in curves if c.target == target):
+            x, colour = [100 * f for f in curve.fractions], colours[curve.name]
+            ax.plot(x, curve.own_drop, color=colour, marker="o", ms=3)
+            if curve.other_drops:
+                ax.plot(x, curve.worst_other, color=colour, ls="--")
+            ax.plot(x, curve.random_drop, color=colour, ls=":")
+            low = [m - h for m, h in zip(curve.random_drop, curve.random_ci, strict=True)]
+            high = [m + h for m, h in zip(curve.random_drop, curve.random_ci, strict=True)]
+            ax.fill_between(x, low, high, color=colour, alpha=0.15, lw=0)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=20))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("% of neurons erased")
+        ax.set_ylabel("accuracy drop (points)")
+        ax.set_title(target, fontsize=10)
+    for ax in axes[len(targets) :]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=c, lw=3, label=m) for m, c in colours.items()] + [
+        Line2D([], [], color="black", marker="o", ms=3, label="own drop"),
+        Line2D([], [], color="black", ls="--", label="worst other drop"),
+        Line2D([], [], color="black", ls=":", label="random sets (95 % band)"),
+    ]
+    n_legend = min(len(handles), 3 * n_cols)
+    fig.legend(handles=handles, loc="outside lower center", ncols=n_legend, fontsize=8)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
