@@ -1,4 +1,4 @@
-"""Loading a model by name for the command line and the tutorials: the zoo model, a local
+"""Loading a model by name for the command line and the tutorials: a zoo model, a local
 Hugging Face directory, or a hub name.
 
 TransformerLens 4.x loads everything through ``TransformerBridge.boot_transformers`` (a local
@@ -19,24 +19,33 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def load_model(name: str, *, device: str | None = None, dtype: str | None = None) -> Any:
-    """Loads ``"zoo"``, a local model directory or a hub name as a TransformerLens model.
+    """Loads a zoo model, a local model directory or a hub name as a TransformerLens model.
 
     Args:
-        name: ``"zoo"`` (the bundled model), a directory written by ``save_pretrained``, or a
-            Hugging Face hub name (needs a network unless it is in the local cache).
+        name: ``"zoo"`` (the default zoo model), ``"zoo:NAME"`` (one of
+            :func:`tl_capability.zoo.model_names`, e.g. ``"zoo:llama"``), a directory written by
+            ``save_pretrained``, or a Hugging Face hub name (needs a network unless it is in
+            the local cache).
         device: ``"cpu"``, ``"cuda"``, ... (default: the library's default, CPU).
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (default: float32).
 
     Raises:
-        ValueError: For an unknown dtype.
-        FileNotFoundError: For a path-like name that does not exist.
+        ValueError: For an unknown dtype or zoo model name.
+        FileNotFoundError: For a path-like name that does not exist, or a zoo model whose
+            weights are missing.
     """
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if name == "zoo":
+    if name == "zoo" or name.startswith("zoo:"):
         from tl_capability import zoo
 
-        model = zoo.load_model(device=device)
+        zoo_name = name.partition(":")[2] or zoo.DEFAULT_MODEL
+        if zoo_name not in zoo.model_names():
+            raise ValueError(
+                f"unknown zoo model {zoo_name!r}; choose one of "
+                + ", ".join(f"zoo:{n}" for n in zoo.model_names())
+            )
+        model = zoo.load_model(zoo_name, device=device)
         return model.to(_DTYPES[dtype]) if dtype else model
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():

@@ -1,13 +1,17 @@
-"""The zoo model: a small GPT-2 the project trains itself, with six known capabilities.
+"""The zoo: small language models the project trains itself, with six known capabilities.
 
-It ships inside the package (``tl_capability/zoo/model/``, a Hugging Face directory with a
-character-level tokenizer), so every tutorial, test and demo runs offline. Its tasks are in
-:mod:`tl_capability.zoo.tasks`, its training script in :mod:`tl_capability.zoo.train`, and its
-card in ``docs/zoo-model.md``.
+Three models ship inside the package (``tl_capability/zoo/models/<name>/``, each a Hugging Face
+directory with a character-level tokenizer), so every tutorial, test and demo runs offline:
+``"gpt2"`` (the default), ``"gpt2-dropout"`` (the same GPT-2 trained with dropout 0.1) and
+``"llama"`` (a Llama-style model: gated SiLU MLP, RMSNorm, rotary positions). All are trained on
+the same tasks (:mod:`tl_capability.zoo.tasks`) by :mod:`tl_capability.zoo.train`; their card is
+``docs/zoo-model.md``.
 
 Example:
     >>> from tl_capability import zoo, accuracy
-    >>> model = zoo.load_model()
+    >>> zoo.model_names()
+    ['gpt2', 'gpt2-dropout', 'llama']
+    >>> model = zoo.load_model()  # the default, "gpt2"
     >>> data = zoo.dataset("addition", n=100)
     >>> accuracy(model, data) > 0.95
     True
@@ -25,10 +29,28 @@ from tl_capability.data import CapabilityDataset
 from tl_capability.sites import transformer_lens_has
 from tl_capability.zoo.tasks import ENTITIES, TASKS, fact_prompts
 
-MODEL_DIR = Path(__file__).parent / "model"
+MODELS_DIR = Path(__file__).parent / "models"
+"""The directory that holds one subdirectory per zoo model."""
+
+DEFAULT_MODEL = "gpt2"
+"""The model :func:`load_model` loads when given no name."""
+
+MODEL_DIR = MODELS_DIR / DEFAULT_MODEL
+"""The default model's directory (kept for code written when the zoo had one model)."""
+
+_TRAIN = "python -m tl_capability.zoo.train --out tl_capability/zoo/models/"
+# Each shipped model and the command that regenerates its weights, in a fixed order.
+_MODELS: dict[str, str] = {
+    "gpt2": f"{_TRAIN}gpt2",
+    "gpt2-dropout": f"{_TRAIN}gpt2-dropout --dropout 0.1 --steps 6000 --seed 0 --threads 1",
+    "llama": f"{_TRAIN}llama --family llama --steps 4000 --seed 0 --threads 1",
+}
+_KINDS = ("auto", "bridge", "hooked")
 
 __all__ = [
+    "DEFAULT_MODEL",
     "ENTITIES",
+    "MODELS_DIR",
     "MODEL_DIR",
     "TASKS",
     "capability_names",
@@ -37,12 +59,33 @@ __all__ = [
     "fact_prompts",
     "import_backend",
     "load_model",
+    "model_dir",
+    "model_names",
     "training_info",
 ]
 
 
+def model_names() -> list[str]:
+    """The names of the shipped zoo models, the default (``"gpt2"``) first."""
+    return list(_MODELS)
+
+
+def model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """The directory of one zoo model (it may lack weights; :func:`load_model` checks).
+
+    Args:
+        name: One of :func:`model_names`.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown zoo model {name!r}; the zoo has {model_names()}")
+    return MODELS_DIR / name
+
+
 def capability_names() -> list[str]:
-    """The zoo model's capabilities, in a fixed order."""
+    """The zoo models' capabilities (every zoo model has all of them), in a fixed order."""
     return list(TASKS)
 
 
@@ -59,7 +102,7 @@ def dataset(name: str, n: int = 200, split: str = "test", seed: int = 0) -> Capa
         ValueError: For an unknown capability or split, or more samples than the split holds.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown capability {name!r}; the zoo model has {capability_names()}")
+        raise ValueError(f"unknown capability {name!r}; the zoo models have {capability_names()}")
     examples = TASKS[name].sample(n, split, seed)
     if not examples:
         raise ValueError("n must be at least 1")
@@ -84,9 +127,30 @@ def fact_dataset(entity: str) -> CapabilityDataset:
     )
 
 
-def training_info() -> dict[str, Any]:
-    """How the shipped weights were trained and their measured test accuracies."""
-    return json.loads((MODEL_DIR / "training.json").read_text())
+def training_info(name: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """How one zoo model was trained and its measured test accuracies.
+
+    Args:
+        name: One of :func:`model_names`.
+
+    Returns:
+        The model's ``training.json``: ``family`` (``"gpt2"`` or ``"llama"``), ``dropout``,
+        ``architecture``, ``steps``, ``seed``, ``threads``, ``train_seconds``,
+        ``test_accuracy`` (capability -> exact-match accuracy) and the rest of the run's
+        settings. ``family`` and ``dropout`` default to ``"gpt2"`` and ``0.0`` for files
+        written before the trainer recorded them.
+
+    Raises:
+        ValueError: For an unknown name.
+        FileNotFoundError: When the model's files are missing.
+    """
+    path = model_dir(name) / "training.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"zoo model {name!r} has no {path}; regenerate it with `{_MODELS[name]}`"
+        )
+    info = json.loads(path.read_text())
+    return {"family": "gpt2", "dropout": 0.0} | info
 
 
 def import_backend(kind: str = "auto") -> None:
@@ -94,6 +158,9 @@ def import_backend(kind: str = "auto") -> None:
 
     TransformerLens 4 imports its bridge machinery (and ``transformers``' modelling code) on
     first use, a few seconds that are not the zoo model's; call this first to time them apart.
+
+    Args:
+        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in :func:`load_model`.
     """
     if kind in ("auto", "bridge") and transformer_lens_has("TransformerBridge"):
         from transformer_lens import TransformerBridge  # noqa: F401
@@ -101,10 +168,13 @@ def import_backend(kind: str = "auto") -> None:
         from transformer_lens import HookedTransformer  # noqa: F401
 
 
-def load_model(kind: str = "auto", device: str | None = None) -> Any:
-    """Loads the zoo model offline, in eval mode, with its tokenizer.
+def load_model(name: str = DEFAULT_MODEL, kind: str = "auto", device: str | None = None) -> Any:
+    """Loads one zoo model offline, in eval mode, with its tokenizer.
 
     Args:
+        name: One of :func:`model_names` (default ``"gpt2"``). For code written before the zoo
+            had several models, ``"auto"``, ``"bridge"`` or ``"hooked"`` here means ``kind``
+            (of the default model), as in ``load_model("hooked")``.
         kind: ``"bridge"`` for a TransformerLens 4.x ``TransformerBridge``, ``"hooked"`` for a
             TransformerLens 3.x ``HookedTransformer``, ``"auto"`` for whichever is installed
             (the bridge when both are).
@@ -112,58 +182,149 @@ def load_model(kind: str = "auto", device: str | None = None) -> Any:
 
     Returns:
         The model, in eval mode.
+
+    Raises:
+        ValueError: For an unknown name or kind.
+        FileNotFoundError: When the model's weights are missing (the message gives the command
+            that regenerates them).
     """
-    if not (MODEL_DIR / "model.safetensors").is_file():
+    if name in _KINDS:  # the pre-zoo signature: load_model(kind, device)
+        if kind not in _KINDS and device is None:  # load_model("hooked", "cpu")
+            kind, device = name, kind
+        elif kind == "auto":
+            kind = name
+        else:
+            raise ValueError(
+                f"load_model({name!r}, {kind!r}): {name!r} is a kind, not a zoo model; "
+                "pass the model as name= and the kind as kind="
+            )
+        name = DEFAULT_MODEL
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
+    directory = model_dir(name)
+    if not (directory / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"the zoo model's weights are missing from {MODEL_DIR}; "
-            "regenerate them with `python -m tl_capability.zoo.train`"
+            f"zoo model {name!r} has no weights in {directory}; "
+            f"regenerate them with `{_MODELS[name]}`"
         )
+    hooked_name = "tl-capability-zoo" if name == DEFAULT_MODEL else f"tl-capability-zoo-{name}"
+    return _load_dir(directory, kind, device, model_name=hooked_name)
+
+
+def _load_dir(
+    directory: Path, kind: str = "auto", device: str | None = None, model_name: str | None = None
+) -> Any:
+    """Loads a zoo-format directory (``save_pretrained`` of a GPT-2 or Llama model plus its
+    tokenizer) offline, in eval mode.
+
+    Args:
+        directory: The Hugging Face directory.
+        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in :func:`load_model`.
+        device: Where to put it (default: CPU).
+        model_name: The ``cfg.model_name`` of a hooked model (default: the directory's name).
+
+    Raises:
+        ValueError: For an unknown kind or a model family other than GPT-2 and Llama.
+        FileNotFoundError: When the directory has no weights.
+    """
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no model weights (model.safetensors) in {directory}")
     if kind == "auto":
         kind = "bridge" if transformer_lens_has("TransformerBridge") else "hooked"
     if kind == "bridge":
         from transformer_lens import TransformerBridge
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model = TransformerBridge.boot_transformers(str(MODEL_DIR), device=device)
+        model = TransformerBridge.boot_transformers(str(directory), device=device)
     elif kind == "hooked":
-        model = _load_hooked(device)
+        model = _load_hooked(directory, device, model_name or directory.name)
     else:
         raise ValueError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
     model.eval()
     return model
 
 
-def _load_hooked(device: str | None) -> Any:
-    """Builds a TL 3.x HookedTransformer from the Hugging Face files, without the hub."""
+def _family(directory: Path) -> str:
+    """The model family (``"gpt2"`` or ``"llama"``) from the directory's ``config.json``."""
+    family = json.loads((directory / "config.json").read_text()).get("model_type")
+    if family not in ("gpt2", "llama"):
+        raise ValueError(f"zoo models are GPT-2 or Llama, {directory} holds {family!r}")
+    return family
+
+
+def _load_hooked(directory: Path, device: str | None, model_name: str) -> Any:
+    """Builds a TL 3.x HookedTransformer from the Hugging Face files, without the hub.
+
+    Weights are converted without folding or centring, so activations (``hook_pre``,
+    ``hook_post``, ...) equal the Hugging Face model's.
+    """
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+        from transformer_lens.pretrained.weight_conversions import (
+            convert_gpt2_weights,
+            convert_llama_weights,
+        )
     except ImportError as e:  # pragma: no cover - depends on the installed TL
         raise ImportError("kind='hooked' needs TransformerLens 3.x (HookedTransformer)") from e
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM
 
-    hf = GPT2LMHeadModel.from_pretrained(MODEL_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
-    c = hf.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        n_heads=c.n_head,
-        d_head=c.n_embd // c.n_head,
-        d_mlp=c.n_inner,
-        d_vocab=c.vocab_size,
-        n_ctx=c.n_positions,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        eps=c.layer_norm_epsilon,
-        model_name="tl-capability-zoo",
-        original_architecture="GPT2LMHeadModel",
-        default_prepend_bos=True,
-        device=device or "cpu",
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    common: dict[str, Any] = dict(
+        model_name=model_name, default_prepend_bos=True, device=device or "cpu"
     )
+    if _family(directory) == "gpt2":
+        hf = GPT2LMHeadModel.from_pretrained(directory)
+        c = hf.config
+        cfg = HookedTransformerConfig(
+            n_layers=c.n_layer,
+            d_model=c.n_embd,
+            n_heads=c.n_head,
+            d_head=c.n_embd // c.n_head,
+            d_mlp=c.n_inner,
+            d_vocab=c.vocab_size,
+            n_ctx=c.n_positions,
+            act_fn="gelu_new",
+            normalization_type="LN",
+            eps=c.layer_norm_epsilon,
+            original_architecture="GPT2LMHeadModel",
+            **common,
+        )
+        convert = convert_gpt2_weights
+    else:
+        hf = LlamaForCausalLM.from_pretrained(directory)
+        c = hf.config
+        # transformers 5 keeps rope_theta in rope_parameters; 4.x has it as an attribute.
+        rope = getattr(c, "rope_parameters", None) or {}
+        d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        cfg = HookedTransformerConfig(
+            n_layers=c.num_hidden_layers,
+            d_model=c.hidden_size,
+            n_heads=c.num_attention_heads,
+            d_head=d_head,
+            d_mlp=c.intermediate_size,
+            d_vocab=c.vocab_size,
+            n_ctx=c.max_position_embeddings,
+            act_fn=c.hidden_act,
+            gated_mlp=True,
+            normalization_type="RMS",
+            final_rms=True,
+            eps=c.rms_norm_eps,
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+            rotary_adjacent_pairs=False,
+            rotary_base=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
+            # TL uses grouped-query attention only when this is set.
+            n_key_value_heads=(
+                c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None
+            ),
+            original_architecture="LlamaForCausalLM",
+            **common,
+        )
+        convert = convert_llama_weights
     model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
     model.load_and_process_state_dict(
-        convert_gpt2_weights(hf, cfg),
+        convert(hf, cfg),
         fold_ln=False,
         center_writing_weights=False,
         center_unembed=False,

@@ -1,17 +1,18 @@
 """Trains the zoo model from scratch and writes it as a Hugging Face directory.
 
-Run ``python -m tl_capability.zoo.train`` to regenerate the shipped weights in
-``tl_capability/zoo/model/`` (about 36 minutes on 2 CPU cores). Training is deterministic for a
-given seed, torch version and thread count: examples come from seeded generators
+Run ``python -m tl_capability.zoo.train`` to regenerate the default zoo model's weights in
+``tl_capability/zoo/models/gpt2/`` (about 36 minutes on 2 CPU cores). Training is deterministic
+for a given seed, torch version and thread count: examples come from seeded generators
 (:mod:`tl_capability.zoo.tasks`), the batches round-robin over the tasks, and the loss is read
 only on answer tokens.
 
 The default model is a plain GPT-2 (4 layers, d_model 128, 4 heads, d_mlp 512, GELU, no
 dropout) over a character-level tokenizer, written with ``save_pretrained`` so that
 ``TransformerBridge.boot_transformers(directory)`` (or any Hugging Face tool) loads it offline.
-Two other training regimes make the rest of the zoo (``docs/zoo-model.md`` gives each command):
-``--dropout 0.1`` trains the same GPT-2 with GPT-2's own dropout, and ``--family llama`` a
-Llama-style model (gated SiLU MLP, RMSNorm, rotary positions, no dropout, untied unembedding).
+Two other training regimes make the rest of the zoo (``docs/zoo-model.md`` gives each command,
+with ``--out tl_capability/zoo/models/<name>``): ``--dropout 0.1`` trains the same GPT-2 with
+GPT-2's own dropout (``gpt2-dropout``), and ``--family llama`` a Llama-style model (``llama``:
+gated SiLU MLP, RMSNorm, rotary positions, no dropout, untied unembedding).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from transformers import (
 
 from tl_capability.zoo.tasks import ALPHABET, TASKS, Example
 
-MODEL_DIR = Path(__file__).parent / "model"
+MODEL_DIR = Path(__file__).parent / "models" / "gpt2"  # the default zoo model
 BOS, PAD = "<bos>", "<pad>"
 ARCHITECTURE = dict(n_layer=4, n_embd=128, n_head=4, n_inner=512, n_positions=64)
 
@@ -140,7 +141,7 @@ def train(
         lr=lr,
         betas=(0.9, 0.98),
     )
-    warmup = min(200, steps // 10)
+    warmup = max(1, min(200, steps // 10))
 
     def schedule(step: int) -> float:
         if step < warmup:
