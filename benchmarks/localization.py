@@ -1,0 +1,197 @@
+"""Every localization method side by side on one zoo model (docs/findings.md's headline table).
+
+For each capability of the zoo, each method ranks neurons on the capability's *train* samples
+against the other five as controls; :func:`tl_capability.locate.budget_mask` picks the set size
+on those same train samples (the smallest prefix that drops the capability by ``--target-drop``
+points while no control drops by more than ``--tolerance``, within ``--budget`` of all neurons);
+then everything is measured on fresh *test* samples: the capability's own accuracy drop with the
+set zeroed at every position, the worst drop of another capability, and random sets of the same
+per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other, random with its
+95 % band) go to one figure per capability.
+
+    python benchmarks/localization.py --model gpt2 [--out DIR] [--methods answer,all,...]
+        [--locate 64] [--evaluate 150] [--steps 8] [--budget 0.05] [--threads 2]
+
+Methods: ``answer`` (the papers' pipeline: answer-position IG, σ = 2; its curve ranks by the
+same scores), ``all`` (all-position IG of log P), ``contrastive``, ``iterative``, ``learned``
+(see :mod:`tl_capability.locate`). Prints a markdown table per model and a summary line per
+method; writes ``DIR/<model>/index.md`` with the curves. A measurement, not a speed benchmark:
+times are seconds of ranking on this machine, for comparing methods within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ("answer", "all", "contrastive", "iterative", "learned")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="gpt2", help="a zoo model name (zoo.model_names())")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--capabilities", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--locate", type=int, default=64, help="train samples per capability")
+    parser.add_argument("--evaluate", type=int, default=150, help="test samples per capability")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--budget", type=float, default=0.05, help="largest share of neurons")
+    parser.add_argument("--target-drop", type=float, default=60.0)
+    parser.add_argument("--tolerance", type=float, default=10.0)
+    parser.add_argument("--n-random", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("localization-results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from tl_capability import ablate, accuracy, attribute, zoo
+    from tl_capability.curves import erase_curve
+    from tl_capability.experiments import mean_ci
+    from tl_capability.locate import budget_mask, locate, rank_neurons
+    from tl_capability.report import Report, erase_curves_figure
+
+    model = zoo.load_model(args.model)
+    names = args.capabilities.split(",") if args.capabilities else zoo.capability_names()
+    methods = args.methods.split(",")
+    train = {n: zoo.dataset(n, n=args.locate, split="train", seed=1) for n in names}
+    test = {n: zoo.dataset(n, n=args.evaluate, split="test", seed=2) for n in names}
+    base = {n: accuracy(model, test[n]) for n in names}
+    n_neurons = model.cfg.n_layers * model.cfg.d_mlp
+    print(f"model {args.model}: accuracy", {n: round(100 * b, 1) for n, b in base.items()})
+
+    # All-position scores of every capability, shared by "all" and "contrastive" (timed apart).
+    start = time.perf_counter()
+    shared = {}
+    if {"all", "contrastive"} & set(methods):
+        shared = {
+            n: attribute(
+                model,
+                d,
+                "ig",
+                steps=args.steps,
+                metric="logprob",
+                positions="all",
+                progress=False,
+            ).values
+            for n, d in train.items()
+        }
+    per_capability_scoring = (time.perf_counter() - start) / len(names)
+
+    rows, curves = [], {n: [] for n in names}
+    for target in names:
+        controls = {o: train[o] for o in names if o != target}
+        for method in methods:
+            start = time.perf_counter()
+            if method == "answer":
+                mask = locate(model, train[target], controls, method="answer", progress=False)
+                order = rank_neurons(
+                    model,
+                    train[target],
+                    method="answer",
+                    steps=20,
+                    max_fraction=args.budget,
+                    progress=False,
+                )
+                seconds = time.perf_counter() - start
+            else:
+                order = rank_neurons(
+                    model,
+                    train[target],
+                    controls,
+                    method=method,
+                    max_fraction=args.budget,
+                    steps=args.steps,
+                    progress=False,
+                    scores=shared,
+                )
+                seconds = time.perf_counter() - start
+                if method in ("all", "contrastive"):
+                    seconds += per_capability_scoring * (1 if method == "all" else len(names))
+                mask = budget_mask(
+                    model,
+                    order,
+                    train[target],
+                    controls,
+                    target_drop=args.target_drop,
+                    tolerance=args.tolerance,
+                    progress=False,
+                )
+            drops = {}
+            with ablate(model, mask):
+                for n in names:
+                    drops[n] = 100 * (base[n] - accuracy(model, test[n]))
+            random = []
+            for seed in range(args.n_random):
+                with ablate(model, mask.random_like(seed)):
+                    random.append(100 * (base[target] - accuracy(model, test[target])))
+            r_mean, r_half = mean_ci(random)
+            worst = max(v for n, v in drops.items() if n != target) if len(names) > 1 else 0.0
+            rows.append(
+                {
+                    "capability": target,
+                    "method": method,
+                    "neurons": len(mask),
+                    "percent": 100 * len(mask) / n_neurons,
+                    "own": drops[target],
+                    "worst_other": worst,
+                    "random": r_mean,
+                    "random_ci95": r_half,
+                    "seconds": seconds,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            curves[target].append(
+                erase_curve(
+                    model,
+                    order,
+                    test[target],
+                    {o: test[o] for o in names if o != target},
+                    n_random=args.n_random,
+                    progress=False,
+                    name=method,
+                    sizes=sorted({max(1, round(len(order) * i / 10)) for i in range(1, 11)}),
+                )
+            )
+    _write(args, rows, curves, names, methods, Report, erase_curves_figure)
+
+
+def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby("method", sort=False)[
+        ["percent", "own", "worst_other", "random", "seconds"]
+    ].mean()
+    summary = summary.reindex([m for m in methods if m in summary.index])
+    print(f"\n## {args.model}\n")
+    print(frame.to_markdown(index=False, floatfmt=".1f"))
+    print("\nmean over capabilities:\n")
+    print(summary.to_markdown(floatfmt=".1f"))
+    out = args.out / args.model
+    report = Report(f"Localization methods on the zoo model {args.model!r}")
+    report.text(
+        f"Located on {args.locate} train samples per capability (the other capabilities as "
+        f"controls), measured on {args.evaluate} test samples; budget ≤ {100 * args.budget:g} % "
+        f"of neurons, goal: own drop ≥ {args.target_drop:g}, worst other ≤ {args.tolerance:g}."
+    )
+    report.text("## Mean over capabilities\n\n" + summary.to_markdown(floatfmt=".1f"))
+    report.text("## Every capability\n\n" + frame.to_markdown(index=False, floatfmt=".1f"))
+    for n in names:
+        report.figure(
+            f"curves-{n}",
+            erase_curves_figure(curves[n], title=f"{args.model}: {n}"),
+            f"Erase curves for {n} (test samples).",
+        )
+    report.save(out)
+    frame.to_csv(out / "results.csv", index=False)
+    print(f"\nwrote {out / 'index.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""locate: contrastive scores, iterative re-attribution, the budget rule, and bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tl_capability import CapabilityDataset, ablate, accuracy, attribute, select, zoo
+from tl_capability.locate import (
+    contrastive_scores,
+    iterative_ranking,
+    locate,
+    rank_neurons,
+    ranking_order,
+)
+from tl_capability.masks import NeuronMask
+
+pytestmark = pytest.mark.core
+
+TARGET = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"], name="t")
+OTHER = CapabilityDataset.from_pairs(["the day was", "q"], [" fun", "xy"], name="o")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
+    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
+    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
+)
+def test_contrastive_scores_subtract_what_controls_need(t, a, b):
+    t, a, b = (torch.tensor(x).view(2, 3) for x in (t, a, b))
+    got = contrastive_scores(t, {"a": a, "b": b})
+    torch.testing.assert_close(got, t - torch.maximum(a.clamp(min=0), b.clamp(min=0)))
+    mean = contrastive_scores(t, {"a": a, "b": b}, reduce="mean", weight=0.5)
+    torch.testing.assert_close(mean, t - 0.5 * (a.clamp(min=0) + b.clamp(min=0)) / 2)
+    assert (got <= t).all()
+
+
+def test_contrastive_scores_refuse_bad_input():
+    s = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="at least one control"):
+        contrastive_scores(s, {})
+    with pytest.raises(ValueError, match="same"):
+        contrastive_scores(s, {"a": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match="NaN"):
+        contrastive_scores(s, {"a": torch.full((2, 3), float("nan"))})
+    with pytest.raises(ValueError, match="reduce"):
+        contrastive_scores(s, {"a": s}, reduce="median")
+
+
+def test_ranking_order_is_descending_with_ties_by_flat_index():
+    s = torch.tensor([[1.0, 3.0, 1.0], [3.0, 0.0, 2.0]])
+    assert ranking_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]
+
+
+def _all(model, data):
+    return attribute(
+        model, data, "ig", steps=8, metric="logprob", positions="all", progress=False
+    ).values
+
+
+def test_iterative_ranking_equals_the_rounds_done_by_hand(model):
+    order = iterative_ranking(model, TARGET, {"o": OTHER}, chunk=3, rounds=2, progress=False)
+    first = ranking_order(contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)}))[:3]
+    chosen = NeuronMask.from_indices(first, model.cfg.n_layers, model.cfg.d_mlp)
+    with ablate(model, chosen):
+        again = contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)})
+    again = again.masked_fill(chosen.tensor, -torch.inf)
+    second = ranking_order(again)[:3]
+    assert order.tolist() == torch.cat([first, second]).tolist()
+    assert len({tuple(p) for p in order.tolist()}) == 6  # no neuron chosen twice
+
+
+def test_the_papers_pipeline_is_attribute_then_select(model):
+    mask = locate(model, TARGET, method="answer", progress=False)
+    expected = select(attribute(model, TARGET, "ig", steps=8, progress=False), sigma=2.0)
+    assert mask == expected and mask.selection["rule"] == "sigma"
+
+
+def test_bad_input_is_refused(model):
+    with pytest.raises(ValueError, match="controls is empty"):
+        locate(model, TARGET, {}, progress=False)
+    with pytest.raises(ValueError, match="is the target itself"):
+        locate(model, TARGET, {"same": TARGET}, progress=False)
+    copy = CapabilityDataset.from_pairs(TARGET.prompts, TARGET.answers, name="copy")
+    with pytest.raises(ValueError, match="is the target itself"):
+        locate(model, TARGET, {"copy": copy}, progress=False)
+    with pytest.raises(ValueError, match="max_fraction"):
+        locate(model, TARGET, max_fraction=1.5, progress=False)
+    with pytest.raises(ValueError, match="method must be"):
+        locate(model, TARGET, method="magic", progress=False)
+    with pytest.raises(ValueError, match="chunk"):
+        iterative_ranking(model, TARGET, chunk=10**6, rounds=1, progress=False)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            locate(model, TARGET, progress=False)
+    finally:
+        model.eval()
+
+
+def test_nothing_stays_attached_after_an_exception(model):
+    too_long = CapabilityDataset.from_pairs(["x" * 500], ["y"], name="long")
+    before = {n: len(h.fwd_hooks) for n, h in model.hook_dict.items()}
+    with pytest.raises(ValueError, match="context"):
+        iterative_ranking(model, TARGET, {"long": too_long}, chunk=2, rounds=2, progress=False)
+    assert {n: len(h.fwd_hooks) for n, h in model.hook_dict.items()} == before
+
+
+def test_located_set_erases_its_capability_on_the_zoo_model(zoo_model):
+    """The claim itself, on held-out samples: the located set removes sentiment, spares the
+    controls, and a random set of the same shape does little."""
+    names = ("sentiment", "addition", "sort")
+    train = {n: zoo.dataset(n, n=32, split="train", seed=3) for n in names}
+    test = {n: zoo.dataset(n, n=60, split="test", seed=4) for n in names}
+    mask = locate(
+        zoo_model,
+        train["sentiment"],
+        {n: train[n] for n in names[1:]},
+        method="contrastive",
+        max_fraction=0.05,
+        target_drop=50,
+        tolerance=10,
+        steps=4,
+        progress=False,
+    )
+    assert 0 < len(mask) <= 0.05 * 4 * 512
+    base = {n: accuracy(zoo_model, d) for n, d in test.items()}
+    with ablate(zoo_model, mask):
+        drop = {n: base[n] - accuracy(zoo_model, d) for n, d in test.items()}
+    with ablate(zoo_model, mask.random_like(0)):
+        random = base["sentiment"] - accuracy(zoo_model, test["sentiment"])
+    assert drop["sentiment"] > 0.3, drop
+    assert drop["sentiment"] > random + 0.2
+    assert drop["sentiment"] > max(drop["addition"], drop["sort"]) + 0.2
+    assert mask.selection["method"] == "contrastive" and "own_drop" in mask.selection
+
+
+def test_rank_neurons_reuses_precomputed_scores(model):
+    scores = {"t": _all(model, TARGET), "o": _all(model, OTHER)}
+    fresh = rank_neurons(model, TARGET, {"o": OTHER}, method="contrastive", progress=False)
+    cached = rank_neurons(
+        model, TARGET, {"o": OTHER}, method="contrastive", progress=False, scores=scores
+    )
+    assert fresh.tolist() == cached.tolist()
+    planted = {"t": torch.zeros_like(scores["t"]), "o": scores["o"]}
+    planted["t"][1, 5] = 1e3
+    top = rank_neurons(model, TARGET, {"o": OTHER}, method="all", scores=planted)
+    assert top[0].tolist() == [1, 5]
