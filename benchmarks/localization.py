@@ -1,8 +1,8 @@
 """Every localization method side by side on one zoo model (docs/findings.md's headline table).
 
 For each capability of the zoo, each method ranks neurons on the capability's *train* samples
-against the other five as controls; :func:`tl_capability.locate.budget_mask` picks the set size
-on those same train samples (the smallest prefix that drops the capability by ``--target-drop``
+against the other five as controls; ``tl_capability.budget_mask`` picks the set size on those
+same train samples (the smallest prefix that drops the capability by ``--target-drop``
 points while no control drops by more than ``--tolerance``, within ``--budget`` of all neurons);
 then everything is measured on fresh *test* samples: the capability's own accuracy drop with the
 set zeroed at every position, the worst drop of another capability, and random sets of the same
@@ -14,7 +14,7 @@ per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other,
 
 Methods: ``answer`` (the papers' pipeline: answer-position IG, σ = 2; its curve ranks by the
 same scores), ``all`` (all-position IG of log P), ``contrastive``, ``iterative``, ``learned``
-(see :mod:`tl_capability.locate`). Prints a markdown table per model and a summary line per
+(see :mod:`tl_capability.localization`). Prints a markdown table per model and a summary line per
 method; writes ``DIR/<model>/index.md`` with the curves. A measurement, not a speed benchmark:
 times are seconds of ranking on this machine, for comparing methods within one run.
 """
@@ -53,7 +53,7 @@ def main() -> None:
     from tl_capability import ablate, accuracy, attribute, zoo
     from tl_capability.curves import erase_curve
     from tl_capability.experiments import mean_ci
-    from tl_capability.locate import budget_mask, locate, rank_neurons
+    from tl_capability.localization import budget_mask, locate, rank_neurons
     from tl_capability.report import Report, erase_curves_figure
 
     model = zoo.load_model(args.model)

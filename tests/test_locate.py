@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset, ablate, accuracy, attribute, select, zoo
-from tl_capability.locate import (
+from tl_capability.localization import (
     contrastive_scores,
     iterative_ranking,
     locate,

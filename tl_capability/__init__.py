@@ -7,11 +7,22 @@ model (:mod:`tl_capability.zoo`), so that everything runs offline.
 See the README for the quickstart and ``tutorials/`` for the methods.
 """
 
+import importlib
+from typing import Any
+
 from tl_capability.attribution import NeuronScores, attribute, ig_alphas
+from tl_capability.curves import EraseCurve, erase_curve
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
 from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
+from tl_capability.localization import (
+    budget_mask,
+    contrastive_scores,
+    iterative_ranking,
+    locate,
+    rank_neurons,
+)
 from tl_capability.masks import NeuronMask, coarse_masks, refine, select
 from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.sites import NeuronSite, neuron_site, require_eval
@@ -23,6 +34,7 @@ __all__ = [
     "CapabilityDataset",
     "EditHandle",
     "EmpiricalNEG",
+    "EraseCurve",
     "NeuronMask",
     "NeuronScores",
     "NeuronSite",
@@ -35,16 +47,36 @@ __all__ = [
     "answer_probability",
     "attribute",
     "batches",
+    "budget_mask",
     "coarse_masks",
+    "contrastive_scores",
     "edit_knowledge",
     "empirical_neg",
+    "erase_curve",
     "erase_weights",
     "finetune_neurons",
     "ig_alphas",
+    "iterative_ranking",
+    "locate",
     "mean_activations",
     "neuron_site",
+    "rank_neurons",
     "refine",
     "require_eval",
     "select",
     "tokenize",
 ]
+
+# Submodules with heavier imports (plots, pandas, the experiments) load on first access, so
+# `import tl_capability` stays quick and `tl_capability.zoo` still works without an import.
+_LAZY = ("zoo", "experiments", "report", "models", "loaders", "cli", "demo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"tl_capability.{name}")
+    raise AttributeError(f"module 'tl_capability' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
