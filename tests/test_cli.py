@@ -44,7 +44,7 @@ def test_unknown_command_exits_with_usage():
 def test_locate_then_erase_on_the_zoo_model(capsys, tmp_path):
     out = tmp_path / "mask"
     assert cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--n", "24",
-                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+                     "--method", "ig", "--out", str(out), "--quiet"]) == 0  # fmt: skip
     mask = NeuronMask.load(out)
     assert len(mask) > 0 and f"{len(mask)} of 2048 neurons" in capsys.readouterr().out
     assert (out / "scores.safetensors").is_file()
@@ -57,6 +57,25 @@ def test_locate_then_erase_on_the_zoo_model(capsys, tmp_path):
     assert cli.main(["erase", "--model", "zoo", "--mask", str(out), "--data", "sentiment",
                      "--n", "20", "--random", "1", "--mode", "mean", "--quiet"]) == 0  # fmt: skip
     assert "(mean)" in capsys.readouterr().out
+
+
+def test_locate_against_controls_goes_through_locate(capsys, tmp_path):
+    out = tmp_path / "mask"
+    assert cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--controls",
+                     "addition", "sort", "--method", "contrastive", "--n", "16", "--steps",
+                     "2", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    mask = NeuronMask.load(out)
+    assert mask.selection["method"] == "contrastive"
+    assert mask.selection["controls"] == ["addition", "sort"]
+    assert 0 < len(mask) <= 0.05 * 2048
+    assert "worst control drop" in capsys.readouterr().out
+
+
+def test_locate_refuses_controls_named_like_the_target(tmp_path):
+    with pytest.raises(ValueError, match="two datasets are named 'sentiment'"):
+        cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--controls",
+                  "sentiment", "--method", "contrastive", "--n", "4", "--out", str(tmp_path),
+                  "--quiet"])  # fmt: skip
 
 
 def test_erase_refuses_a_mask_from_another_model(tmp_path):

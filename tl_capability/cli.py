@@ -2,11 +2,14 @@
 
 - ``demo``: the main job on the bundled zoo model (offline): the papers' experiments, written
   to ``capability-report/`` (see :mod:`tl_capability.demo`), and the headline numbers.
-- ``locate``: attribution scores and a σ-selected neuron mask for one dataset, saved to a folder.
+- ``locate``: the neurons whose erasure removes one dataset's capability and spares the
+  ``--controls`` (:func:`tl_capability.locate`), saved to a folder; ``--method ig`` (or
+  another attribution method) is the papers' literal pipeline, scores then the σ rule.
 - ``erase``: a saved mask's effect on a dataset's accuracy, against random sets of its size.
 - ``report``: the capability-localization report for any model and datasets.
 
-``--model`` is ``zoo``, a local Hugging Face directory or a hub name; ``--data`` a spec of
+``--model`` is ``zoo`` (or ``zoo:NAME`` for another zoo model: ``zoo:gpt2-dropout``,
+``zoo:llama``), a local Hugging Face directory or a hub name; ``--data`` a spec of
 :func:`tl_capability.loaders.resolve` (a zoo capability, ``emotion[:PATH]``-style loaders, a
 ``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer columns).
 """
@@ -18,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tl_capability.localization import DEFAULT_LOCATE_METHOD, LOCATE_METHODS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -94,31 +99,62 @@ def _selection(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _locate(args: argparse.Namespace) -> int:
-    from tl_capability.attribution import attribute
+    from tl_capability.attribution import METHODS, attribute
     from tl_capability.loaders import resolve
+    from tl_capability.localization import locate
     from tl_capability.masks import select
     from tl_capability.models import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
-    scores = attribute(
-        model,
-        data,
-        args.method,
-        steps=args.steps,
-        metric=args.metric,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
-    mask = select(scores, **_selection(args))
     out = Path(args.out)
+    if args.method in METHODS:  # the papers' pipeline: scores, then a selection rule
+        scores = attribute(
+            model,
+            data,
+            args.method,
+            steps=args.steps or 20,
+            metric=args.metric,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+        mask = select(scores, **_selection(args))
+        scores.save(out)
+    else:
+        controls = {}
+        for spec in args.controls or []:
+            control = resolve(spec, split=args.split, n=args.n, seed=args.seed)
+            name = control.name or spec
+            if name in controls or name == data.name:
+                raise ValueError(f"two datasets are named {name!r}: give each a distinct spec")
+            controls[name] = control
+        mask = locate(
+            model,
+            data,
+            controls or None,
+            method=args.method,
+            max_fraction=args.budget,
+            target_drop=args.target_drop,
+            tolerance=args.tolerance,
+            steps=args.steps or 8,
+            sigma=args.sigma,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
     mask.save(out)
-    scores.save(out)
     print(
         f"{len(mask)} of {mask.tensor.numel()} neurons ({100 * mask.fraction:.2f} %), per layer "
         f"{mask.per_layer()}; {len(data)} samples of {data.name!r}"
     )
-    print(f"mask and scores written to {out.resolve()}")
+    if "own_drop" in mask.selection:
+        sel = mask.selection
+        goal = "reached" if sel["reached"] else "NOT reached"
+        print(
+            f"on the data given: own drop {sel['own_drop']:.1f} points, worst control drop "
+            f"{sel['worst_other_drop']:.1f} (goal {sel['target_drop']:g} / "
+            f"{sel['tolerance']:g}: {goal})"
+        )
+    print(f"mask written to {out.resolve()}")
     return 0
 
 
@@ -198,7 +234,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="zoo, a local model directory, or a hub name"
+        "--model",
+        required=True,
+        help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), a local model directory, "
+        "or a hub name",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
@@ -223,9 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     locate = sub.add_parser("locate", help="locate a dataset's neurons and save the mask")
     _common(locate)
     locate.add_argument("--data", required=True, help="dataset spec (see the module docstring)")
-    locate.add_argument("--method", default="ig", help="ig, grad_x_act, neurgrad or activation")
+    locate.add_argument(
+        "--controls", nargs="+", default=None, help="dataset specs of capabilities to spare"
+    )
+    locate.add_argument(
+        "--method",
+        default=DEFAULT_LOCATE_METHOD,
+        choices=[*LOCATE_METHODS, "ig", "grad_x_act", "neurgrad", "activation"],
+        help="a localization method of tl_capability.locate (default "
+        f"{DEFAULT_LOCATE_METHOD}), or an attribution method for the papers' pipeline "
+        "(scores, then --sigma/--top-k/--quantile)",
+    )
+    locate.add_argument("--budget", type=float, default=0.05, help="largest share of neurons")
+    locate.add_argument("--target-drop", type=float, default=60.0, help="goal, in points")
+    locate.add_argument("--tolerance", type=float, default=10.0, help="worst control drop")
     locate.add_argument("--metric", default="prob", choices=["prob", "logprob"])
-    locate.add_argument("--steps", type=int, default=20, help="integrated-gradient steps")
+    locate.add_argument("--steps", type=int, default=None, help="integrated-gradient steps")
     locate.add_argument("--batch-size", type=int, default=None)
     rule = locate.add_mutually_exclusive_group()
     rule.add_argument("--sigma", type=float, default=2.0, help="σ rule (default 2)")

@@ -42,6 +42,7 @@ from tl_capability.sites import model_name, neuron_site, require_eval
 
 LocateMethod = Literal["answer", "all", "contrastive", "iterative", "learned"]
 LOCATE_METHODS: tuple[str, ...] = ("answer", "all", "contrastive", "iterative", "learned")
+DEFAULT_LOCATE_METHOD = "iterative"
 Reduce = Literal["max", "mean"]
 
 
