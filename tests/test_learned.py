@@ -1,0 +1,215 @@
+"""Learned masks: they erase the target more than placebos and controls, touch no weight, are
+deterministic, refuse bad input and leave no hook behind."""
+
+import pytest
+import torch
+
+from tl_capability import CapabilityDataset, NeuronMask, ablate, accuracy, attribute, zoo
+from tl_capability.learned import LearnedMask, learn_mask
+
+pytestmark = pytest.mark.core
+
+
+def _no_hooks(model):
+    return not any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+
+
+@pytest.fixture(scope="module")
+def zoo_data():
+    train = {n: zoo.dataset(n, 40, "train") for n in ("sentiment", "addition", "sort")}
+    test = {n: zoo.dataset(n, 60, "test") for n in ("sentiment", "addition", "sort")}
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def learned(zoo_model, zoo_data):
+    train, _ = zoo_data
+    controls = {"addition": train["addition"], "sort": train["sort"]}
+    return learn_mask(
+        zoo_model, train["sentiment"], controls, steps=30, max_fraction=0.02, progress=False
+    )
+
+
+def _drop(model, mask, data):
+    clean = accuracy(model, data, progress=False)
+    with ablate(model, mask):
+        return 100 * (clean - accuracy(model, data, progress=False))
+
+
+def test_erases_target_more_than_random_and_controls(zoo_model, zoo_data, learned):
+    _, test = zoo_data
+    mask = learned.mask
+    assert isinstance(learned, LearnedMask) and isinstance(mask, NeuronMask)
+    assert 0 < len(mask) <= int(0.02 * 4 * 512)
+    own = _drop(zoo_model, mask, test["sentiment"])
+    placebo = max(_drop(zoo_model, mask.random_like(seed), test["sentiment"]) for seed in (0, 1))
+    others = max(_drop(zoo_model, mask, test[n]) for n in ("addition", "sort"))
+    assert own >= 30, own
+    assert own > placebo + 25, (own, placebo)
+    assert own > others + 25, (own, others)
+
+
+def test_own_drop_is_the_measured_drop_and_smallest(zoo_model, zoo_data, learned):
+    train, _ = zoo_data
+    target = train["sentiment"]
+    assert learned.own_drop == pytest.approx(_drop(zoo_model, learned.mask, target), abs=1e-6)
+    assert learned.reached == (learned.own_drop >= 60)
+    k = len(learned.mask)
+    assert learned.drops[k] == learned.own_drop
+    if learned.reached and k > 1:  # the binarisation tried k - 1 and it fell short
+        assert learned.drops[k - 1] < 60
+    # The mask is the top k of the ranking.
+    order = learned.ranking().flatten().argsort(descending=True, stable=True)
+    assert set(order[:k].tolist()) == set(learned.mask.tensor.flatten().nonzero()[:, 0].tolist())
+    assert learned.mask.selection["method"] == "learned"
+    assert learned.mask.selection["k"] == k
+    assert len(learned.history) == 30
+    assert {"loss", "suppress", "maintain", "sparsity", "control"} <= set(learned.history[0])
+    # The history follows the round robin over the controls.
+    assert [h["control"] for h in learned.history[:3]] == ["addition", "sort", "addition"]
+
+
+def _datasets():
+    target = CapabilityDataset.from_pairs(["ab", "cd", "ef"], [" x", " y", " z"], "target")
+    control = CapabilityDataset.from_pairs(["gh", "ij"], [" u", " v"], "control")
+    return target, control
+
+
+def test_weights_untouched_and_flags_restored(model):
+    target, control = _datasets()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    params[0].requires_grad_(False)  # the user's own flags come back as they were
+    flags = [p.requires_grad for p in params]
+    try:
+        result = learn_mask(model, target, {"c": control}, steps=4, batch_size=2, progress=False)
+        after = model.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert [p.requires_grad for p in params] == flags
+        assert all(p.grad is None for p in params)
+        assert _no_hooks(model)
+        assert result.logits.shape == (model.cfg.n_layers, model.cfg.d_mlp)
+    finally:
+        params[0].requires_grad_(True)
+
+
+def test_deterministic_under_seed(model):
+    target, control = _datasets()
+    kw = dict(steps=5, batch_size=2, progress=False, gate="hard_concrete")
+    a = learn_mask(model, target, {"c": control}, seed=3, **kw)
+    b = learn_mask(model, target, {"c": control}, seed=3, **kw)
+    c = learn_mask(model, target, {"c": control}, seed=4, **kw)
+    assert torch.equal(a.logits, b.logits) and a.history == b.history
+    assert not torch.equal(a.logits, c.logits)
+    kw["gate"] = "sigmoid"
+    s = learn_mask(model, target, {"c": control}, seed=3, **kw)
+    assert torch.equal(s.logits, learn_mask(model, target, {"c": control}, seed=3, **kw).logits)
+
+
+def test_init_from_scores_ranks_first(model):
+    target, control = _datasets()
+    scores = attribute(model, target, "grad_x_act", progress=False)
+    result = learn_mask(
+        model, target, {"c": control}, init=scores, steps=1, lr=1e-4, progress=False
+    )
+    top = scores.values.flatten().argmax()
+    assert result.ranking().flatten().argmax() == top
+    assert result.mask.selection["init"] == "grad_x_act"
+
+
+def test_progress_bar(model, capsys):
+    target, control = _datasets()
+    learn_mask(model, target, {"c": control}, steps=2, progress=False)
+    assert "learn_mask" not in capsys.readouterr().err
+    learn_mask(model, target, {"c": control}, steps=2, progress=True)
+    assert "learn_mask" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda t, c: (t, {}), "non-empty"),
+        (lambda t, c: (t, {"c": t}), "target itself"),
+        (lambda t, c: (t, {"target": c}), "target itself"),
+        (
+            lambda t, c: (t, {"c": CapabilityDataset.from_pairs(t.prompts, t.answers, "other")}),
+            "target itself",
+        ),
+        (lambda t, c: (t, {"c": "not a dataset"}), "not a CapabilityDataset"),
+    ],
+)
+def test_bad_datasets(model, change, message):
+    target, control = change(*_datasets())
+    with pytest.raises(ValueError, match=message):
+        learn_mask(model, target, control, steps=1, progress=False)
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"init": torch.zeros(3, 3)}, "shape"),
+        ({"init": torch.full((2, 128), float("nan"))}, "non-finite"),
+        ({"max_fraction": 0.0}, "max_fraction"),
+        ({"max_fraction": 1.5}, "max_fraction"),
+        ({"target_drop": 0.0}, "target_drop"),
+        ({"gate": "relu"}, "gate"),
+        ({"steps": 0}, "positive"),
+        ({"site": "mid"}, "site"),
+    ],
+)
+def test_bad_arguments(model, kwargs, message):
+    target, control = _datasets()
+    with pytest.raises(ValueError, match=message):
+        learn_mask(model, target, {"c": control}, progress=False, **kwargs)
+
+
+def test_training_mode_refused(model):
+    target, control = _datasets()
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="training mode"):
+            learn_mask(model, target, {"c": control}, steps=1, progress=False)
+    finally:
+        model.eval()
+
+
+def test_too_long_control_refused_without_leftovers(model):
+    target, _ = _datasets()
+    long = CapabilityDataset.from_pairs(["a" * 100], [" b"], "long")
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(ValueError, match="context"):
+        learn_mask(model, target, {"long": long}, steps=2, progress=False)
+    assert _no_hooks(model)
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_exception_mid_training_leaves_only_the_users_hook(model):
+    target, control = _datasets()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    calls = []
+
+    def poison(act, hook):
+        if model.hook_dict["blocks.0.mlp.hook_post"]._forward_hooks:  # a gated pass
+            calls.append(1)
+            if len(calls) == 2:  # the second step's, with the gates attached
+                raise RuntimeError("boom")
+
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", poison)]):
+        with pytest.raises(RuntimeError, match="boom"):
+            learn_mask(model, target, {"c": control}, steps=10, progress=False)
+        assert len(model.hook_dict["blocks.0.hook_resid_post"]._forward_hooks) == 1
+        assert not any(model.hook_dict[f"blocks.{i}.mlp.hook_post"]._forward_hooks for i in (0, 1))
+    assert _no_hooks(model)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_without_controls_only_suppression_and_sparsity_are_learned(zoo_model, zoo_data):
+    train, _ = zoo_data
+    result = learn_mask(zoo_model, train["sentiment"], None, steps=5, max_fraction=0.01,
+                        progress=False)  # fmt: skip
+    assert all(h["maintain"] == 0.0 and h["control"] is None for h in result.history)
+    assert result.mask.selection["controls"] == []
