@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--target-drop", type=float, default=60.0)
     parser.add_argument("--tolerance", type=float, default=10.0)
     parser.add_argument("--n-random", type=int, default=3)
+    parser.add_argument("--chunk", type=float, default=0.01, help="share per iterative round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("localization-results"))
     args = parser.parse_args()
@@ -109,6 +110,7 @@ def main() -> None:
                     steps=args.steps,
                     progress=False,
                     scores=shared,
+                    chunk_fraction=args.chunk,
                 )
                 seconds = time.perf_counter() - start
                 if method in ("all", "contrastive"):
