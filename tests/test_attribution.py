@@ -196,3 +196,20 @@ def test_non_finite_scores_name_the_sample_and_leave_no_hooks(model):
         assert len(model.hook_dict["blocks.0.hook_resid_post"]._forward_hooks) == 1
         assert not model.hook_dict["blocks.0.mlp.hook_post"]._forward_hooks
     assert not any(hp._forward_hooks for hp in model.hook_dict.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_rows=-1),
+        dict(max_rows=0),
+        dict(batch_size=0),
+        dict(checkpoint_every=0),
+        dict(steps=2.5),
+        dict(steps=0),
+    ],
+)
+def test_degenerate_sizes_are_refused_not_silently_wrong(model, kwargs, tmp_path):
+    """max_rows=-1 used to give all-zero IG scores; batch_size=0 a ZeroDivisionError."""
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        attribute(model, DATA, "ig", progress=False, checkpoint_dir=tmp_path, **kwargs)

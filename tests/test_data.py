@@ -168,3 +168,15 @@ def test_tokenize_reads_each_column_a_constant_number_of_times(model, monkeypatc
         ds = CapabilityDataset.from_pairs([f"p{i}" for i in range(n)], ["a"] * n)
         assert len(tokenize(model, ds)) == n
         assert reads == {"prompts": 1, "answers": 1}
+
+
+def test_count_batches_matches_batches_for_causal_and_masked_samples():
+    """Masked-LM batches hold equal lengths only, so the count is per length run."""
+    from tl_capability.data import TokenizedSample, count_batches
+
+    causal = [TokenizedSample((0,) * n, (1,)) for n in (1, 2, 2, 3, 5)]
+    masked = [TokenizedSample((0,) * n, (1,), (0,)) for n in (1, 2, 2, 3, 5)]
+    assert count_batches(causal, 2) == 3
+    assert count_batches(masked, 2) == 4  # runs of lengths 1 | 2 2 | 3 | 5
+    with pytest.raises(ValueError, match="positive integer"):
+        count_batches(causal, 0)

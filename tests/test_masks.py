@@ -130,3 +130,12 @@ def test_coarse_masks_per_prompt(model):
 def test_algebra_with_a_non_mask_is_a_type_error():
     with pytest.raises(TypeError, match="expected a NeuronMask"):
         NeuronMask.empty(*SHAPE) & torch.zeros(*SHAPE, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_select_refuses_non_finite_scores(bad):
+    scores = torch.zeros(2, 8)
+    scores[1, 3] = bad
+    for rule in (dict(sigma=2.0), dict(top_k=1), dict(quantile=0.9)):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            select(scores, **rule)

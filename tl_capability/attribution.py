@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.all_positions import ALL_POSITION_METHODS, all_position_scores
-from tl_capability.data import Batch, CapabilityDataset, batches, tokenize
+from tl_capability.data import Batch, CapabilityDataset, batches, count_batches, tokenize
 from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
 from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
 from tl_capability.stats import (
@@ -64,8 +64,8 @@ def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
         rule: ``"midpoint"`` (``(k - ½)/S``), ``"left"`` (``(k - 1)/S``, Dai et al.) or
             ``"right"`` (``k/S``), for ``k = 1..S``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     offsets = {"midpoint": 0.5, "left": 1.0, "right": 0.0}
     if rule not in offsets:
@@ -243,6 +243,13 @@ def attribute(
     samples = tokenize(model, dataset)
     if batch_size is None:
         batch_size = 16 if method == "ig" else 32
+    for label, value in (
+        ("batch_size", batch_size),
+        ("max_rows", max_rows),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
     if use_cache is None:
         use_cache = supports_kv_cache(model)
     elif use_cache and not supports_kv_cache(model):
@@ -281,7 +288,7 @@ def attribute(
             moments = Moments.from_state_dict(state)
             if kept is not None:
                 kept = state["per_sample"]
-    n_batches = -(-len(local) // batch_size)
+    n_batches = count_batches(local, batch_size)
     bar = tqdm(
         total=n_batches,
         initial=done,

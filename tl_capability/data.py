@@ -370,6 +370,30 @@ def collate(
     return Batch(tokens, mask, *fields, causal=causal)
 
 
+def _runs(samples: Sequence[TokenizedSample], sort_by_length: bool) -> list[list[int]]:
+    """Sample indices in batching order, split into runs that may share a batch: all samples
+    for causal models, equal lengths only for bidirectional ones (padding would be attended)."""
+    order = list(range(len(samples)))
+    bidirectional = any(s.slots is not None for s in samples)
+    if sort_by_length or bidirectional:
+        order.sort(key=lambda i: samples[i].input_length)
+    if not bidirectional:
+        return [order]
+    return [list(run) for _, run in groupby(order, key=lambda i: samples[i].input_length)]
+
+
+def count_batches(samples: Sequence[TokenizedSample], batch_size: int) -> int:
+    """How many batches :func:`batches` makes of ``samples`` (for progress bars and
+    checkpoints).
+
+    Raises:
+        ValueError: For a ``batch_size`` that is not a positive integer.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return sum(-(-len(run) // batch_size) for run in _runs(samples, True))
+
+
 def batches(
     model: Any,
     dataset: CapabilityDataset | Sequence[TokenizedSample],
@@ -386,23 +410,14 @@ def batches(
         sort_by_length: Group samples of similar length to waste less padding. Results are
             per sample (``Batch.sample_index``), so the order does not matter to callers.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     samples = tokenize(model, dataset) if isinstance(dataset, CapabilityDataset) else dataset
     if not samples:
         raise ValueError("the dataset is empty")
-    order = list(range(len(samples)))
-    bidirectional = any(s.slots is not None for s in samples)
-    if sort_by_length or bidirectional:
-        order.sort(key=lambda i: samples[i].input_length)
     pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
     device = model_device(model)
-    # A bidirectional model would attend to padding: batch equal lengths only.
-    runs = (
-        [list(run) for _, run in groupby(order, key=lambda i: samples[i].input_length)]
-        if bidirectional
-        else [order]
-    )
+    runs = _runs(samples, sort_by_length)
     for run in runs:
         for start in range(0, len(run), batch_size):
             chunk = run[start : start + batch_size]

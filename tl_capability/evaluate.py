@@ -19,7 +19,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
+from tl_capability.data import (
+    Batch,
+    CapabilityDataset,
+    TokenizedSample,
+    batches,
+    count_batches,
+    tokenize,
+)
 from tl_capability.sites import require_eval
 
 #: A dataset, or its samples as :func:`~tl_capability.data.tokenize` returned them.
@@ -36,7 +43,7 @@ def _answer_logits(
     """Each batch and the logits at its answer-predicting positions (no gradients)."""
     require_eval(model)
     samples = tokenize(model, dataset) if isinstance(dataset, CapabilityDataset) else dataset
-    n_batches = -(-len(samples) // batch_size)
+    n_batches = count_batches(samples, batch_size)
     show = n_batches > 20 if progress is None else progress
     with torch.no_grad():
         for batch in tqdm(

@@ -226,6 +226,9 @@ def _scores_tensor(scores: Any) -> Float[Tensor, "layer d_mlp"]:
     values = scores if isinstance(scores, Tensor) else getattr(scores, "values", None)
     if not isinstance(values, Tensor) or values.dim() != 2:
         raise ValueError("scores must be NeuronScores or a [layer, d_mlp] tensor")
+    if not torch.isfinite(values).all():
+        bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+        raise ValueError(f"scores contain NaN or infinite values (first at layer, neuron {bad})")
     return values.detach().float().cpu()
 
 

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.data import CapabilityDataset, batches, tokenize
+from tl_capability.data import CapabilityDataset, batches, count_batches, tokenize
 from tl_capability.rows import Rows, clean_pass, row_metric, rows_for, supports_kv_cache
 from tl_capability.sites import NeuronSite, neuron_site, require_eval
 
@@ -138,7 +138,7 @@ def empirical_neg(
         use_cache = supports_kv_cache(model)
     n_neurons, n_shifts = len(pairs), len(x)
     delta = torch.zeros(len(samples), n_neurons, n_shifts)
-    n_batches = -(-len(samples) // batch_size)
+    n_batches = count_batches(samples, batch_size)
     for batch in tqdm(
         batches(model, samples, batch_size),
         total=n_batches,
