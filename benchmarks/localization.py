@@ -95,7 +95,7 @@ def main() -> None:
                     model,
                     train[target],
                     method="answer",
-                    steps=20,
+                    ig_steps=20,
                     max_fraction=args.budget,
                     progress=False,
                 )
@@ -107,7 +107,7 @@ def main() -> None:
                     controls,
                     method=method,
                     max_fraction=args.budget,
-                    steps=args.steps,
+                    ig_steps=args.steps,
                     progress=False,
                     scores=shared,
                     chunk_fraction=args.chunk,

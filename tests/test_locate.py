@@ -73,7 +73,7 @@ def test_iterative_ranking_equals_the_rounds_done_by_hand(model):
 
 def test_the_papers_pipeline_is_attribute_then_select(model):
     mask = locate(model, TARGET, method="answer", progress=False)
-    expected = select(attribute(model, TARGET, "ig", steps=8, progress=False), sigma=2.0)
+    expected = select(attribute(model, TARGET, "ig", steps=20, progress=False), sigma=2.0)
     assert mask == expected and mask.selection["rule"] == "sigma"
 
 
@@ -121,7 +121,7 @@ def test_located_set_erases_its_capability_on_the_zoo_model(zoo_model):
         max_fraction=0.05,
         target_drop=50,
         tolerance=10,
-        steps=4,
+        ig_steps=4,
         progress=False,
     )
     assert 0 < len(mask) <= 0.05 * 4 * 512

@@ -136,7 +136,7 @@ def _locate(args: argparse.Namespace) -> int:
             max_fraction=args.budget,
             target_drop=args.target_drop,
             tolerance=args.tolerance,
-            steps=args.steps or 8,
+            ig_steps=args.steps,
             sigma=args.sigma,
             batch_size=args.batch_size,
             progress=not args.quiet,

@@ -14,8 +14,10 @@ regimes (``docs/findings.md`` has the measurements, ``benchmarks/localization.py
   neuron that the controls need as much as the target is not the target's.
 - ``"iterative"``: erasure has backup neurons. Erase a chunk of the contrastive ranking,
   re-attribute target and controls with it erased, repeat (:func:`iterative_ranking`).
-- ``"learned"``: a removal mask trained to suppress the target and keep the controls
-  (:func:`~tl_capability.learned.learn_mask`; Chang et al., NAACL 2024; Bayazit et al., 2024).
+- ``"learned"`` (the default): a removal mask trained to suppress the target and keep the
+  controls (:func:`~tl_capability.learned.learn_mask`; Chang et al., NAACL 2024; Bayazit et al.,
+  EMNLP 2024). On all three zoo models it erased more with fewer neurons and spared the controls
+  better than every ranking by scores.
 
 Every ranked method then takes the smallest prefix of its ranking that drops the target's
 accuracy by ``target_drop`` points while no control drops by more than ``tolerance``
@@ -42,7 +44,7 @@ from tl_capability.sites import model_name, neuron_site, require_eval
 
 LocateMethod = Literal["answer", "all", "contrastive", "iterative", "learned"]
 LOCATE_METHODS: tuple[str, ...] = ("answer", "all", "contrastive", "iterative", "learned")
-DEFAULT_LOCATE_METHOD = "iterative"
+DEFAULT_LOCATE_METHOD = "learned"
 Reduce = Literal["max", "mean"]
 
 
@@ -180,9 +182,9 @@ def rank_neurons(
     target: CapabilityDataset,
     controls: Mapping[str, CapabilityDataset] | None = None,
     *,
-    method: LocateMethod = "iterative",
+    method: LocateMethod = DEFAULT_LOCATE_METHOD,
     max_fraction: float = 0.05,
-    steps: int = 8,
+    ig_steps: int | None = None,
     chunk_fraction: float = 0.01,
     reduce: Reduce = "max",
     batch_size: int | None = None,
@@ -203,6 +205,7 @@ def rank_neurons(
         raise ValueError(f"method must be one of {LOCATE_METHODS}, got {method!r}")
     if not 0 < max_fraction <= 1:
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+    ig_steps = ig_steps or (20 if method == "answer" else 8)
     require_eval(model)
     controls = _check_datasets(target, controls)
     site = neuron_site(model)
@@ -212,10 +215,10 @@ def rank_neurons(
     def all_scores(name: str | None, data: CapabilityDataset) -> Tensor:
         if name is not None and name in cache:
             return _values(cache[name])
-        return _all_scores(model, data, steps, batch_size)
+        return _all_scores(model, data, ig_steps, batch_size)
 
     if method == "answer":
-        s = attribute(model, target, "ig", steps=steps, batch_size=batch_size, progress=False)
+        s = attribute(model, target, "ig", steps=ig_steps, batch_size=batch_size, progress=False)
         return ranking_order(s.values)[:budget]
     if method in ("all", "contrastive"):
         s = all_scores(target.name, target)
@@ -231,7 +234,7 @@ def rank_neurons(
             controls or None,
             chunk=chunk,
             rounds=-(-budget // chunk),
-            steps=steps,
+            steps=ig_steps,
             reduce=reduce,
             batch_size=batch_size,
             progress=progress,
@@ -255,11 +258,11 @@ def locate(
     target: CapabilityDataset,
     controls: Mapping[str, CapabilityDataset] | None = None,
     *,
-    method: LocateMethod = "iterative",
+    method: LocateMethod = DEFAULT_LOCATE_METHOD,
     max_fraction: float = 0.05,
     target_drop: float = 60.0,
     tolerance: float = 10.0,
-    steps: int = 8,
+    ig_steps: int | None = None,
     chunk_fraction: float = 0.01,
     reduce: Reduce = "max",
     sigma: float = 2.0,
@@ -287,7 +290,9 @@ def locate(
         max_fraction: Largest share of all neurons the mask may hold.
         target_drop: Accuracy drop of the target (points) that the budget rule aims for.
         tolerance: Largest accuracy drop of any control (points) the budget rule accepts.
-        steps: Integrated-gradients steps.
+        ig_steps: Integrated-gradients steps: 20 for ``"answer"`` (the papers'), 8 for the
+            all-position methods when ``None``. The learned mask's own ``steps`` go in
+            ``learn_kwargs``.
         chunk_fraction: Share of all neurons chosen per round of ``"iterative"``.
         reduce: How control scores combine (:func:`contrastive_scores`).
         sigma: The σ rule of ``method="answer"``.
@@ -308,17 +313,20 @@ def locate(
     """
     if method not in LOCATE_METHODS:
         raise ValueError(f"method must be one of {LOCATE_METHODS}, got {method!r}")
+    ig_steps = ig_steps or (20 if method == "answer" else 8)
     require_eval(model)
     checked = _check_datasets(target, controls)
     params = {
         "method": method,
         "max_fraction": max_fraction,
-        "steps": steps,
+        "ig_steps": ig_steps,
         "dataset": target.name,
         "controls": sorted(checked),
     }
     if method == "answer":
-        scores_ = attribute(model, target, "ig", steps=steps, batch_size=batch_size, progress=False)
+        scores_ = attribute(
+            model, target, "ig", steps=ig_steps, batch_size=batch_size, progress=False
+        )
         mask = select(scores_, sigma=sigma)
         selection = {**params, "rule": "sigma", "sigma": sigma, "neurons": len(mask)}
         return NeuronMask(mask.tensor, model_name(model), "post", selection)
@@ -328,7 +336,7 @@ def locate(
         controls,
         method=method,
         max_fraction=max_fraction,
-        steps=steps,
+        ig_steps=ig_steps,
         chunk_fraction=chunk_fraction,
         reduce=reduce,
         batch_size=batch_size,
