@@ -184,6 +184,12 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
     )
     report.text("## Mean over capabilities\n\n" + summary.to_markdown(floatfmt=".1f"))
     report.text("## Every capability\n\n" + frame.to_markdown(index=False, floatfmt=".1f"))
+    every = [c for n in names for c in curves[n]]
+    report.figure(
+        "curves",
+        erase_curves_figure(every, title=f"zoo model {args.model}"),
+        "Erase curves of every method, one panel per capability (test samples).",
+    )
     for n in names:
         report.figure(
             f"curves-{n}",
@@ -192,6 +198,7 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
         )
     report.save(out)
     frame.to_csv(out / "results.csv", index=False)
+    torch.save(curves, out / "curves.pt")  # EraseCurve objects, to redraw without re-running
     print(f"\nwrote {out / 'index.md'}")
 
 
