@@ -1,9 +1,10 @@
 """Every localization method side by side on one zoo model (docs/findings.md's headline table).
 
-For each capability of the zoo, each method ranks neurons on the capability's *train* samples
-against the other five as controls; ``tl_capability.budget_mask`` picks the set size on those
-same train samples (the smallest prefix that drops the capability by ``--target-drop``
-points while no control drops by more than ``--tolerance``, within ``--budget`` of all neurons);
+For each capability of the zoo, each method ranks neurons on two thirds of the capability's
+*train* samples against the other five as controls; ``tl_capability.budget_mask`` picks the set
+size on the held-out third of the train samples, exactly as ``locate`` does (the smallest
+prefix that drops the capability by ``--target-drop`` points while no control drops by more than
+``--tolerance``, within ``--budget`` of all neurons);
 then everything is measured on fresh *test* samples: the capability's own accuracy drop with the
 set zeroed at every position, the worst drop of another capability, and random sets of the same
 per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other, random with its
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--model", default="gpt2", help="a zoo model name (zoo.model_names())")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--capabilities", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--locate", type=int, default=64, help="train samples per capability")
+    parser.add_argument("--locate", type=int, default=96, help="train samples per capability")
+    parser.add_argument(
+        "--check-fraction", type=float, default=1 / 3, help="share held out for the budget"
+    )
     parser.add_argument("--evaluate", type=int, default=150, help="test samples per capability")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--budget", type=float, default=0.05, help="largest share of neurons")
@@ -54,13 +58,17 @@ def main() -> None:
     from tl_capability import ablate, accuracy, attribute, zoo
     from tl_capability.curves import erase_curve
     from tl_capability.experiments import mean_ci
-    from tl_capability.localization import budget_mask, locate, rank_neurons
+    from tl_capability.localization import budget_mask, holdout, locate, rank_neurons
     from tl_capability.report import Report, erase_curves_figure
 
     model = zoo.load_model(args.model)
     names = args.capabilities.split(",") if args.capabilities else zoo.capability_names()
     methods = args.methods.split(",")
     train = {n: zoo.dataset(n, n=args.locate, split="train", seed=1) for n in names}
+    # locate()'s split: rank on `fit`, check the budget on `check` (every dataset split alike).
+    parts = {n: holdout(train[n], None, args.check_fraction) for n in names}
+    fit = {n: p[0] for n, p in parts.items()}
+    check = {n: p[2] for n, p in parts.items()}
     test = {n: zoo.dataset(n, n=args.evaluate, split="test", seed=2) for n in names}
     base = {n: accuracy(model, test[n]) for n in names}
     n_neurons = model.cfg.n_layers * model.cfg.d_mlp
@@ -80,13 +88,15 @@ def main() -> None:
                 positions="all",
                 progress=False,
             ).values
-            for n, d in train.items()
+            for n, d in fit.items()
         }
     per_capability_scoring = (time.perf_counter() - start) / len(names)
 
     rows, curves = [], {n: [] for n in names}
     for target in names:
         controls = {o: train[o] for o in names if o != target}
+        fit_controls = {o: fit[o] for o in controls}
+        check_controls = {o: check[o] for o in controls}
         for method in methods:
             start = time.perf_counter()
             if method == "answer":
@@ -103,8 +113,8 @@ def main() -> None:
             else:
                 order = rank_neurons(
                     model,
-                    train[target],
-                    controls,
+                    fit[target],
+                    fit_controls,
                     method=method,
                     max_fraction=args.budget,
                     ig_steps=args.steps,
@@ -118,8 +128,8 @@ def main() -> None:
                 mask = budget_mask(
                     model,
                     order,
-                    train[target],
-                    controls,
+                    check[target],
+                    check_controls,
                     target_drop=args.target_drop,
                     tolerance=args.tolerance,
                     progress=False,

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from tl_capability import CapabilityDataset, ablate, accuracy, attribute, select, zoo
 from tl_capability.localization import (
     contrastive_scores,
+    holdout,
     iterative_ranking,
     locate,
     rank_neurons,
@@ -134,6 +135,7 @@ def test_located_set_erases_its_capability_on_the_zoo_model(zoo_model):
     assert drop["sentiment"] > random + 0.2
     assert drop["sentiment"] > max(drop["addition"], drop["sort"]) + 0.2
     assert mask.selection["method"] == "contrastive" and "own_drop" in mask.selection
+    assert mask.selection["check_fraction"] == pytest.approx(1 / 3)
 
 
 def test_rank_neurons_reuses_precomputed_scores(model):
@@ -147,3 +149,18 @@ def test_rank_neurons_reuses_precomputed_scores(model):
     planted["t"][1, 5] = 1e3
     top = rank_neurons(model, TARGET, {"o": OTHER}, method="all", scores=planted)
     assert top[0].tolist() == [1, 5]
+
+
+def test_holdout_ranks_and_checks_on_disjoint_samples():
+    data = zoo.dataset("addition", n=30, split="train")
+    ctrl = {"sort": zoo.dataset("sort", n=12, split="train")}
+    fit, fit_c, check, check_c = holdout(data, ctrl, 1 / 3, seed=0)
+    assert (len(fit), len(check)) == (20, 10)
+    assert set(fit.prompts).isdisjoint(check.prompts)
+    assert set(fit.prompts) | set(check.prompts) == set(data.prompts)
+    assert (len(fit_c["sort"]), len(check_c["sort"])) == (8, 4)
+    assert holdout(data, ctrl, 1 / 3, seed=0)[0].prompts == fit.prompts  # deterministic
+    assert holdout(TARGET, None, 1 / 3)[0] is TARGET  # too small to split: used whole
+    assert holdout(data, None, 0)[2] is data
+    with pytest.raises(ValueError, match="check_fraction"):
+        holdout(data, None, 1.0)

@@ -20,6 +20,7 @@ from tl_capability.learned import LearnedMask, learn_mask
 from tl_capability.localization import (
     budget_mask,
     contrastive_scores,
+    holdout,
     iterative_ranking,
     locate,
     rank_neurons,
@@ -57,6 +58,7 @@ __all__ = [
     "erase_curve",
     "erase_weights",
     "finetune_neurons",
+    "holdout",
     "ig_alphas",
     "iterative_ranking",
     "learn_mask",
