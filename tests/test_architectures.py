@@ -212,7 +212,7 @@ def bert(tmp_path_factory):
 
 
 BERT_DATA = CapabilityDataset.from_pairs(
-    ["paris is in [MASK].", "ab", "rev abc: [MASK]!", "q"], ["fr", "c", "cba", "xy"]
+    ["paris is in [MASK].", "ab", "rev abc: [MASK].", "q"], ["fr", "c", "cba", "xy"]
 )
 
 

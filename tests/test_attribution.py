@@ -213,3 +213,190 @@ def test_degenerate_sizes_are_refused_not_silently_wrong(model, kwargs, tmp_path
     """max_rows=-1 used to give all-zero IG scores; batch_size=0 a ZeroDivisionError."""
     with pytest.raises(ValueError, match="must be a positive integer"):
         attribute(model, DATA, "ig", progress=False, checkpoint_dir=tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------------- checkpoints and files
+
+
+def _checkpoint(tmp_path):
+    return tmp_path / "attribution-rank0-of-1.safetensors"
+
+
+def test_checkpoint_of_edited_weights_is_refused(model, tmp_path):
+    """Editing the weights between two runs used to resume to the pre-edit scores."""
+    from tl_capability.edits import erase_weights
+    from tl_capability.masks import NeuronMask
+
+    clean = attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+    mask = NeuronMask.from_indices([(0, 3), (1, 5)], model.cfg.n_layers, model.cfg.d_mlp)
+    with erase_weights(model, mask):
+        edited = attribute(model, DATA, "grad_x_act", progress=False)
+        assert not torch.equal(edited.values, clean.values)
+        with pytest.raises(ValueError, match="another run"):
+            attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+    resumed = attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+    assert torch.equal(resumed.values, clean.values)
+
+
+def test_checkpoint_of_another_dtype_is_refused(model, tmp_path):
+    attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+    model.to(torch.float64)
+    try:
+        with pytest.raises(ValueError, match="another run"):
+            attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+    finally:
+        model.to(torch.float32)
+
+
+def _rewrite(path, **changes):
+    from tl_capability.stats import load_atomic, save_atomic
+
+    state, meta = load_atomic(path)
+    for key, value in changes.items():
+        if key in meta:
+            meta[key] = value
+        else:
+            state[key] = value(state[key])
+    save_atomic(path, state, meta)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(total=lambda t: t * float("nan")),
+        dict(total_sq=lambda t: t + float("inf")),
+        dict(batches_done=99),
+        dict(batches_done=-1),
+        dict(batches_done="1"),
+        dict(count=lambda c: c + 1),
+        dict(total=lambda t: t[:1]),
+        dict(per_sample=lambda t: t[:2]),
+        dict(per_sample=lambda t: t * float("nan")),
+    ],
+)
+def test_corrupt_checkpoint_is_refused_naming_the_file(model, tmp_path, change):
+    attribute(model, DATA, "activation", per_sample=True, progress=False, checkpoint_dir=tmp_path)
+    _rewrite(_checkpoint(tmp_path), **change)
+    with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
+        attribute(
+            model, DATA, "activation", per_sample=True, progress=False, checkpoint_dir=tmp_path
+        )
+
+
+@pytest.mark.parametrize("where", [12, -3])
+def test_checkpoint_with_flipped_bytes_is_refused(model, tmp_path, where):
+    attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+    path = _checkpoint(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[where] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
+        attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+
+
+def _saved_scores(model, tmp_path):
+    scores = attribute(model, DATA, "activation", per_sample=True, progress=False)
+    scores.save(tmp_path / "s")
+    return scores
+
+
+@pytest.mark.parametrize(
+    "tensors,meta",
+    [
+        (dict(values=lambda t: t[0]), {}),
+        (dict(std=lambda t: t[:, :3]), {}),
+        (dict(values=lambda t: t * float("nan")), {}),
+        (dict(std=lambda t: t.long()), {}),
+        (dict(per_sample=lambda t: t[1:]), {}),
+        (dict(per_sample=lambda t: t[..., :5]), {}),
+        ({}, dict(n=0)),
+        ({}, dict(n="4")),
+        ({}, dict(n=3)),
+        ({}, dict(method="magic")),
+        ({}, dict(params=[1, 2])),
+        ({}, dict(method=None)),
+    ],
+)
+def test_scores_load_validates_the_files(model, tmp_path, tensors, meta):
+    """A tampered or foreign scores folder used to load silently."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _saved_scores(model, tmp_path)
+    folder = tmp_path / "s"
+    state = load_file(folder / "scores.safetensors")
+    with safe_open(folder / "scores.safetensors", framework="pt") as f:
+        header = f.metadata()
+    for key, fn in tensors.items():
+        state[key] = fn(state[key]).contiguous()
+    save_file(state, folder / "scores.safetensors", metadata=header)
+    info = json.loads((folder / "scores.json").read_text())
+    info.update(meta)
+    (folder / "scores.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="does not hold valid scores") as err:
+        NeuronScores.load(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_scores_load_refuses_unreadable_files(model, tmp_path):
+    _saved_scores(model, tmp_path)
+    folder = tmp_path / "s"
+    (folder / "scores.json").write_text("{not json")
+    with pytest.raises(ValueError, match="scores.json"):
+        NeuronScores.load(folder)
+    _saved_scores(model, tmp_path)
+    (folder / "scores.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="scores.safetensors"):
+        NeuronScores.load(folder)
+
+
+def test_scores_save_is_atomic_across_both_files(model, tmp_path, monkeypatch):
+    """A failure between writing the tensors and the JSON used to leave a mismatched pair."""
+    import pathlib
+
+    first = _saved_scores(model, tmp_path)
+    second = attribute(model, DATA.select([0, 1]), "activation", progress=False)
+    real = pathlib.Path.write_text
+
+    def fail_json(self, *args, **kwargs):
+        if ".json" in self.name:
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", fail_json)
+    with pytest.raises(OSError, match="disk full"):
+        second.save(tmp_path / "s")
+    with pytest.raises(OSError, match="disk full"):
+        second.save(tmp_path / "fresh")
+    monkeypatch.undo()
+    back = NeuronScores.load(tmp_path / "s")
+    assert back.n == first.n and torch.equal(back.values, first.values)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "scores.json",
+        "scores.safetensors",
+    ]
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())
+
+
+def test_scores_pair_half_replaced_does_not_load(model, tmp_path, monkeypatch):
+    """A crash between the two renames leaves a pair that is refused, never one that loads."""
+    import os
+
+    _saved_scores(model, tmp_path)
+    second = attribute(model, DATA.select([0, 1]), "activation", progress=False)
+    real, calls = os.replace, []
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        second.save(tmp_path / "s")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="do not belong together"):
+        NeuronScores.load(tmp_path / "s")

@@ -73,7 +73,7 @@ def test_locate_against_controls_goes_through_locate(capsys, tmp_path):
 
 def test_locate_refuses_controls_named_like_the_target(tmp_path):
     with pytest.raises(ValueError, match="two datasets are named 'sentiment'"):
-        cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--controls",
+        cli.main(["--debug", "locate", "--model", "zoo", "--data", "sentiment", "--controls",
                   "sentiment", "--method", "contrastive", "--n", "4", "--out", str(tmp_path),
                   "--quiet"])  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_locate_refuses_controls_named_like_the_target(tmp_path):
 def test_erase_refuses_a_mask_from_another_model(tmp_path):
     NeuronMask.empty(2, 64).save(tmp_path / "mask")
     with pytest.raises(ValueError, match="2 layers of 64 neurons"):
-        cli.main(["erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--data",
+        cli.main(["--debug", "erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--data",
                   "sentiment", "--n", "4", "--quiet"])  # fmt: skip
 
 
@@ -117,3 +117,97 @@ def test_load_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model directory"):
         load_model(str(tmp_path / "missing"))
     assert load_model("zoo").cfg.d_mlp == 2048 // 4
+
+
+def _error_line(capsys):
+    """The error line, after checking that it is the only one and the last (model loading may
+    print a progress bar before it)."""
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if "tl-capability" in line]
+    assert len(ours) == 1 and err.endswith(ours[0] + "\n"), err
+    assert ours[0].startswith("tl-capability: error: ") and "Traceback" not in err, err
+    return ours[0]
+
+
+def test_library_errors_print_one_line_and_exit_2(capsys, tmp_path):
+    NeuronMask.empty(2, 64).save(tmp_path / "mask")
+    argv = ["erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--data", "sentiment",
+            "--n", "4", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "2 layers of 64 neurons" in _error_line(capsys)
+    with pytest.raises(ValueError, match="2 layers of 64 neurons"):
+        cli.main(["--debug", *argv])
+    assert cli.main([*argv[:2], "zoo", "--mask", str(tmp_path / "nothing"), *argv[5:]]) == 2
+    assert "no mask.safetensors" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_a_sample_count_that_is_not_positive_is_an_error(capsys, tmp_path, n):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["erase", "--model", "zoo", "--mask", str(tmp_path), "--data", "sentiment",
+                  "--n", n, "--quiet"])  # fmt: skip
+    assert exit_.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_bad_split_and_missing_file_are_errors(capsys, tmp_path):
+    NeuronMask.empty(4, 512).save(tmp_path / "mask")
+    base = ["erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--n", "4", "--quiet"]
+    assert cli.main([*base, "--data", "sentiment", "--split", "validation"]) == 2
+    assert "validation" in _error_line(capsys)
+    assert cli.main([*base, "--data", str(tmp_path / "x.jsonl")]) == 2
+    assert "no such file" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "specs,name",
+    [
+        (["addition", "addition"], "addition"),
+        (["emotion:a", "imdb:b", "emotion:b"], "emotion"),
+    ],
+)
+def test_report_refuses_capabilities_with_the_same_name(capsys, tmp_path, specs, name):
+    """Later specs used to replace earlier ones of the same name silently."""
+    out = tmp_path / "report"
+    assert cli.main(["report", "--model", "zoo", "--data", *specs, "--out", str(out),
+                     "--quiet"]) == 2  # fmt: skip
+    assert f"'{name}'" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_interrupted_locate_leaves_no_partial_folder(capsys, tmp_path, monkeypatch):
+    """Ctrl-C between scores.save and mask.save used to leave a folder with scores only."""
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NeuronMask, "save", interrupted)
+    out = tmp_path / "new" / "mask"
+    assert cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--n", "4",
+                     "--method", "activation", "--out", str(out), "--quiet"]) == 130  # fmt: skip
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_interrupted_report_keeps_the_previous_folder(capsys, tmp_path, monkeypatch):
+    from tl_capability import report as report_module
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "index.md").write_text("previous")
+    monkeypatch.setattr(report_module, "add_localization", lambda *a, **k: None)
+    real_save = report_module.Report.save
+
+    def save_then_interrupt(self, directory):
+        real_save(self, directory)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.Report, "save", save_then_interrupt)
+    assert cli.main(["report", "--model", "zoo", "--data", "addition", "--out", str(out),
+                     "--quiet"]) == 130  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+    assert (out / "index.md").read_text() == "previous"
+    monkeypatch.setattr(report_module.Report, "save", real_save)
+    assert cli.main(["report", "--model", "zoo", "--data", "addition", "--out", str(out),
+                     "--quiet"]) == 0  # fmt: skip
+    assert (out / "index.md").read_text().startswith("# tl_capability report")
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]

@@ -180,3 +180,54 @@ def test_count_batches_matches_batches_for_causal_and_masked_samples():
     assert count_batches(masked, 2) == 4  # runs of lengths 1 | 2 2 | 3 | 5
     with pytest.raises(ValueError, match="positive integer"):
         count_batches(causal, 0)
+
+
+def test_characters_the_tokenizer_does_not_know_are_refused(model):
+    """The zoo's character tokenizer maps unknown characters to <pad> (its unk token); they
+    used to be scored silently as padding."""
+    ds = CapabilityDataset.from_pairs(["12+34=", "Héllo!"], ["46", " x"])
+    with pytest.raises(ValueError, match=r"sample 1 .*prompt.*'!'.*'H'.*'é'"):
+        tokenize(model, ds)
+    ds = CapabilityDataset.from_pairs(["12+34=", "1+1="], ["46", " 2€"])
+    with pytest.raises(ValueError, match=r"sample 1 .*answer.*'€'"):
+        tokenize(model, ds)
+    # the unk token written out in the text is the text's own business
+    literal = model.tokenizer.unk_token
+    assert len(tokenize(model, CapabilityDataset.from_pairs([f"a{literal}b"], ["c"]))) == 1
+
+
+def test_unknown_characters_are_refused_for_masked_lms():
+    from types import SimpleNamespace
+
+    from tests.models import masked_lm_tokenizer
+
+    bert = SimpleNamespace(
+        cfg=SimpleNamespace(architecture="BertForMaskedLM", n_ctx=64),
+        tokenizer=masked_lm_tokenizer(),
+    )
+    ok = CapabilityDataset.from_pairs(["paris is the capital of [MASK]."], [" france"])
+    assert len(tokenize(bert, ok)) == 1
+    bad = CapabilityDataset.from_pairs(["Paris is the capital of [MASK]."], [" france"])
+    with pytest.raises(ValueError, match=r"sample 0 .*'P'"):
+        tokenize(bert, bad)
+
+
+def test_byte_level_tokenizers_without_an_unk_token_still_work():
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(["hello world", "the capital of france"], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    assert tok.unk_token_id is None
+    gpt = SimpleNamespace(cfg=SimpleNamespace(n_ctx=64, default_prepend_bos=False), tokenizer=tok)
+    ds = CapabilityDataset.from_pairs(["Héllo wörld €"], [" ünïcode"])
+    (sample,) = tokenize(gpt, ds)
+    assert tok.decode(sample.prompt) == "Héllo wörld €"

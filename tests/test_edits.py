@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset
 from tl_capability.edits import edit_knowledge, erase_weights, finetune_neurons
@@ -106,3 +108,73 @@ def _view(state, model, layer, name):
     value = getattr(model.blocks[layer].mlp, name).detach().clone()
     model.load_state_dict(current)
     return value
+
+
+def test_out_of_order_undo_is_refused_and_changes_nothing(model):
+    """Undoing the first of two overlapping erasures used to leave the shared rows zeroed."""
+    before = _state(model)
+    try:
+        first = erase_weights(model, _mask(model))
+        second = erase_weights(
+            model, NeuronMask.from_indices([(0, 3), (1, 2)], model.cfg.n_layers, model.cfg.d_mlp)
+        )
+        edited = _state(model)
+        with pytest.raises(ValueError, match="undo 'erase 2 neurons' first"):
+            first.undo()
+        assert first.active and all(torch.equal(edited[k], v) for k, v in _state(model).items())
+        second.undo()
+        first.undo()
+        assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    finally:
+        model.load_state_dict(before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 7)), max_size=4), max_size=4),
+    st.data(),
+)
+def test_random_edit_and_undo_orders_end_at_the_original_weights(model, neuron_sets, data):
+    """Every allowed undo order restores the weights bit-exactly; a refused one changes
+    nothing."""
+    before = _state(model)
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    live = []
+    try:
+        for i, pairs in enumerate(neuron_sets):
+            mask = NeuronMask.from_indices(pairs, n_layers, d_mlp)
+            if data.draw(st.booleans(), label=f"knowledge edit {i}"):
+                live.append(edit_knowledge(model, mask, "a", "z"))
+            else:
+                live.append(erase_weights(model, mask))
+        # Try the live edits in a random order, pass after pass: only the latest may go.
+        order = data.draw(st.permutations(range(len(live))), label="undo order")
+        while live:
+            for handle in [live[i] for i in order if i < len(live)]:
+                state = _state(model)
+                if handle is not live[-1]:
+                    with pytest.raises(ValueError, match="first"):
+                        handle.undo()
+                    assert handle.active
+                    assert all(torch.equal(state[k], v) for k, v in _state(model).items())
+                else:
+                    live.pop().undo()
+        assert all(torch.equal(before[k], v) for k, v in _state(model).items())
+    finally:
+        for handle in reversed(live):
+            handle.undo()
+        model.load_state_dict(before)
+
+
+@pytest.mark.parametrize("top_level", [True, False])
+def test_weight_edits_refuse_training_mode(model, top_level):
+    before = _state(model)
+    (model if top_level else model.blocks[1].mlp).train()
+    try:
+        with pytest.raises(ValueError, match="model.eval()"):
+            erase_weights(model, _mask(model))
+        with pytest.raises(ValueError, match="model.eval()"):
+            edit_knowledge(model, _mask(model), "a", "z")
+    finally:
+        model.eval()
+    assert all(torch.equal(before[k], v) for k, v in _state(model).items())

@@ -167,3 +167,17 @@ def test_accuracy_with_per_batch_answer_position_hooks(model):
             expected[batch.sample_index[r]] = ok
     assert got.tolist() == expected.tolist()
     assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("top_level", [True, False])
+def test_ablate_and_mean_activations_refuse_training_mode(model, top_level):
+    ds = CapabilityDataset.from_pairs(["ab", "cd"], ["x", "y"])
+    (model if top_level else model.blocks[0]).train()
+    try:
+        with pytest.raises(ValueError, match="model.eval()"), ablate(model, _mask(model)):
+            pass
+        with pytest.raises(ValueError, match="model.eval()"):
+            mean_activations(model, ds)
+    finally:
+        model.eval()
+    assert _no_hooks(model)

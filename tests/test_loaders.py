@@ -123,3 +123,27 @@ def test_hub_names_fail_offline_with_the_hub_error():
     """With HF_DATASETS_OFFLINE=1 a hub name is not fetched (the real code path is taken)."""
     with pytest.raises(Exception):  # noqa: B017 - datasets raises ConnectionError or its own
         loaders.load_gsm8k("openai/gsm8k")
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_resolve_refuses_a_sample_count_that_is_not_positive(n):
+    """n=0 used to mean 200 samples for zoo capabilities."""
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        loaders.resolve("addition", n=n)
+
+
+def test_resolve_refuses_an_unknown_zoo_split():
+    """Any split but 'test' used to give training samples silently."""
+    with pytest.raises(ValueError, match="validation"):
+        loaders.resolve("addition", split="validation", n=4)
+    assert len(loaders.resolve("addition", split="train", n=4)) == 4
+
+
+@pytest.mark.parametrize(
+    "spec", ["./missing.jsonl", "data/missing.csv", "emotion:./missing.jsonl", "../x/"]
+)
+def test_missing_local_files_are_reported_as_missing(tmp_path, monkeypatch, spec):
+    """A mistyped path used to be looked up on the Hub ("couldn't reach ...")."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        loaders.resolve(spec, n=2)

@@ -139,3 +139,70 @@ def test_select_refuses_non_finite_scores(bad):
     for rule in (dict(sigma=2.0), dict(top_k=1), dict(quantile=0.9)):
         with pytest.raises(ValueError, match="NaN or infinite"):
             select(scores, **rule)
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _saved(tmp_path):
+    mask = NeuronMask.from_indices([(0, 1), (2, 5)], *SHAPE, model_name="m")
+    mask.save(tmp_path / "m")
+    return mask
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(site="gate"), "site"),
+        (dict(site=None), "site"),
+        (dict(count=7), "count"),
+        (dict(count="2"), "count"),
+        (dict(n_layers=4), "n_layers"),
+        (dict(selection=[1]), "selection"),
+    ],
+)
+def test_mask_load_validates_the_json(tmp_path, change, match):
+    """A bogus site or a count that disagrees with the tensor used to load silently."""
+    import json
+
+    _saved(tmp_path)
+    info = json.loads((tmp_path / "m" / "mask.json").read_text())
+    info.update(change)
+    (tmp_path / "m" / "mask.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=match) as err:
+        NeuronMask.load(tmp_path / "m")
+    assert str(tmp_path / "m") in str(err.value)
+
+
+def test_mask_load_refuses_a_non_bool_tensor_and_unreadable_files(tmp_path):
+    from safetensors.torch import save_file
+
+    _saved(tmp_path)
+    save_file({"mask": torch.ones(*SHAPE)}, tmp_path / "m" / "mask.safetensors")
+    with pytest.raises(ValueError, match="mask.safetensors"):
+        NeuronMask.load(tmp_path / "m")
+    _saved(tmp_path)
+    (tmp_path / "m" / "mask.json").write_text("[")
+    with pytest.raises(ValueError, match="mask.json"):
+        NeuronMask.load(tmp_path / "m")
+
+
+def test_mask_save_is_atomic_across_both_files(tmp_path, monkeypatch):
+    """A failure between the tensor file and the JSON used to leave a mismatched pair."""
+    import pathlib
+
+    first = _saved(tmp_path)
+    real = pathlib.Path.write_text
+
+    def fail_json(self, *args, **kwargs):
+        if ".json" in self.name:
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", fail_json)
+    with pytest.raises(OSError, match="disk full"):
+        NeuronMask.from_indices([(1, 1)], *SHAPE, site="pre").save(tmp_path / "m")
+    monkeypatch.undo()
+    back = NeuronMask.load(tmp_path / "m")
+    assert back == first and back.model_name == "m"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["mask.json", "mask.safetensors"]

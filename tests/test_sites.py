@@ -124,3 +124,15 @@ def test_fixture_model_matches_the_installed_transformer_lens(model):
     if expected is not None:
         assert type(model).__name__ == expected
     assert type(model).__name__ in {"HookedTransformer", "TransformerBridge"}
+
+
+def test_a_submodule_in_training_mode_is_refused(model):
+    """Only the top-level flag used to be read: a block left in training mode (dropout on)
+    passed."""
+    model.blocks[1].mlp.train()
+    try:
+        with pytest.raises(ValueError, match=r"training mode.*model\.eval\(\)"):
+            require_eval(model)
+    finally:
+        model.eval()
+    require_eval(model)

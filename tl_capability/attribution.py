@@ -34,12 +34,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.all_positions import ALL_POSITION_METHODS, all_position_scores
-from tl_capability.data import Batch, CapabilityDataset, batches, count_batches, tokenize
+from tl_capability.data import Batch, CapabilityDataset, batch_sizes, batches, tokenize
 from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
 from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
 from tl_capability.stats import (
@@ -47,7 +46,10 @@ from tl_capability.stats import (
     all_reduce_sum,
     distributed_info,
     load_atomic,
+    load_pair,
     save_atomic,
+    save_pair,
+    tensor_bytes,
 )
 
 METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
@@ -103,30 +105,61 @@ class NeuronScores:
         return self.values.shape[1]
 
     def save(self, path: str | Path) -> None:
-        """Writes ``scores.safetensors`` and ``scores.json`` into the directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        """Writes ``scores.safetensors`` and ``scores.json`` into the directory ``path``.
+
+        The pair is replaced as a whole (see :func:`tl_capability.stats.save_pair`): an
+        interrupted save leaves the previous pair, or one that :meth:`load` refuses.
+        """
         tensors = {"values": self.values.contiguous(), "std": self.std.contiguous()}
         if self.per_sample is not None:
             tensors["per_sample"] = self.per_sample.contiguous()
-        save_file(tensors, path / "scores.safetensors")
         meta = {"n": self.n, "method": self.method, "params": self.params}
-        (path / "scores.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_pair(Path(path), "scores", tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronScores:
-        """Reads what :meth:`save` wrote."""
+        """Reads what :meth:`save` wrote, checking that it is whole and consistent.
+
+        Raises:
+            FileNotFoundError: When a file is missing.
+            ValueError: Naming the folder, for unreadable or mismatched files, tensors of the
+                wrong shapes, dtypes or with NaN / infinite values, or bad metadata.
+        """
         path = Path(path)
-        tensors = load_file(path / "scores.safetensors")
-        meta = json.loads((path / "scores.json").read_text())
-        return cls(
-            tensors["values"],
-            tensors["std"],
-            meta["n"],
-            meta["method"],
-            meta["params"],
-            tensors.get("per_sample"),
-        )
+        tensors, meta = load_pair(path, "scores")
+
+        def bad(why: str) -> ValueError:
+            return ValueError(f"{path} does not hold valid scores: {why}")
+
+        n, method, params = meta.get("n"), meta.get("method"), meta.get("params", {})
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise bad(f"n must be a positive integer, got {n!r}")
+        if method not in METHODS:
+            raise bad(f"method must be one of {METHODS}, got {method!r}")
+        if not isinstance(params, dict):
+            raise bad(f"params must be a JSON object, got {type(params).__name__}")
+        missing = {"values", "std"} - set(tensors)
+        if missing:
+            raise bad(f"scores.safetensors lacks {sorted(missing)}")
+        values, std, per_sample = tensors["values"], tensors["std"], tensors.get("per_sample")
+        if values.dim() != 2 or std.shape != values.shape:
+            raise bad(
+                f"values {tuple(values.shape)} and std {tuple(std.shape)} must share one "
+                "[layer, d_mlp] shape"
+            )
+        if per_sample is not None and per_sample.shape != (n, *values.shape):
+            raise bad(
+                f"per_sample has shape {tuple(per_sample.shape)}, expected "
+                f"{(n, *values.shape)} (n = {n})"
+            )
+        for name, t in tensors.items():
+            if name not in ("values", "std", "per_sample"):
+                raise bad(f"unexpected tensor {name!r}")
+            if not t.is_floating_point():
+                raise bad(f"{name} has dtype {t.dtype}, expected a float dtype")
+            if not torch.isfinite(t).all():
+                raise bad(f"{name} holds NaN or infinite values")
+        return cls(values, std, n, method, params, per_sample)
 
 
 def _target_scores(
@@ -208,8 +241,8 @@ def attribute(
             values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
             :func:`supports_kv_cache`; ``False`` forces the general path, which re-runs ``z_m``.
         checkpoint_dir: Save the running statistics there (atomically) every
-            ``checkpoint_every`` batches; a run restarted with the same arguments resumes
-            where the last save left off and gives the same result.
+            ``checkpoint_every`` batches; a run restarted with the same arguments and the same
+            weights resumes where the last save left off and gives the same result.
         checkpoint_every: Batches between checkpoints.
         positions: ``"answer"`` (the papers' scores: the neuron at the position that predicts
             each answer token) or ``"all"`` (the neuron scaled at every position at once, as
@@ -226,8 +259,9 @@ def attribute(
 
     Raises:
         ValueError: For an unknown method, metric, rule or site, a model in training mode or
-            without MLP hooks, an empty dataset, a sample that does not fit the context, or a
-            non-finite score (naming the sample).
+            without MLP hooks, an empty dataset, a sample that does not fit the context, a
+            non-finite score (naming the sample), or a checkpoint of another run (other data,
+            parameters or weights) or a damaged one (naming the file).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -274,21 +308,27 @@ def attribute(
     kept = torch.zeros(len(local), resolved.n_layers, resolved.d_mlp) if per_sample else None
     checkpoint = None
     done = 0
+    sizes = batch_sizes(local, batch_size)
+    n_batches = len(sizes)
     if checkpoint_dir is not None:
-        fingerprint = _fingerprint(dataset, method, params, batch_size, per_sample, rank, world)
+        fingerprint = _fingerprint(
+            model, dataset, method, params, batch_size, per_sample, rank, world
+        )
         checkpoint = Path(checkpoint_dir) / f"attribution-rank{rank}-of-{world}.safetensors"
         if checkpoint.exists():
             state, meta = load_atomic(checkpoint)
-            if meta["fingerprint"] != fingerprint:
+            if meta.get("fingerprint") != fingerprint:
                 raise ValueError(
-                    f"{checkpoint} belongs to another run (dataset, method, parameters or "
-                    "batching differ); remove it or use another checkpoint_dir"
+                    f"{checkpoint} belongs to another run (dataset, method, parameters, "
+                    "batching or the model's weights differ); remove it or use another "
+                    "checkpoint_dir"
                 )
-            done = meta["batches_done"]
-            moments = Moments.from_state_dict(state)
+            done = meta.get("batches_done")
+            moments = _checked_checkpoint(
+                checkpoint, state, done, sizes, tuple(moments.total.shape), kept
+            )
             if kept is not None:
-                kept = state["per_sample"]
-    n_batches = count_batches(local, batch_size)
+                kept = state["per_sample"].float()
     bar = tqdm(
         total=n_batches,
         initial=done,
@@ -334,6 +374,7 @@ def attribute(
 
 
 def _fingerprint(
+    model: Any,
     dataset: CapabilityDataset,
     method: str,
     params: dict[str, Any],
@@ -342,13 +383,65 @@ def _fingerprint(
     rank: int,
     world: int,
 ) -> str:
-    """A hash of everything that determines a run's batches and scores."""
+    """A hash of everything that determines a run's batches and scores, the model's weights
+    and their dtypes included (:func:`weights_digest`)."""
     h = hashlib.sha256()
     for p, a in zip(dataset.prompts, dataset.answers, strict=True):
         h.update(f"{p}\x00{a}\x01".encode())
-    config = [method, params, batch_size, per_sample, rank, world]
+    config = [method, params, batch_size, per_sample, rank, world, weights_digest(model)]
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def weights_digest(model: Any) -> str:
+    """A sha256 over every parameter and buffer of ``model``: names, dtypes, shapes and raw
+    bytes, in ``state_dict`` order (tensors are copied to the CPU one at a time)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            h.update(f"{name}\x00{t!r}\x01".encode())
+            continue
+        h.update(f"{name}\x00{t.dtype}\x00{tuple(t.shape)}\x01".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _checked_checkpoint(
+    path: Path,
+    state: dict[str, Tensor],
+    done: Any,
+    sizes: list[int],
+    shape: tuple[int, int],
+    kept: Tensor | None,
+) -> Moments:
+    """The statistics of a loaded checkpoint, after checking that they can be those of its
+    first ``done`` batches (of ``sizes`` samples each) for neurons of ``shape``.
+
+    Raises:
+        ValueError: Naming ``path``, for anything out of place.
+    """
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is damaged ({why}); remove it to start over")
+
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(sizes):
+        raise bad(f"batches_done is {done!r}, expected an integer in 0..{len(sizes)}")
+    expected = {"count": (1,), "total": shape, "total_sq": shape}
+    if kept is not None:
+        expected["per_sample"] = tuple(kept.shape)
+    for name, want in expected.items():
+        t = state.get(name)
+        if t is None:
+            raise bad(f"no {name!r} tensor")
+        if tuple(t.shape) != want:
+            raise bad(f"{name} has shape {tuple(t.shape)}, expected {want}")
+        if name != "count" and (not t.is_floating_point() or not torch.isfinite(t).all()):
+            raise bad(f"{name} is not a finite float tensor")
+    count = state["count"]
+    if count.dtype != torch.int64 or int(count[0]) != sum(sizes[:done]):
+        want = sum(sizes[:done])
+        raise bad(f"count {count.tolist()} is not the {want} samples of {done} batches")
+    return Moments.from_state_dict(state)
 
 
 def _per_sample(batch: Batch, scores: Tensor) -> Float[Tensor, "batch layer d_mlp"]:

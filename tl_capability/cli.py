@@ -17,12 +17,70 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tl_capability.localization import DEFAULT_LOCATE_METHOD, LOCATE_METHODS
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+@contextmanager
+def _staged(out: str | Path) -> Iterator[Path]:
+    """A temporary sibling of the folder ``out`` to write into, moved into place on success.
+
+    On any exception (Ctrl-C included) the temporary folder, and any parent folder created for
+    it, is removed: an interrupted command leaves no partial output. Files of an existing
+    ``out`` that the command does not write are kept.
+    """
+    out = Path(out)
+    created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        for entry in tmp.iterdir():
+            target = out / entry.name
+            if entry.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -57,7 +115,9 @@ def _demo(args: argparse.Namespace) -> int:
             sigmas=(2.0, 6.0),
         )
     )
-    index, head = run(args.out, sizes, progress=not args.quiet, model=model)
+    with _staged(args.out) as folder:
+        index, head = run(folder, sizes, progress=not args.quiet, model=model)
+    index = Path(args.out) / index.relative_to(folder)
     sigma = sizes.sigmas[0]
     print(
         f"\n{'capability':<11} {'accuracy':>9} {'neurons':>8} {'erased':>8} {'random':>8} "
@@ -119,8 +179,8 @@ def _locate(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         mask = select(scores, **_selection(args))
-        scores.save(out)
     else:
+        scores = None
         controls = {}
         for spec in args.controls or []:
             control = resolve(spec, split=args.split, n=args.n, seed=args.seed)
@@ -141,7 +201,10 @@ def _locate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-    mask.save(out)
+    with _staged(out) as folder:
+        if scores is not None:
+            scores.save(folder)
+        mask.save(folder)
     print(
         f"{len(mask)} of {mask.tensor.numel()} neurons ({100 * mask.fraction:.2f} %), per layer "
         f"{mask.per_layer()}; {len(data)} samples of {data.name!r}"
@@ -195,10 +258,17 @@ def _report(args: argparse.Namespace) -> int:
     from tl_capability.models import load_model
     from tl_capability.report import Report, add_localization
 
+    names = [spec.split(":")[0] for spec in args.data]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        specs = [spec for spec, name in zip(args.data, names, strict=True) if name in repeated]
+        raise ValueError(
+            f"--data names the capability {' and '.join(map(repr, repeated))} more than once "
+            f"({', '.join(specs)}): each capability of a report needs its own name"
+        )
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     locate_on, evaluate_on = {}, {}
-    for spec in args.data:
-        name = spec.split(":")[0]
+    for spec, name in zip(args.data, names, strict=True):
         locate_on[name] = resolve(spec, split=args.locate_split, n=args.n_locate, seed=1)
         evaluate_on[name] = resolve(spec, split=args.split, n=args.n, seed=2)
     report = Report(f"tl_capability report: {args.model}")
@@ -228,7 +298,9 @@ def _report(args: argparse.Namespace) -> int:
     )
     bar.update()
     bar.close()
-    print(f"Report: {report.save(args.out).resolve()}")
+    with _staged(args.out) as folder:
+        index = report.save(folder)
+    print(f"Report: {(Path(args.out) / index.relative_to(folder)).resolve()}")
     return 0
 
 
@@ -242,15 +314,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--split", default="test", help="dataset split to use")
-    parser.add_argument("--n", type=int, default=200, help="samples (default 200)")
+    parser.add_argument("--n", type=_positive_int, default=200, help="samples (default 200)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tl-capability`` console script."""
+    """Entry point of the ``tl-capability`` console script.
+
+    Returns:
+        0 on success; 2 after a library error (``ValueError``, ``TypeError``, ``OSError``),
+        printed as one line ``tl-capability: error: <message>`` on stderr (``--debug`` raises
+        it instead, with its traceback); 130 after Ctrl-C. Commands with ``--out`` leave no
+        partial folder behind either way. Usage errors exit with 2 through argparse.
+    """
     parser = argparse.ArgumentParser(
         prog="tl-capability",
         description="Find and edit the neurons behind a language model's capabilities.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of errors instead of one line"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on the bundled zoo model (offline)")
@@ -293,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     erase.add_argument("--data", required=True, help="dataset spec")
     erase.add_argument("--mask", required=True, help="folder written by `locate`")
     erase.add_argument("--mode", default="zero", choices=["zero", "mean", "scale", "add"])
-    erase.add_argument("--random", type=int, default=3, help="random control sets")
+    erase.add_argument("--random", type=_count, default=3, help="random control sets")
     erase.add_argument("--seed", type=int, default=2, help="sampling seed of zoo datasets")
     erase.set_defaults(func=_erase)
 
@@ -302,14 +384,24 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--data", required=True, nargs="+", help="one spec per capability")
     report.add_argument("--method", default="ig")
     report.add_argument("--steps", type=int, default=20)
-    report.add_argument("--n-locate", type=int, default=100, help="samples to locate on")
+    report.add_argument("--n-locate", type=_positive_int, default=100, help="samples to locate on")
     report.add_argument("--locate-split", default="train")
     report.add_argument("--sigmas", type=float, nargs="+", default=[2.0, 3.0, 6.0, 12.0])
-    report.add_argument("--random", type=int, default=3, help="random control sets")
+    report.add_argument("--random", type=_count, default=3, help="random control sets")
     report.add_argument("--out", default="capability-report", help="report folder")
     report.set_defaults(func=_report)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

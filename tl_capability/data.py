@@ -242,8 +242,9 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     """Tokenizes every sample for ``model``.
 
     Raises:
-        ValueError: Naming the first sample whose answer tokenizes to nothing, or whose
-            teacher-forced input is longer than the model's context (``cfg.n_ctx``).
+        ValueError: Naming the first sample whose answer tokenizes to nothing, whose
+            teacher-forced input is longer than the model's context (``cfg.n_ctx``), or whose
+            text has characters that the tokenizer maps to its unknown token.
 
     Masked (BERT-style) LMs read the answer at mask tokens instead (see
     :func:`_tokenize_masked`).
@@ -258,11 +259,45 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     out = []
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        _refuse_unknown(tokenizer, i, texts, p, a)
         sample = _checked(TokenizedSample(bos + tuple(p), tuple(a)), i, texts, n_ctx)
         if not sample.prompt:
             raise ValueError(f"sample {i}: the prompt is empty and the model has no BOS token")
         out.append(sample)
     return out
+
+
+def _refuse_unknown(
+    tokenizer: Any,
+    i: int,
+    texts: tuple[Sequence[str], Sequence[str]],
+    prompt_ids: Sequence[int],
+    answer_ids: Sequence[int],
+) -> None:
+    """Raises when the ``i``-th sample's tokens hold the tokenizer's unknown token and its
+    text does not spell that token out: characters the tokenizer does not know would
+    otherwise be scored as whatever the unknown token is (the zoo's is ``<pad>``). Tokenizers
+    without an unknown token (byte-level BPE) pass.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    literal = str(getattr(tokenizer, "unk_token", None) or "")
+    for part, text, ids in (
+        ("prompt", texts[0][i], prompt_ids),
+        ("answer", texts[1][i], answer_ids),
+    ):
+        if unk not in ids or (literal and literal in text):
+            continue
+        chars = sorted(
+            c for c in set(text) if unk in tokenizer(c, add_special_tokens=False)["input_ids"]
+        )
+        listed = ", ".join(repr(c) for c in chars) if chars else "some of its characters"
+        raise ValueError(
+            f"sample {i} ({texts[0][i][:40]!r}): the {part} has characters the tokenizer does "
+            f"not know ({listed}); it would read them as its unknown token {literal!r}. "
+            "Remove or replace them."
+        )
 
 
 def _checked(
@@ -337,6 +372,7 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
             raise ValueError(f"sample {i}: the prompt has more than one {mask_text!r}")
         left = tuple(tokenizer(before, add_special_tokens=False)["input_ids"])
         right = tuple(tokenizer(after, add_special_tokens=False)["input_ids"]) if found else ()
+        _refuse_unknown(tokenizer, i, texts, left + right, answer)
         ids = (*cls, *left, *(mask_id,) * len(answer), *right, *sep)
         start = len(cls) + len(left)
         slots = tuple(range(start, start + len(answer)))
@@ -389,9 +425,23 @@ def count_batches(samples: Sequence[TokenizedSample], batch_size: int) -> int:
     Raises:
         ValueError: For a ``batch_size`` that is not a positive integer.
     """
+    return len(batch_sizes(samples, batch_size))
+
+
+def batch_sizes(samples: Sequence[TokenizedSample], batch_size: int) -> list[int]:
+    """The number of samples in each batch that :func:`batches` makes of ``samples``, in order
+    (what a checkpoint's sample count must be after its first batches).
+
+    Raises:
+        ValueError: For a ``batch_size`` that is not a positive integer.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return sum(-(-len(run) // batch_size) for run in _runs(samples, True))
+    return [
+        min(batch_size, len(run) - start)
+        for run in _runs(samples, True)
+        for start in range(0, len(run), batch_size)
+    ]
 
 
 def batches(

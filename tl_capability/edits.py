@@ -3,7 +3,8 @@
 A neuron ``j`` of layer ``l`` writes ``a_j · W_out[l][j]`` into the residual stream: row ``j`` of
 ``W_out`` is its *value slot*. Edits change those rows in place and return an
 :class:`EditHandle` whose :meth:`~EditHandle.undo` restores every touched weight bit-exactly;
-handles are also context managers.
+handles are also context managers. Edits of one model are undone last-made first: an
+out-of-order undo is refused (:meth:`EditHandle.undo`).
 
 - :func:`erase_weights`: zero the value slots — a permanent version of zero ablation.
 - :func:`edit_knowledge`: Dai et al.'s fact edit, ``w ← w − λ1·e(old) + λ2·e(new)``, where
@@ -19,6 +20,7 @@ stacked ``model.W_out`` is a copy and is never written.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,23 +37,47 @@ from tl_capability.sites import neuron_site, require_eval
 class EditHandle:
     """Undo information of one weight edit.
 
+    Edits of one model are undone in reverse order (last made, first undone): a later edit
+    may have saved rows that an earlier one changed, so undoing the earlier one first would
+    leave them wrong. :meth:`undo` refuses an out-of-order undo and changes nothing.
+
     Attributes:
         description: What the edit did.
         saved: ``(tensor_view, index, original_rows)`` for every touched weight.
+        active: Whether the edit is still in the weights.
+        live: The model's live edits, oldest first (one list shared by all its handles).
     """
 
     description: str
     saved: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
     active: bool = True
+    live: list[EditHandle] | None = field(default=None, repr=False, compare=False)
 
     def undo(self) -> None:
-        """Restores every weight the edit touched, bit-exactly. Undoing twice is an error."""
+        """Restores every weight the edit touched, bit-exactly.
+
+        Raises:
+            RuntimeError: When the edit was already undone.
+            ValueError: When a later edit of the same model is still live (naming it): undo
+                that one first.
+        """
         if not self.active:
             raise RuntimeError(f"edit already undone: {self.description}")
+        live = self.live if self.live is not None else [self]
+        position = next((i for i, h in enumerate(live) if h is self), None)
+        later = live[position + 1 :] if position is not None else []
+        if later:
+            names = ", ".join(repr(h.description) for h in reversed(later))
+            raise ValueError(
+                f"undo {names} first: edits of a model are undone in reverse order, and "
+                f"{self.description!r} came before"
+            )
         with torch.no_grad():
             for view, index, original in reversed(self.saved):
                 view[index] = original
         self.active = False
+        if position is not None and self.live is not None:
+            del self.live[position]
 
     def __enter__(self) -> EditHandle:
         return self
@@ -59,6 +85,18 @@ class EditHandle:
     def __exit__(self, *exc: object) -> None:
         if self.active:
             self.undo()
+
+
+_LIVE_EDITS: weakref.WeakKeyDictionary[Any, list[EditHandle]] = weakref.WeakKeyDictionary()
+"""Each model's live edits, oldest first."""
+
+
+def _register(model: Any, handle: EditHandle) -> EditHandle:
+    """Puts ``handle`` on top of the model's live edits."""
+    live = _LIVE_EDITS.setdefault(model, [])
+    handle.live = live
+    live.append(handle)
+    return handle
 
 
 def _w_out(model: Any, layer: int) -> Tensor:
@@ -72,6 +110,7 @@ def _w_out(model: Any, layer: int) -> Tensor:
 
 
 def _check(model: Any, mask: NeuronMask) -> None:
+    require_eval(model)
     site = neuron_site(model, "post", check_width=False)
     mask.check_fits(site.n_layers, site.d_mlp)
     if mask.site != "post":
@@ -83,6 +122,9 @@ def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
 
     Equivalent to zero-ablating them at every position (``ablate(model, mask)``), permanently
     until :meth:`EditHandle.undo`.
+
+    Raises:
+        ValueError: For a model in training mode, or a mask of another shape or site.
     """
     _check(model, mask)
     handle = EditHandle(f"erase {len(mask)} neurons")
@@ -94,7 +136,7 @@ def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
                 idx = index.to(w.device)
                 handle.saved.append((w, idx, w[idx].clone()))
                 w[idx] = 0
-    return handle
+    return _register(model, handle)
 
 
 def _first_token(model: Any, text: str) -> int:
@@ -118,6 +160,10 @@ def edit_knowledge(
     For each neuron's slot ``w``: ``w ← w − λ_old·‖w‖/‖e_old‖·e_old + λ_new·‖w‖/‖e_new‖·e_new``,
     with ``e`` the unembedding column of the answer's first token (answers are tokenized alone,
     as datasets write them, e.g. ``" Paris"``). The λ defaults are Dai et al.'s (1 and 8).
+
+    Raises:
+        ValueError: For a model in training mode, a mask of another shape or site, or an
+            answer that tokenizes to nothing.
     """
     _check(model, mask)
     w_u = model.W_U if hasattr(model, "W_U") else model.unembed.W_U
@@ -138,7 +184,7 @@ def edit_knowledge(
             ) * e_old.to(w.device)
             handle.saved.append((w, idx, w[idx].clone()))
             w[idx] = (rows + delta).to(w.dtype)
-    return handle
+    return _register(model, handle)
 
 
 def _neuron_parameters(model: Any, mask: NeuronMask) -> list[tuple[Tensor, Tensor]]:
@@ -184,7 +230,6 @@ def finetune_neurons(
     Returns:
         The mean loss of every step, in order.
     """
-    require_eval(model)
     _check(model, mask)
     params = _neuron_parameters(model, mask)
     if not params:

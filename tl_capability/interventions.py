@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tl_capability.data import Batch, CapabilityDataset, batches
-from tl_capability.sites import neuron_site
+from tl_capability.sites import neuron_site, require_eval
 
 if TYPE_CHECKING:
     from tl_capability.masks import NeuronMask
@@ -133,8 +133,10 @@ def ablate(model: Any, mask: NeuronMask, mode: str = "zero", **kwargs: Any) -> I
         mode: See the module docstring; keyword arguments go to :meth:`NeuronMask.hooks`.
 
     Raises:
-        ValueError: For a mask from a model of another shape, or bad intervention arguments.
+        ValueError: For a model in training mode, a mask from a model of another shape, or bad
+            intervention arguments.
     """
+    require_eval(model)
     site = neuron_site(model, mask.site, check_width=False)
     mask.check_fits(site.n_layers, site.d_mlp, mask.site)
     hooks = mask.hooks(mode, **kwargs)
@@ -146,7 +148,12 @@ def mean_activations(
     model: Any, dataset: CapabilityDataset, site: str = "post", batch_size: int = 32
 ) -> Float[Tensor, "layer d_mlp"]:
     """Mean activation of every neuron over all real (non-padding) positions of a dataset,
-    for ``mode="mean"``."""
+    for ``mode="mean"``.
+
+    Raises:
+        ValueError: For a model in training mode or an unknown site.
+    """
+    require_eval(model)
     resolved = neuron_site(model, site)
     total = torch.zeros(resolved.n_layers, resolved.d_mlp, dtype=torch.float64)
     count = 0

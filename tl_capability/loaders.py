@@ -31,9 +31,13 @@ def load_raw(source: str | Path, split: str = "test", config: str | None = None)
     """Loads a ``datasets.Dataset`` from a local file or directory, or from the hub.
 
     Raises:
+        FileNotFoundError: When ``source`` looks like a local path (see :func:`looks_local`)
+            but does not exist, instead of asking the hub for it.
         ValueError: When a local directory has no data files.
     """
     path = Path(source)
+    if not path.exists() and looks_local(source):
+        raise FileNotFoundError(f"no such file or directory: {str(source)!r}")
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
@@ -48,6 +52,16 @@ def load_raw(source: str | Path, split: str = "test", config: str | None = None)
         builder = _FILE_BUILDERS[chosen[0].suffix.lower()]
         return datasets.load_dataset(builder, data_files=[str(f) for f in chosen], split="train")
     return datasets.load_dataset(str(source), config, split=split)
+
+
+def looks_local(source: str | Path) -> bool:
+    """Whether ``source`` names a local file or directory rather than a hub dataset: a
+    ``Path``, a name starting with ``.``, ``/`` or ``~``, or one ending in a data file's
+    suffix (``data/x.csv``). Hub names (``owner/name``) are neither."""
+    if isinstance(source, Path):
+        return True
+    text = str(source)
+    return text.startswith((".", "/", "~", "\\")) or Path(text).suffix.lower() in _FILE_BUILDERS
 
 
 def _limit(data: Any, n: int | None) -> Any:
@@ -252,14 +266,24 @@ def resolve(
     - any other name: a hub dataset with ``prompt`` and ``answer`` columns.
 
     ``n`` keeps the first ``n`` samples of loaded data (all when ``None``).
+
+    Raises:
+        ValueError: For an ``n`` that is not a positive integer, or a split other than
+            ``"test"`` / ``"train"`` of a zoo capability.
+        FileNotFoundError: For a path-like spec (``./x.jsonl``, ``data/x.csv``,
+            ``emotion:./x.jsonl``) that does not exist.
     """
     from tl_capability import zoo
 
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer, got {n!r}")
     name, _, source = spec.partition(":")
     if name in zoo.capability_names() and not source:
-        return zoo.dataset(
-            name, n=n or 200, split="test" if split == "test" else "train", seed=seed
-        )
+        if split not in ("test", "train"):
+            raise ValueError(
+                f"zoo capability {name!r} has the splits 'test' and 'train', not {split!r}"
+            )
+        return zoo.dataset(name, n=200 if n is None else n, split=split, seed=seed)
     if name in LOADERS:
         return load(name, source or None, split=split, n=n)
     if Path(spec).is_file():

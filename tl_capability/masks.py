@@ -23,7 +23,6 @@ that compose with any TransformerLens analysis.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,8 +30,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from tl_capability.stats import load_pair, save_pair
+
+SITES = ("post", "pre")
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,10 +188,11 @@ class NeuronMask:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> None:
-        """Writes ``mask.safetensors`` and ``mask.json`` into the directory ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"mask": self.tensor.contiguous()}, path / "mask.safetensors")
+        """Writes ``mask.safetensors`` and ``mask.json`` into the directory ``path``.
+
+        The pair is replaced as a whole (see :func:`tl_capability.stats.save_pair`): an
+        interrupted save leaves the previous pair, or one that :meth:`load` refuses.
+        """
         meta = {
             "model_name": self.model_name,
             "site": self.site,
@@ -198,19 +201,42 @@ class NeuronMask:
             "d_mlp": self.d_mlp,
             "count": len(self),
         }
-        (path / "mask.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        save_pair(Path(path), "mask", {"mask": self.tensor.contiguous()}, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMask:
-        """Reads what :meth:`save` wrote."""
+        """Reads what :meth:`save` wrote, checking the tensor against the JSON.
+
+        Raises:
+            FileNotFoundError: When a file is missing.
+            ValueError: Naming the folder, for unreadable or mismatched files, a tensor that is
+                not a 2-D bool mask, a site other than ``"post"`` / ``"pre"``, or a stored
+                ``count`` / ``n_layers`` / ``d_mlp`` that disagrees with the tensor.
+        """
         path = Path(path)
-        if not (path / "mask.safetensors").is_file():
-            raise FileNotFoundError(f"no mask.safetensors in {path}")
-        meta = json.loads((path / "mask.json").read_text())
-        tensor = load_file(path / "mask.safetensors")["mask"]
-        return cls(
-            tensor, meta.get("model_name"), meta.get("site", "post"), meta.get("selection", {})
-        )
+        tensors, meta = load_pair(path, "mask")
+
+        def bad(why: str) -> ValueError:
+            return ValueError(f"{path} does not hold a valid mask: {why}")
+
+        tensor = tensors.get("mask")
+        if tensor is None or tensor.dtype != torch.bool or tensor.dim() != 2:
+            what = "nothing" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)}"
+            raise bad(f"mask.safetensors holds {what}, expected a 2-D bool 'mask' tensor")
+        site = meta.get("site", "post")
+        if site not in SITES:
+            raise bad(f"site must be one of {SITES}, got {site!r}")
+        selection = meta.get("selection", {})
+        if not isinstance(selection, dict):
+            raise bad(f"selection must be a JSON object, got {type(selection).__name__}")
+        model = meta.get("model_name")
+        if model is not None and not isinstance(model, str):
+            raise bad(f"model_name must be a string, got {model!r}")
+        stored = {"count": int(tensor.sum()), "n_layers": tensor.shape[0], "d_mlp": tensor.shape[1]}
+        for key, actual in stored.items():
+            if key in meta and (type(meta[key]) is not int or meta[key] != actual):
+                raise bad(f"mask.json says {key} = {meta[key]!r}, the tensor has {actual}")
+        return cls(tensor, model, site, selection)
 
     # ------------------------------------------------------------------ interventions
 

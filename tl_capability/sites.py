@@ -69,16 +69,23 @@ def transformer_lens_has(name: str) -> bool:
 
 
 def require_eval(model: Any) -> None:
-    """Raises if ``model`` is in training mode, where dropout makes every result noisy.
+    """Raises if ``model`` or any of its submodules is in training mode, where dropout makes
+    every result noisy.
 
     Raises:
         ValueError: With the fix (``model.eval()``) in the message.
     """
-    if getattr(model, "training", False):
+    modules = getattr(model, "modules", None)
+    training = (
+        any(m.training for m in modules())
+        if callable(modules)
+        else getattr(model, "training", False)
+    )
+    if training:
         raise ValueError(
-            "the model is in training mode (dropout is active, so attributions and accuracies "
-            "would be random); call model.eval() first. TransformerBridge.boot_native returns "
-            "models in training mode."
+            "the model (or one of its submodules) is in training mode (dropout is active, so "
+            "attributions, accuracies and edits would be random); call model.eval() first. "
+            "TransformerBridge.boot_native returns models in training mode."
         )
 
 

@@ -3,13 +3,16 @@
 Attribution over a dataset of any length keeps only a count, a sum and a sum of squares per
 neuron, in float64. Two :class:`Moments` over disjoint shards merge exactly (``a + b``), which is
 what lets distributed ranks all-reduce (:func:`all_reduce_sum`) and interrupted runs resume from
-an atomic checkpoint (:func:`save_atomic`).
+an atomic checkpoint (:func:`save_atomic`). :func:`save_pair` writes the library's
+``.safetensors`` + ``.json`` pairs so that an interrupted save never leaves a pair that loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,20 +119,116 @@ def all_reduce_sum(tensors: list[Tensor], device: torch.device | None = None) ->
     return out
 
 
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """A sha256 over the names, dtypes, shapes and raw bytes of ``tensors`` (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}\x00{t.dtype}\x00{tuple(t.shape)}\x01".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()
+
+
+def tensor_bytes(tensor: Tensor) -> memoryview:
+    """The raw bytes of ``tensor`` (copied to the CPU, contiguous), for hashing."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
 def save_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Writes ``path`` (safetensors, with ``meta`` as JSON in its header) atomically: a run
-    killed mid-write leaves the previous file intact."""
+    killed mid-write leaves the previous file intact. A checksum of the tensors goes into the
+    header, so that :func:`load_atomic` notices a damaged file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)}
-    )
-    os.replace(tmp, path)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    header = {"meta": json.dumps(meta), "sha256": tensors_digest(tensors)}
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_atomic(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Reads what :func:`save_atomic` wrote."""
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    """Reads what :func:`save_atomic` wrote.
+
+    Raises:
+        ValueError: Naming ``path``, when it is not a safetensors file with a JSON ``meta``
+            object, or its tensors do not match the checksum written with them.
+    """
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no iter
+        meta = json.loads(header["meta"])
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors, JSON or a missing key: the file is damaged
+        raise ValueError(f"{path} is not a readable checkpoint ({exc}); remove it") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a readable checkpoint (its meta is not an object)")
+    if header.get("sha256") != tensors_digest(tensors):
+        raise ValueError(f"{path} is damaged (its tensors do not match their checksum); remove it")
+    return tensors, meta
+
+
+def save_pair(directory: Path, stem: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Writes ``stem.safetensors`` and ``stem.json`` (``meta``, readable) into ``directory``.
+
+    Both files are written under temporary names first, then renamed into place, and both
+    carry the same random ``save_id``. A failure before the renames leaves the previous pair
+    untouched; a crash between them leaves a pair that :func:`load_pair` refuses, never a
+    mismatched pair that loads. (The JSON stays editable by hand, ``save_id`` aside.)
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    save_id = uuid.uuid4().hex
+    text = json.dumps({**meta, "save_id": save_id}, indent=2, default=str) + "\n"
+    suffix = f".tmp{os.getpid()}"
+    tmp_tensors = directory / f"{stem}.safetensors{suffix}"
+    tmp_json = directory / f"{stem}.json{suffix}"
+    try:
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            tmp_tensors,
+            metadata={"save_id": save_id},
+        )
+        tmp_json.write_text(text)
+        os.replace(tmp_tensors, directory / f"{stem}.safetensors")
+        os.replace(tmp_json, directory / f"{stem}.json")
+    finally:
+        tmp_tensors.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
+
+
+def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Reads what :func:`save_pair` wrote (and older pairs, written without a ``save_id``).
+
+    Raises:
+        FileNotFoundError: When either file is missing.
+        ValueError: Naming the file, when one is unreadable, the JSON is not an object, or the
+            two files come from different saves.
+    """
+    tensors_path, json_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
+    for p in (tensors_path, json_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"no {p.name} in {directory}")
+    try:
+        with safe_open(tensors_path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no iter
+    except Exception as exc:
+        raise ValueError(f"{tensors_path} is not a readable safetensors file ({exc})") from exc
+    text = json_path.read_text()
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{json_path} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{json_path} does not hold a JSON object")
+    if header.get("save_id") != meta.pop("save_id", None):
+        raise ValueError(
+            f"{tensors_path} and {json_path.name} do not belong together (their save_id "
+            "differs: a save was interrupted, or one file was replaced); save again"
+        )
     return tensors, meta
