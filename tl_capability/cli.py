@@ -90,11 +90,12 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     zoo.import_backend()  # TransformerLens imports its model machinery on first use
     imported = time.perf_counter()
-    model = zoo.load_model()
+    model = zoo.load_model(args.model)
     loaded = time.perf_counter()
     cfg = model.cfg
     print(
-        f"zoo model: {cfg.n_layers} layers, d_model {cfg.d_model}, d_mlp {cfg.d_mlp} "
+        f"zoo model {args.model!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"d_mlp {cfg.d_mlp} "
         f"({cfg.n_layers * cfg.d_mlp} MLP neurons); TransformerLens import "
         f"{imported - start:.1f}s, model load {loaded - imported:.1f}s"
     )
@@ -116,7 +117,7 @@ def _demo(args: argparse.Namespace) -> int:
         )
     )
     with _staged(args.out) as folder:
-        index, head = run(folder, sizes, progress=not args.quiet, model=model)
+        index, head = run(folder, sizes, progress=not args.quiet, model=model, name=args.model)
     index = Path(args.out) / index.relative_to(folder)
     sigma = sizes.sigmas[0]
     print(
@@ -338,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the main job on the bundled zoo model (offline)")
     demo.add_argument("--out", default="capability-report", help="report folder")
     demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
+    demo.add_argument(
+        "--model", default="gpt2", help="zoo model: gpt2 (default), gpt2-dropout or llama"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 

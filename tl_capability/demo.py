@@ -59,20 +59,22 @@ def run(
     sizes: DemoSizes | None = None,
     progress: bool = True,
     model: Any = None,
+    name: str = "gpt2",
 ) -> tuple[Path, dict[str, Any]]:
     """Runs every stage and writes the report; returns its index path and headline numbers.
 
-    ``model`` defaults to a freshly loaded zoo model.
+    ``model`` defaults to the zoo model ``name`` (see ``zoo.model_names()``).
     """
     sizes = sizes or DemoSizes()
     start = time.perf_counter()
     stages = tqdm(total=8, desc="demo", disable=not progress)
-    model = zoo.load_model() if model is None else model
+    model = zoo.load_model(name) if model is None else model
     names = zoo.capability_names()
-    report = Report("tl_capability demo: the zoo model's capabilities and their neurons")
     cfg = model.cfg
+    label = f"the zoo model {name!r}"
+    report = Report(f"tl_capability demo: the capabilities of {label} and their neurons")
     report.text(
-        f"Model: the zoo model ({cfg.n_layers} layers, d_mlp {cfg.d_mlp}, "
+        f"Model: {label} ({cfg.n_layers} layers, d_mlp {cfg.d_mlp}, "
         f"{cfg.n_layers * cfg.d_mlp} MLP neurons). Attribution: integrated gradients of P(answer) "
         f"(20 midpoint steps) on {sizes.locate} training samples per capability; selection: "
         f"s − mean > σ·std over all neurons (positive side); erasure: zero at every position; "
