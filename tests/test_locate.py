@@ -164,3 +164,9 @@ def test_holdout_ranks_and_checks_on_disjoint_samples():
     assert holdout(data, None, 0)[2] is data
     with pytest.raises(ValueError, match="check_fraction"):
         holdout(data, None, 1.0)
+
+
+def test_learned_locate_warns_on_small_datasets(model):
+    with pytest.warns(UserWarning, match="overfit small datasets"):
+        mask = locate(model, TARGET, {"o": OTHER}, method="learned", steps=2, progress=False)
+    assert mask.selection["method"] == "learned"

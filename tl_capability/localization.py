@@ -27,6 +27,7 @@ the held-out third (:func:`holdout`), within ``max_fraction`` of all neurons.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from tl_capability.sites import model_name, neuron_site, require_eval
 LocateMethod = Literal["answer", "all", "contrastive", "iterative", "learned"]
 LOCATE_METHODS: tuple[str, ...] = ("answer", "all", "contrastive", "iterative", "learned")
 DEFAULT_LOCATE_METHOD = "learned"
+LEARNED_MIN_SAMPLES = 150
 Reduce = Literal["max", "mean"]
 
 
@@ -334,6 +336,14 @@ def locate(
         mask = select(scores_, sigma=sigma)
         selection = {**params, "rule": "sigma", "sigma": sigma, "neurons": len(mask)}
         return NeuronMask(mask.tensor, model_name(model), "post", selection)
+    if method == "learned" and len(target) < LEARNED_MIN_SAMPLES:
+        warnings.warn(
+            f"locate(method='learned') on {len(target)} samples: learned masks overfit small "
+            f"datasets (on the dropout-trained zoo model, 64 samples gave sets that spared the "
+            f"controls seen in training but not fresh ones); pass at least "
+            f"{LEARNED_MIN_SAMPLES} samples of the target and of each control",
+            stacklevel=2,
+        )
     fit_target, fit_controls, check_target, check_controls = holdout(
         target, checked, check_fraction, seed
     )
