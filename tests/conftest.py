@@ -21,3 +21,20 @@ def zoo_model():
     from tl_capability import zoo
 
     return zoo.load_model()
+
+
+@pytest.fixture
+def json_writes_fail(monkeypatch):
+    """Makes every ``Path.write_text`` of a ``.json`` file raise ``OSError("disk full")``, to
+    test that two-file saves never leave a mismatched pair; ``monkeypatch.undo()`` ends it."""
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def fail_json(self, *args, **kwargs):
+        if ".json" in self.name:
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", fail_json)
+    return monkeypatch

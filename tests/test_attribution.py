@@ -352,20 +352,11 @@ def test_scores_load_refuses_unreadable_files(model, tmp_path):
         NeuronScores.load(folder)
 
 
-def test_scores_save_is_atomic_across_both_files(model, tmp_path, monkeypatch):
+def test_scores_save_is_atomic_across_both_files(model, tmp_path, request):
     """A failure between writing the tensors and the JSON used to leave a mismatched pair."""
-    import pathlib
-
     first = _saved_scores(model, tmp_path)
     second = attribute(model, DATA.select([0, 1]), "activation", progress=False)
-    real = pathlib.Path.write_text
-
-    def fail_json(self, *args, **kwargs):
-        if ".json" in self.name:
-            raise OSError("disk full")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "write_text", fail_json)
+    monkeypatch = request.getfixturevalue("json_writes_fail")
     with pytest.raises(OSError, match="disk full"):
         second.save(tmp_path / "s")
     with pytest.raises(OSError, match="disk full"):

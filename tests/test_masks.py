@@ -187,19 +187,10 @@ def test_mask_load_refuses_a_non_bool_tensor_and_unreadable_files(tmp_path):
         NeuronMask.load(tmp_path / "m")
 
 
-def test_mask_save_is_atomic_across_both_files(tmp_path, monkeypatch):
+def test_mask_save_is_atomic_across_both_files(tmp_path, request):
     """A failure between the tensor file and the JSON used to leave a mismatched pair."""
-    import pathlib
-
     first = _saved(tmp_path)
-    real = pathlib.Path.write_text
-
-    def fail_json(self, *args, **kwargs):
-        if ".json" in self.name:
-            raise OSError("disk full")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "write_text", fail_json)
+    monkeypatch = request.getfixturevalue("json_writes_fail")
     with pytest.raises(OSError, match="disk full"):
         NeuronMask.from_indices([(1, 1)], *SHAPE, site="pre").save(tmp_path / "m")
     monkeypatch.undo()
