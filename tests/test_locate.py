@@ -170,3 +170,10 @@ def test_learned_locate_warns_on_small_datasets(model):
     with pytest.warns(UserWarning, match="overfit small datasets"):
         mask = locate(model, TARGET, {"o": OTHER}, method="learned", steps=2, progress=False)
     assert mask.selection["method"] == "learned"
+
+
+def test_learned_locate_works_without_controls(zoo_model):
+    data = zoo.dataset("sentiment", n=12, split="train")
+    with pytest.warns(UserWarning, match="overfit"):
+        mask = locate(zoo_model, data, method="learned", steps=3, progress=False)
+    assert mask.selection["controls"] == [] and len(mask) > 0

@@ -246,7 +246,7 @@ def rank_neurons(
     learned = learn_mask(
         model,
         target,
-        controls,
+        controls or None,
         max_fraction=max_fraction,
         seed=seed,
         progress=progress,
