@@ -50,28 +50,40 @@ def _f_scaled(model, tokens, reads, answer, metric, layer, value):
         return _f(model(tokens), reads, answer, metric)
 
 
-def reference(model, ds, method="ig", steps=4, metric="prob"):
-    """Obviously correct and slow: the whole model re-run per sample, layer and step."""
+def _per_sample_and_layer(model, ds, layer_score):
+    """``[sample, layer, d_mlp]`` of ``layer_score(tokens, reads, answer, layer, a)``, with ``a``
+    the layer's clean activations at every position of the sample's sequence."""
     out = []
     for s in tokenize(model, ds):
         tokens, reads = _sequence(model, s)
-        layers = []
-        for layer in range(model.cfg.n_layers):
-            a = _clean(model, tokens, layer)
-            if method == "activation":
-                layers.append(a.abs().mean(0))
-                continue
-            points = ig_alphas(steps) if method == "ig" else torch.ones(1)
-            total = torch.zeros_like(a)
-            for alpha in points:
-                x = (alpha * a).requires_grad_(True)
-                with torch.enable_grad():
-                    value = _f_scaled(model, tokens, reads, s.answer, metric, layer, x)
-                    (g,) = torch.autograd.grad(value, x)
-                total += g
-            layers.append((a * total / len(points)).sum(0))
-        out.append(torch.stack(layers))
+        out.append(
+            torch.stack(
+                [
+                    layer_score(tokens, reads, s.answer, layer, _clean(model, tokens, layer))
+                    for layer in range(model.cfg.n_layers)
+                ]
+            )
+        )
     return torch.stack(out)
+
+
+def reference(model, ds, method="ig", steps=4, metric="prob"):
+    """Obviously correct and slow: the whole model re-run per sample, layer and step."""
+
+    def score(tokens, reads, answer, layer, a):
+        if method == "activation":
+            return a.abs().mean(0)
+        points = ig_alphas(steps) if method == "ig" else torch.ones(1)
+        total = torch.zeros_like(a)
+        for alpha in points:
+            x = (alpha * a).requires_grad_(True)
+            with torch.enable_grad():
+                value = _f_scaled(model, tokens, reads, answer, metric, layer, x)
+                (g,) = torch.autograd.grad(value, x)
+            total += g
+        return (a * total / len(points)).sum(0)
+
+    return _per_sample_and_layer(model, ds, score)
 
 
 @pytest.mark.parametrize("method", ["ig", "activation"])
@@ -103,30 +115,23 @@ def test_grad_x_act_is_the_gradient_at_the_clean_run_for_every_layer_at_once(mod
 def _captum(model, ds, steps, metric):
     from captum.attr import IntegratedGradients
 
-    out = []
-    for s in tokenize(model, ds):
-        tokens, reads = _sequence(model, s)
-        layers = []
-        for layer in range(model.cfg.n_layers):
-            a = _clean(model, tokens, layer)
+    def score(tokens, reads, answer, layer, a):
+        def forward(x, toks):
+            hook = (f"blocks.{layer}.mlp.hook_post", lambda act, hook: x)
+            with model.hooks(fwd_hooks=[hook]):
+                logp = model(toks).float().log_softmax(-1)[:, reads, list(answer)]
+            return (logp if metric == "logprob" else logp.exp()).mean(-1)
 
-            def forward(x, toks, layer=layer, reads=reads, answer=s.answer):
-                hook = (f"blocks.{layer}.mlp.hook_post", lambda act, hook: x)
-                with model.hooks(fwd_hooks=[hook]):
-                    logp = model(toks).float().log_softmax(-1)[:, reads, list(answer)]
-                return (logp if metric == "logprob" else logp.exp()).mean(-1)
+        attr = IntegratedGradients(forward).attribute(
+            a[None],
+            baselines=torch.zeros_like(a[None]),
+            additional_forward_args=(tokens,),
+            n_steps=steps,
+            method="riemann_middle",
+        )
+        return attr[0].sum(0)
 
-            ig = IntegratedGradients(forward)
-            attr = ig.attribute(
-                a[None],
-                baselines=torch.zeros_like(a[None]),
-                additional_forward_args=(tokens,),
-                n_steps=steps,
-                method="riemann_middle",
-            )
-            layers.append(attr[0].sum(0))
-        out.append(torch.stack(layers))
-    return torch.stack(out).mean(0)
+    return _per_sample_and_layer(model, ds, score).mean(0)
 
 
 def test_matches_captum_integrated_gradients_on_the_layer_activation(model):

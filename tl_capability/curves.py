@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -124,6 +124,13 @@ class EraseCurve:
         return self.to_table().to_markdown()
 
 
+def ranking_order(scores: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
+    """Every neuron as ``(layer, index)``, highest score first (ties: lower flat index first;
+    ``-inf`` last, so callers can rule neurons out)."""
+    flat = torch.sort(-scores.flatten(), stable=True).indices
+    return torch.stack([flat // scores.shape[1], flat % scores.shape[1]], dim=1)
+
+
 def erase_order(ranking: Any, n_layers: int, d_mlp: int) -> Int[Tensor, "neuron 2"]:
     """The ``(layer, index)`` erase order of a ranking.
 
@@ -150,8 +157,7 @@ def erase_order(ranking: Any, n_layers: int, d_mlp: int) -> Int[Tensor, "neuron 
             )
         if not torch.isfinite(values).all():
             raise ValueError("the scores contain NaN or infinite values")
-        flat = torch.argsort(values.flatten(), descending=True, stable=True)
-        return torch.stack([flat // d_mlp, flat % d_mlp], 1)
+        return ranking_order(values)
     if values.dtype == torch.bool or values.dim() != 2 or values.shape[1] != 2:
         raise ValueError(
             f"an explicit order is an integer [n, 2] tensor, got {values.dtype} "

@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.attribution import NeuronScores, attribute
-from tl_capability.curves import erase_curve
+from tl_capability.curves import erase_curve, ranking_order
 from tl_capability.data import CapabilityDataset
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, select
@@ -87,13 +87,6 @@ def contrastive_scores(
     need = torch.stack(others).clamp(min=0)
     need = need.max(0).values if reduce == "max" else need.mean(0)
     return s - weight * need
-
-
-def ranking_order(scores: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
-    """Every neuron as ``(layer, index)``, highest score first (ties: lower flat index first)."""
-    flat = scores.flatten()
-    order = torch.sort(-flat, stable=True).indices
-    return torch.stack([order // scores.shape[1], order % scores.shape[1]], dim=1)
 
 
 def _check_datasets(
