@@ -391,3 +391,36 @@ def test_scores_pair_half_replaced_does_not_load(model, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="do not belong together"):
         NeuronScores.load(tmp_path / "s")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.data(),
+)
+def test_top_and_ranking_agree_with_sorting_every_neuron(n_layers, d_mlp, data):
+    values = torch.tensor(
+        data.draw(
+            st.lists(st.integers(-3, 3), min_size=n_layers * d_mlp, max_size=n_layers * d_mlp)
+        ),
+        dtype=torch.float32,
+    ).view(n_layers, d_mlp)
+    scores = NeuronScores(values, torch.zeros_like(values), 1, "ig")
+    for absolute in (False, True):
+        key = values.abs() if absolute else values
+        # Obviously correct: every (layer, index) sorted by score, ties by flat index.
+        expected = sorted(
+            ((layer, j) for layer in range(n_layers) for j in range(d_mlp)),
+            key=lambda p: (-float(key[p]), p[0] * d_mlp + p[1]),
+        )
+        assert scores.ranking(absolute=absolute).tolist() == [list(p) for p in expected]
+        k = data.draw(st.integers(0, n_layers * d_mlp))
+        assert scores.top(k, absolute=absolute).tolist() == [list(p) for p in expected[:k]]
+
+
+@pytest.mark.parametrize("k", [-1, 7, 2.0, True])
+def test_top_refuses_impossible_counts(k):
+    scores = NeuronScores(torch.zeros(2, 3), torch.zeros(2, 3), 1, "ig")
+    with pytest.raises(ValueError, match="k must be an integer"):
+        scores.top(k)

@@ -6,13 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset, ablate, accuracy, attribute, select, zoo
+from tl_capability.attribution import neuron_order
 from tl_capability.localization import (
     contrastive_scores,
     holdout,
     iterative_ranking,
     locate,
     rank_neurons,
-    ranking_order,
 )
 from tl_capability.masks import NeuronMask
 
@@ -49,9 +49,9 @@ def test_contrastive_scores_refuse_bad_input():
         contrastive_scores(s, {"a": s}, reduce="median")
 
 
-def test_ranking_order_is_descending_with_ties_by_flat_index():
+def test_neuron_order_is_descending_with_ties_by_flat_index():
     s = torch.tensor([[1.0, 3.0, 1.0], [3.0, 0.0, 2.0]])
-    assert ranking_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]
+    assert neuron_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]
 
 
 def _all(model, data):
@@ -62,12 +62,12 @@ def _all(model, data):
 
 def test_iterative_ranking_equals_the_rounds_done_by_hand(model):
     order = iterative_ranking(model, TARGET, {"o": OTHER}, chunk=3, rounds=2, progress=False)
-    first = ranking_order(contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)}))[:3]
+    first = neuron_order(contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)}))[:3]
     chosen = NeuronMask.from_indices(first, model.cfg.n_layers, model.cfg.d_mlp)
     with ablate(model, chosen):
         again = contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)})
     again = again.masked_fill(chosen.tensor, -torch.inf)
-    second = ranking_order(again)[:3]
+    second = neuron_order(again)[:3]
     assert order.tolist() == torch.cat([first, second]).tolist()
     assert len({tuple(p) for p in order.tolist()}) == 6  # no neuron chosen twice
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -75,6 +75,13 @@ def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
     return ((k - offsets[rule]) / steps).float()
 
 
+def neuron_order(values: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
+    """Every neuron as ``(layer, index)``, highest value first (ties: lower flat index first;
+    ``-inf`` last, so callers can rule neurons out)."""
+    flat = torch.sort(-values.flatten(), stable=True).indices
+    return torch.stack(torch.unravel_index(flat, values.shape), dim=1)
+
+
 @dataclass(frozen=True)
 class NeuronScores:
     """Per-neuron attribution scores over a dataset.
@@ -103,6 +110,29 @@ class NeuronScores:
     @property
     def d_mlp(self) -> int:
         return self.values.shape[1]
+
+    def ranking(self, *, absolute: bool = False) -> Int[Tensor, "neuron 2"]:
+        """Every neuron as ``(layer, index)``, highest score first (ties by flat index).
+
+        Args:
+            absolute: Rank by ``|score|`` (NeurGrad and grad × act scores are signed).
+        """
+        return neuron_order(self.values.abs() if absolute else self.values)
+
+    def top(self, k: int, *, absolute: bool = False) -> Int[Tensor, "k 2"]:
+        """The ``k`` highest-scoring neurons as ``(layer, index)`` rows, best first.
+
+        Args:
+            k: How many (0 to the number of neurons).
+            absolute: Rank by ``|score|``.
+
+        Raises:
+            ValueError: When ``k`` is not an integer in ``0..n_layers * d_mlp``.
+        """
+        total = self.values.numel()
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= total:
+            raise ValueError(f"k must be an integer in 0..{total}, got {k!r}")
+        return self.ranking(absolute=absolute)[:k]
 
     def save(self, path: str | Path) -> None:
         """Writes ``scores.safetensors`` and ``scores.json`` into the directory ``path``.

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability.attribution import neuron_order
 from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import accuracy
 from tl_capability.experiments._results import Table, mean_ci
@@ -124,13 +125,6 @@ class EraseCurve:
         return self.to_table().to_markdown()
 
 
-def ranking_order(scores: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
-    """Every neuron as ``(layer, index)``, highest score first (ties: lower flat index first;
-    ``-inf`` last, so callers can rule neurons out)."""
-    flat = torch.sort(-scores.flatten(), stable=True).indices
-    return torch.stack([flat // scores.shape[1], flat % scores.shape[1]], dim=1)
-
-
 def erase_order(ranking: Any, n_layers: int, d_mlp: int) -> Int[Tensor, "neuron 2"]:
     """The ``(layer, index)`` erase order of a ranking.
 
@@ -157,7 +151,7 @@ def erase_order(ranking: Any, n_layers: int, d_mlp: int) -> Int[Tensor, "neuron 
             )
         if not torch.isfinite(values).all():
             raise ValueError("the scores contain NaN or infinite values")
-        return ranking_order(values)
+        return neuron_order(values)
     if values.dtype == torch.bool or values.dim() != 2 or values.shape[1] != 2:
         raise ValueError(
             f"an explicit order is an integer [n, 2] tensor, got {values.dtype} "

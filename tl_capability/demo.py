@@ -123,10 +123,9 @@ def run(
     stages.set_postfix_str("neuron empirical gradients")
     neg_data = zoo.dataset("sentiment", n=sizes.neg_samples, seed=3)
     grads = attribute(model, neg_data, "neurgrad", per_sample=True, progress=False)
-    top = grads.values.abs().flatten().topk(20).indices
-    neurons = [(int(i) // cfg.d_mlp, int(i) % cfg.d_mlp) for i in top]
+    neurons = grads.top(20, absolute=True)
     measured = empirical_neg(model, neg_data, neurons, progress=False)
-    predicted = grads.per_sample[:, [p[0] for p in neurons], [p[1] for p in neurons]]
+    predicted = grads.per_sample[:, neurons[:, 0], neurons[:, 1]]
     report.text("## Neuron empirical gradients")
     report.figure(
         "neg",

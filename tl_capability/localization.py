@@ -36,8 +36,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.attribution import NeuronScores, attribute
-from tl_capability.curves import erase_curve, ranking_order
+from tl_capability.attribution import NeuronScores, attribute, neuron_order
+from tl_capability.curves import erase_curve
 from tl_capability.data import CapabilityDataset
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, select
@@ -166,7 +166,7 @@ def iterative_ranking(
                 others = {n: _all_scores(model, d, steps, batch_size) for n, d in controls.items()}
                 s = contrastive_scores(s, others, reduce=reduce, weight=weight)
         s = s.masked_fill(chosen, -torch.inf)
-        picked = ranking_order(s)[:chunk]
+        picked = neuron_order(s)[:chunk]
         chosen[picked[:, 0], picked[:, 1]] = True
         order.append(picked)
     return torch.cat(order)
@@ -214,13 +214,13 @@ def rank_neurons(
 
     if method == "answer":
         s = attribute(model, target, "ig", steps=ig_steps, batch_size=batch_size, progress=False)
-        return ranking_order(s.values)[:budget]
+        return neuron_order(s.values)[:budget]
     if method in ("all", "contrastive"):
         s = all_scores(target.name, target)
         if method == "contrastive" and controls:
             others = {n: all_scores(n, d) for n, d in controls.items()}
             s = contrastive_scores(s, others, reduce=reduce)
-        return ranking_order(s)[:budget]
+        return neuron_order(s)[:budget]
     if method == "iterative":
         chunk = max(1, int(chunk_fraction * site.n_neurons))
         return iterative_ranking(
@@ -245,7 +245,7 @@ def rank_neurons(
         progress=progress,
         **learn_kwargs,
     )
-    return ranking_order(learned.logits)[:budget]
+    return neuron_order(learned.logits)[:budget]
 
 
 def locate(

@@ -39,9 +39,7 @@ def neurgrad_agreement(
         neuron) pairs, and the median and 10th percentile of |r| of the interventions.
     """
     grads = attribute(model, dataset, "neurgrad", per_sample=True, progress=False)
-    flat = grads.values.abs().flatten().topk(top).indices
-    d_mlp = grads.values.shape[1]
-    neurons = torch.stack([flat // d_mlp, flat % d_mlp], 1)
+    neurons = grads.top(top, absolute=True)
     measured = empirical_neg(model, dataset, neurons, progress=False, **neg_kwargs)
     predicted = grads.per_sample[:, neurons[:, 0], neurons[:, 1]]
     p, m = predicted.flatten(), measured.slope.flatten()
@@ -84,14 +82,12 @@ def linearity(
         whose shifts change nothing gets r = 0 (no linear effect to speak of).
     """
     grads = attribute(model, dataset, "neurgrad", progress=False)
-    d_mlp = grads.values.shape[1]
-    order = grads.values.abs().flatten().argsort(descending=True)
+    order = grads.ranking(absolute=True)
     chosen = order[:top]
     rest = order[top:]
     generator = torch.Generator().manual_seed(seed)
     randoms = rest[torch.randperm(len(rest), generator=generator)[:n_random]]
-    flat = torch.cat([chosen, randoms])
-    neurons = torch.stack([flat // d_mlp, flat % d_mlp], 1)
+    neurons = torch.cat([chosen, randoms])
     measured = empirical_neg(model, dataset, neurons, progress=False, **neg_kwargs)
     r, slope = measured.r.abs().mean(0), measured.slope.mean(0)
     rows = tuple(
@@ -102,7 +98,7 @@ def linearity(
             "abs_r": float(r[i]),
             "neg": float(slope[i]),
         }
-        for i in range(len(flat))
+        for i in range(len(neurons))
     )
     return Table(f"Linearity of the answer probability in each neuron ({dataset.name})", rows)
 
