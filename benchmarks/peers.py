@@ -1,0 +1,307 @@
+"""The library against its peers: one run, one table.
+
+Every row attributes the same prompts' answers to the MLP neurons of one GPT-2-small-wide model
+(6 layers, d_model 768, d_mlp 3072, vocabulary 50,257, random weights; 16-token prompts, a
+one-token answer, 20 midpoint IG steps) in this process, one after the other, on the same
+threads:
+
+- ``reference``: the per-layer re-run of Dai et al.'s code and EasyEdit: for each layer, the
+  whole model on ``steps`` scaled copies of the prompt, back-propagated to that layer
+  (answer position).
+- ``knowledge-neurons 0.0.2``: EleutherAI's package with its defaults (``batch_size=10``). Its
+  GPT-2 neuron is the *pre*-activation ``c_fc`` output and its steps are ``linspace(0, 1)``, so
+  its scores are not comparable: time only.
+- ``captum 0.9.0``: ``IntegratedGradients`` on one layer's activation at every position (the
+  midpoint rule, ``riemann_middle``), one layer at a time: what a Captum user writes for
+  all-position IG.
+- ``tl_capability ig``: :func:`tl_capability.attribute` at the answer position, and with
+  ``positions="all"`` (compared with Captum).
+- ``grad_x_act`` and ``neurgrad``: one gradient per row (compared with the reference's
+  gradient at α = 1).
+
+Columns: prompts, seconds, ratio (reference seconds / row seconds, so > 1 is faster than the
+reference), and agreement: the largest |difference| over the largest |score| against the row
+named in ``against``. The FLOP floor line counts the multiply-adds the answer-position IG rows
+must do (forward of the blocks from the scaled layer up and of the unembedding, for one token
+per row, and the backward pass down to the scaled layer), at the machine's measured matmul
+rate.
+
+    pip install -e ".[bench]"
+    python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--skip-peers] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import string
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+D_MODEL, D_MLP, VOCAB, PROMPT_TOKENS = 768, 3072, 50257, 16
+
+
+def build_model(directory: Path, n_layers: int) -> tuple[Any, Any, Any]:
+    """A random-weight GPT-2 saved to ``directory``: (bridge, Hugging Face model, tokenizer)."""
+    from transformer_lens import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tl_capability.zoo.train import build_tokenizer
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=D_MODEL, vocab_size=VOCAB)).eval()
+    hf.save_pretrained(directory)
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(directory)
+    bridge = TransformerBridge.boot_transformers(str(directory)).eval()
+    return bridge, hf, tokenizer
+
+
+def _clean_post(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's ``hook_post`` activations ``[pos, d_mlp]`` on a clean run."""
+    acts: list[torch.Tensor] = [torch.empty(0)] * model.cfg.n_layers
+
+    def keep(layer: int) -> Callable:
+        return lambda a, hook: acts.__setitem__(layer, a[0].detach().clone())
+
+    fwd = [(f"blocks.{layer}.mlp.hook_post", keep(layer)) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        model(tokens)
+    return acts
+
+
+def reference_grads(model: Any, tokens: torch.Tensor, answer: int, alphas: torch.Tensor) -> Any:
+    """Per layer: the whole model on ``len(alphas)`` scaled copies, back-propagated to that layer.
+
+    Returns ``(a, g)``, each ``[layer, d_mlp]``: the clean activations at the answer position and
+    the mean over ``α`` of ``∂P/∂a`` at ``α a`` (IG is ``a · g``).
+    """
+    q = tokens.shape[1] - 1
+    clean = [a[q] for a in _clean_post(model, tokens)]
+    grads = []
+    for layer in range(model.cfg.n_layers):
+        box: dict[str, torch.Tensor] = {}
+
+        def scale(act: torch.Tensor, hook: Any, layer: int = layer, box: dict = box) -> Any:
+            new = act.clone()
+            new[:, q] = alphas[:, None] * clean[layer]
+            box["x"] = new
+            return new
+
+        with torch.enable_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale)]):
+            logits = model(tokens.expand(len(alphas), -1))
+            prob = logits[:, q].float().softmax(-1)[:, answer].sum()
+            (grad,) = torch.autograd.grad(prob, box["x"])
+        grads.append(grad[:, q].mean(0))
+    return torch.stack(clean), torch.stack(grads)
+
+
+def reference_ig(model: Any, tokens: torch.Tensor, answer: int, alphas: torch.Tensor) -> Any:
+    """The reference's IG scores ``[layer, d_mlp]`` at the answer position."""
+    a, g = reference_grads(model, tokens, answer, alphas)
+    return a * g
+
+
+def captum_all(model: Any, tokens: torch.Tensor, answer: int, steps: int) -> torch.Tensor:
+    """Captum ``IntegratedGradients`` on each layer's activation at every position (midpoint
+    rule), summed over positions: ``[layer, d_mlp]``."""
+    from captum.attr import IntegratedGradients
+
+    q = tokens.shape[1] - 1
+    clean = _clean_post(model, tokens)
+    out = []
+    for layer, a in enumerate(clean):
+
+        def forward(x: torch.Tensor, toks: torch.Tensor, layer: int = layer) -> torch.Tensor:
+            hook = (f"blocks.{layer}.mlp.hook_post", lambda act, hook: x)
+            with model.hooks(fwd_hooks=[hook]):
+                return model(toks.expand(len(x), -1))[:, q].float().softmax(-1)[:, answer]
+
+        attr = IntegratedGradients(forward).attribute(
+            a[None],
+            baselines=torch.zeros_like(a[None]),
+            additional_forward_args=(tokens,),
+            n_steps=steps,
+            method="riemann_middle",
+        )
+        out.append(attr[0].sum(0))
+    return torch.stack(out)
+
+
+def knowledge_neurons_scores(hf: Any, tokenizer: Any, prompts: list[str], steps: int) -> None:
+    """EleutherAI knowledge-neurons 0.0.2 with its defaults (time only)."""
+    from knowledge_neurons import KnowledgeNeurons
+
+    kn = KnowledgeNeurons(hf, tokenizer, model_type="gpt2", device="cpu")
+    for prompt in prompts:
+        kn.get_scores(prompt, "x", batch_size=10, steps=steps, pbar=False)
+
+
+def matmul_rate(threads: int) -> float:
+    """Multiply-adds per second of a [20, 768] x [768, 3072] float32 matmul on this machine."""
+    a, b = torch.randn(20, D_MODEL), torch.randn(D_MODEL, D_MLP)
+    for _ in range(20):
+        a @ b
+    n, start = 200, time.perf_counter()
+    for _ in range(n):
+        a @ b
+    return n * 20 * D_MODEL * D_MLP / (time.perf_counter() - start)
+
+
+def floor_macs(n_layers: int, prompts: int, steps: int) -> float:
+    """Multiply-adds the answer-position IG rows must do: per (prompt, layer l, step), one token
+    through blocks l..L-1 forward (the scaled layer from its MLP output on) and backward to
+    layer l (about twice the forward), attention over the 16 cached positions, and the
+    unembedding forward and its gradient (two [d_model, vocab] products)."""
+    block = 4 * D_MODEL * D_MODEL + 2 * D_MODEL * D_MLP + 2 * PROMPT_TOKENS * D_MODEL
+    per_row = 0.0
+    for layer in range(n_layers):
+        above = n_layers - layer - 1
+        scaled = D_MLP * D_MODEL  # the scaled layer's W_out
+        forward = above * block + scaled
+        per_row += 3 * forward + 2 * D_MODEL * VOCAB
+    return prompts * steps * per_row
+
+
+def agreement(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer: Any) -> list:
+    from tl_capability import CapabilityDataset, attribute, ig_alphas, tokenize
+
+    rng = random.Random(prompts_n)
+    prompts = ["".join(rng.choices(string.ascii_lowercase, k=15)) for _ in range(prompts_n)]
+    data = CapabilityDataset.from_pairs(prompts, ["x"] * prompts_n, name="peers")
+    samples = tokenize(model, data)
+    assert all(len(s.prompt) == PROMPT_TOKENS for s in samples)
+    seqs = [(torch.tensor([list(s.prompt)]), s.answer[0]) for s in samples]
+    alphas, steps = ig_alphas(args.steps), args.steps
+    rows = []
+
+    def row(name: str, seconds: float, agree: float | None, against: str) -> None:
+        rows.append(
+            {
+                "method": name,
+                "prompts": prompts_n,
+                "seconds": seconds,
+                "agree": agree,
+                "against": against,
+            }
+        )
+
+    t_ref, ref = timed(lambda: torch.stack([reference_ig(model, t, y, alphas) for t, y in seqs]))
+    row("reference (per-layer re-run)", t_ref, None, "")
+    at_one = [reference_grads(model, t, y, torch.ones(1)) for t, y in seqs]
+    clean, grad = (torch.stack(x) for x in zip(*at_one, strict=True))
+    if not args.skip_peers:
+        t_kn, _ = timed(lambda: knowledge_neurons_scores(hf, tokenizer, prompts, steps))
+        row("knowledge-neurons 0.0.2 (c_fc)", t_kn, None, "time only")
+        t_cap, cap = timed(lambda: torch.stack([captum_all(model, t, y, steps) for t, y in seqs]))
+        row("captum 0.9.0, all positions", t_cap, None, "")
+    kw = {"progress": False, "per_sample": True}
+    t_ig, ig = timed(lambda: attribute(model, data, "ig", steps=steps, **kw))
+    row("tl_capability ig, answer", t_ig, agreement(ig.per_sample, ref), "reference")
+    t_all, all_pos = timed(lambda: attribute(model, data, "ig", steps=steps, positions="all", **kw))
+    row(
+        "tl_capability ig, all positions",
+        t_all,
+        None if args.skip_peers else agreement(all_pos.per_sample, cap),
+        "" if args.skip_peers else "captum",
+    )
+    for method in ("grad_x_act", "neurgrad"):
+        t, scores = timed(lambda method=method: attribute(model, data, method, **kw))
+        expect = grad * (clean if method == "grad_x_act" else clean.sign())
+        row(f"tl_capability {method}", t, agreement(scores.per_sample, expect), "α = 1 gradient")
+    for r in rows:
+        r["ratio"] = t_ref / r["seconds"]
+    if not args.skip_peers:
+        rows.append(
+            {
+                "method": "  all positions vs captum",
+                "prompts": prompts_n,
+                "seconds": None,
+                "ratio": t_cap / t_all,
+                "agree": None,
+                "against": "captum seconds / ours",
+            }
+        )
+    floor = floor_macs(model.cfg.n_layers, prompts_n, steps) / args.rate
+    rows.append(
+        {
+            "method": "  FLOP floor of answer IG rows",
+            "prompts": prompts_n,
+            "seconds": floor,
+            "ratio": t_ref / floor,
+            "agree": None,
+            "against": f"ours is {t_ig / floor:.1f}x the floor",
+        }
+    )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def fmt(v: Any, spec: str) -> str:
+        return "—" if v is None else format(v, spec)
+
+    lines = [
+        "| method | prompts | seconds | ratio to reference | agreement | against |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['prompts']} | {fmt(r['seconds'], '.3f')} | "
+            f"{fmt(r['ratio'], '.1f')}x | {fmt(r['agree'], '.1e')} | {r['against']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-peers", action="store_true", help="no Captum / knowledge-neurons")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from tl_capability import CapabilityDataset, attribute
+
+    with tempfile.TemporaryDirectory() as d:
+        model, hf, tokenizer = build_model(Path(d), args.layers)
+        warm = CapabilityDataset.from_pairs(["abc"], ["x"])
+        attribute(model, warm, steps=2, progress=False)
+        attribute(model, warm, steps=2, positions="all", progress=False)
+        args.rate = matmul_rate(args.threads)
+        rows = [r for n in args.prompts for r in run(args, n, model, hf, tokenizer)]
+    head = (
+        f"GPT-2-small-wide, {args.layers} layers, d_mlp {D_MLP}, vocabulary {VOCAB}, random "
+        f"weights; {PROMPT_TOKENS}-token prompts, one-token answers, {args.steps} IG steps; "
+        f"{torch.get_num_threads()} CPU thread(s); torch {torch.__version__}; matmul rate "
+        f"{args.rate / 1e9:.1f} GMAC/s"
+    )
+    table = f"{head}\n\n{markdown(rows)}\n"
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

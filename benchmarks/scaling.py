@@ -1,0 +1,125 @@
+"""Cost against dataset size: every public call should be linear in time and flat in memory.
+
+For each size (default 100, 1,000 and 10,000 samples of the zoo model's ``reverse`` capability,
+whose answers are several tokens long) a fresh process loads the zoo model and times
+``tokenize``, ``accuracy``, ``attribute`` at the answer position and at all positions, and
+``ablate`` + ``accuracy`` (a fixed 1 % mask zeroed), then reports its peak resident memory.
+The table gives seconds per call, the growth ratio between consecutive sizes (10 for a linear
+cost at 10× the data) and the peak RSS of each process (model and data included).
+
+    python benchmarks/scaling.py [--sizes 100 1000 10000] [--steps 20] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+CALLS = ("tokenize", "accuracy", "attribute answer", "attribute all", "ablate + accuracy")
+
+
+def child(n: int, steps: int, threads: int) -> dict:
+    """Times every call on ``n`` samples in this process; returns seconds and peak RSS."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from tl_capability import NeuronMask, ablate, accuracy, attribute, tokenize, zoo
+
+    model = zoo.load_model()
+    data = zoo.dataset("reverse", n=n, seed=0)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shape = (model.cfg.n_layers, model.cfg.d_mlp)
+    mask = NeuronMask(torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.01)
+    seconds = {}
+
+    def timed(name: str, fn) -> None:
+        start = time.perf_counter()
+        fn()
+        seconds[name] = time.perf_counter() - start
+
+    timed("tokenize", lambda: tokenize(model, data))
+    timed("accuracy", lambda: accuracy(model, data, progress=False))
+    timed("attribute answer", lambda: attribute(model, data, steps=steps, progress=False))
+    timed(
+        "attribute all",
+        lambda: attribute(model, data, steps=steps, positions="all", progress=False),
+    )
+
+    def erased() -> None:
+        with ablate(model, mask):
+            accuracy(model, data, progress=False)
+
+    timed("ablate + accuracy", erased)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"n": n, "seconds": seconds, "base_mb": base_rss, "peak_mb": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.steps, args.threads)))
+        return
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = []
+    for n in args.sizes:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n),
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{n} samples done", file=sys.stderr)
+    sizes = [r["n"] for r in results]
+    head = "| call | " + " | ".join(f"{n:,} samples (s)" for n in sizes)
+    growth = [f"×{b // a} growth" for a, b in itertools.pairwise(sizes)]
+    print(
+        f"zoo model (gpt2), reverse capability, {args.steps} IG steps, {args.threads} thread(s)\n"
+    )
+    print(head + "".join(f" | {g}" for g in growth) + " |")
+    print("|---" * (1 + len(sizes) + len(growth)) + "|")
+    for call in CALLS:
+        t = [r["seconds"][call] for r in results]
+        ratios = [b / a for a, b in itertools.pairwise(t)]
+        print(
+            f"| {call} | "
+            + " | ".join(f"{x:.3f}" for x in t)
+            + "".join(f" | {x:.1f}" for x in ratios)
+            + " |"
+        )
+    print(
+        "| peak RSS (MB) | "
+        + " | ".join(f"{r['peak_mb']:.0f}" for r in results)
+        + "".join(f" | {b['peak_mb'] / a['peak_mb']:.2f}" for a, b in itertools.pairwise(results))
+        + " |"
+    )
+    print(
+        "| RSS after loading model and data (MB) | "
+        + " | ".join(f"{r['base_mb']:.0f}" for r in results)
+        + " |" * (len(growth) + 1)
+    )
+
+
+if __name__ == "__main__":
+    main()
