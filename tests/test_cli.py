@@ -36,6 +36,75 @@ def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
     assert "IPP" in index and "C(1,2)" in index and "Enhancement" in index
 
 
+def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
+    """The demo used to locate the facts' knowledge neurons twice (fidelity, then
+    knowledge_neurons for reliability) and to redo NeurGrad against interventions inline."""
+    from collections import Counter
+
+    from tl_capability import demo
+    from tl_capability import experiments as experiments_package
+    from tl_capability.experiments import kn
+
+    calls: Counter = Counter()
+
+    def counted(module, name, key=lambda *a, **k: None):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name, key(*args, **kwargs)] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    experiments = ("localization", "fidelity", "reliability", "decoupling",
+                   "neurgrad_agreement", "linearity", "skill_probe", "enhancement")  # fmt: skip
+    for name in experiments:
+        counted(demo, name)
+    counted(kn, "attribute", key=lambda model, data, *a, **k: id(data))
+    counted(kn, "knowledge_neurons")
+    counted(experiments_package, "knowledge_neurons")
+    sizes = demo.DemoSizes(locate=8, evaluate=8, n_random=1, facts=2, probe=12, neg_samples=2,
+                           n_random_kn=1, pairs=2, enhance_train=8, epochs=(1,),
+                           sigmas=(2.0,))  # fmt: skip
+    index, _ = demo.run(tmp_path / "report", sizes, progress=False)
+    assert {n: c for (n, _), c in calls.items() if n in experiments} == dict.fromkeys(
+        experiments, 1
+    )
+    assert ("knowledge_neurons", None) not in calls
+    attributed = [c for (n, _), c in calls.items() if n == "attribute"]
+    assert len(attributed) == 2 + 2  # the two facts and decoupling's two sets...
+    assert set(attributed) == {1}  # ... each attributed once
+    assert not hasattr(demo, "attribute") and not hasattr(demo, "empirical_neg")
+    assert (tmp_path / "report" / "neg.png").is_file() and index.is_file()
+
+
+def test_erase_random_sets_come_from_random_controls(capsys, tmp_path, zoo_model):
+    from tl_capability import ablate, accuracy, attribute, select
+    from tl_capability.experiments import mean_ci
+    from tl_capability.masks import random_controls
+
+    data = resolve("addition", split="test", n=40, seed=2)
+    mask = select(attribute(zoo_model, zoo.dataset("sentiment", n=16), "grad_x_act",
+                            progress=False), sigma=1.0)  # fmt: skip
+    mask.save(tmp_path / "mask")
+    assert cli.main(["erase", "--model", "zoo", "--mask", str(tmp_path / "mask"), "--data",
+                     "addition", "--n", "40", "--random", "3", "--random-seed", "5",
+                     "--quiet"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    base = accuracy(zoo_model, data)
+
+    def printed(seed: int) -> str:
+        drops = []
+        for control in random_controls(mask, 3, seed=seed):
+            with ablate(zoo_model, control):
+                drops.append(100 * (base - accuracy(zoo_model, data)))
+        mean, half = mean_ci(drops)
+        return f"size per layer: drop {mean:.1f} ± {half:.1f}"
+
+    assert printed(5) in out
+    assert printed(0) not in out  # the seed matters for these sets
+
+
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         cli.main(["nope"])
@@ -189,11 +258,13 @@ def test_interrupted_locate_leaves_no_partial_folder(capsys, tmp_path, monkeypat
 
 
 def test_interrupted_report_keeps_the_previous_folder(capsys, tmp_path, monkeypatch):
+    from tl_capability import experiments
     from tl_capability import report as report_module
 
     out = tmp_path / "report"
     out.mkdir()
     (out / "index.md").write_text("previous")
+    monkeypatch.setattr(experiments, "localization", lambda *a, **k: None)
     monkeypatch.setattr(report_module, "add_localization", lambda *a, **k: None)
     real_save = report_module.Report.save
 

@@ -181,3 +181,20 @@ def test_ablate_and_mean_activations_refuse_training_mode(model, top_level):
     finally:
         model.eval()
     assert _no_hooks(model)
+
+
+def test_a_pre_site_mask_changes_the_pre_activation_and_an_unknown_site_is_refused(model):
+    """Hook names come from tl_capability.sites; a mask of an unknown site used to fall back
+    to the pre-activation silently."""
+    from tl_capability.sites import neuron_hook_name
+
+    pre = NeuronMask.from_indices([(1, 4)], model.cfg.n_layers, model.cfg.d_mlp, site="pre")
+    assert [name for name, _ in pre.hooks()] == [neuron_hook_name(1, "pre")]
+    seen = {}
+    read = [(neuron_hook_name(1, "pre"), lambda a, hook: seen.__setitem__("pre", a))]
+    with torch.no_grad(), ablate(model, pre), model.hooks(fwd_hooks=read):
+        model(TOKENS)
+    assert (seen["pre"][..., 4] == 0).all() and (seen["pre"][..., 5] != 0).any()
+    odd = NeuronMask.from_indices([(1, 4)], model.cfg.n_layers, model.cfg.d_mlp, site="gate")
+    with pytest.raises(ValueError, match="the mask's site must be one of 'post', 'pre'"):
+        odd.hooks()

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tl_capability.masks import NeuronMask, coarse_masks, refine, select
+from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine, select
 
 pytestmark = pytest.mark.core
 
@@ -42,6 +42,76 @@ def test_random_like_keeps_per_layer_counts(a, seed):
     r = a.random_like(seed=seed)
     assert r.per_layer() == a.per_layer()
     assert r == a.random_like(seed=seed)
+
+
+def sparse_masks(shape=SHAPE, max_size=12):
+    """Masks of at most ``max_size`` neurons (room is left to draw controls beside them)."""
+    pairs = st.tuples(st.integers(0, shape[0] - 1), st.integers(0, shape[1] - 1))
+    return st.sets(pairs, max_size=max_size).map(
+        lambda chosen: NeuronMask.from_indices(sorted(chosen), *shape)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(masks(), st.integers(0, 10_000), st.integers(0, 4))
+def test_random_controls_keep_per_layer_counts_and_follow_the_seed(a, seed, n):
+    sets = random_controls(a, n, seed=seed)
+    assert len(sets) == n
+    for i, control in enumerate(sets):
+        assert control.per_layer() == a.per_layer()
+        assert control == a.random_like(seed=seed + i)  # set i is seeded seed + i
+        assert control.selection["seed"] == seed + i and control.site == a.site
+    assert random_controls(a, n, seed=seed) == sets  # deterministic
+    assert random_controls(a, n + 2, seed=seed)[:n] == sets  # more sets extend the first ones
+
+
+@settings(max_examples=40, deadline=None)
+@given(sparse_masks(), sparse_masks(), st.integers(0, 10_000), st.booleans())
+def test_random_controls_never_draw_excluded_neurons(a, excluded, seed, per_layer):
+    free = (~excluded.tensor).sum(1).tolist()
+    if per_layer:
+        assume(all(c <= f for c, f in zip(a.per_layer(), free, strict=True)))
+    sets = random_controls(a, 3, seed=seed, per_layer=per_layer, exclude=excluded)
+    for control in sets:
+        assert not (control.tensor & excluded.tensor).any()
+        if per_layer:
+            assert control.per_layer() == a.per_layer()
+        else:
+            assert len(control) == len(a)
+    assert random_controls(a, 3, seed=seed, per_layer=per_layer, exclude=excluded) == sets
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.booleans(), st.integers(1, 40))
+def test_random_controls_differ_between_seeds(seed, per_layer, size):
+    tensor = torch.zeros(4, 64, dtype=torch.bool)
+    tensor[:, :8] = True  # 8 of 64 per layer: two equal draws are astronomically unlikely
+    a = NeuronMask(tensor)
+    kwargs = {} if per_layer else {"per_layer": False, "size": size}
+    first, second = random_controls(a, 2, seed=seed, **kwargs)
+    assert first != second
+    assert random_controls(a, 1, seed=seed + 1, **kwargs)[0] == second
+    assert random_controls(a, 1, seed=seed + 7, **kwargs)[0] != first
+    if not per_layer:
+        assert len(first) == size
+
+
+def test_random_controls_anywhere_and_their_errors():
+    top = NeuronMask.from_indices([(0, 0), (0, 1), (0, 2)], *SHAPE)
+    (anywhere,) = random_controls(top, 1, seed=0, per_layer=False, exclude=top, size=45)
+    assert len(anywhere) == 45 and anywhere == ~top  # every other neuron: nothing else fits
+    assert random_controls(top, 0, seed=0) == ()
+    with pytest.raises(ValueError, match="non-negative"):
+        random_controls(top, -1, seed=0)
+    with pytest.raises(ValueError, match="size is for per_layer=False"):
+        random_controls(top, 1, seed=0, size=3)
+    with pytest.raises(ValueError, match="46 neurons asked for, 45 left"):
+        random_controls(top, 1, seed=0, per_layer=False, exclude=top, size=46)
+    full_layer = NeuronMask.from_indices([(0, j) for j in range(14)], *SHAPE)  # 14 > 16 - 3
+    with pytest.raises(ValueError, match=r"too few neurons left .* layers \[0\]"):
+        random_controls(full_layer, 1, seed=0, exclude=top)
+    with pytest.raises(TypeError):
+        random_controls(top, 1, seed=0, exclude=top.tensor)
 
 
 @settings(max_examples=25, deadline=None)

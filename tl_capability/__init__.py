@@ -27,20 +27,47 @@ from tl_capability.localization import (
 )
 from tl_capability.masks import NeuronMask, coarse_masks, refine, select
 from tl_capability.neg import EmpiricalNEG, empirical_neg
+from tl_capability.options import (
+    AllPositionMethod,
+    AttributionMethod,
+    Gate,
+    IGRule,
+    InterventionMode,
+    LocateMethod,
+    Metric,
+    Positions,
+    Reduce,
+    Side,
+    Site,
+    Suppression,
+    check_option,
+)
 from tl_capability.sites import NeuronSite, neuron_site, require_eval
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllPositionMethod",
+    "AttributionMethod",
     "Batch",
     "CapabilityDataset",
     "EditHandle",
     "EmpiricalNEG",
     "EraseCurve",
+    "Gate",
+    "IGRule",
+    "InterventionMode",
     "LearnedMask",
+    "LocateMethod",
+    "Metric",
     "NeuronMask",
     "NeuronScores",
     "NeuronSite",
+    "Positions",
+    "Reduce",
+    "Side",
+    "Site",
+    "Suppression",
     "TokenizedSample",
     "__version__",
     "ablate",
@@ -51,6 +78,7 @@ __all__ = [
     "attribute",
     "batches",
     "budget_mask",
+    "check_option",
     "coarse_masks",
     "contrastive_scores",
     "edit_knowledge",

@@ -26,17 +26,35 @@ Sequences are right padded and end at their last answer token, so no position af
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from tl_capability.data import Batch
+from tl_capability.options import AllPositionMethod, Metric, check_option
 from tl_capability.rows import Rows, _metric_surrogate, final_residual
-from tl_capability.sites import NeuronSite, is_masked_lm
+from tl_capability.sites import (
+    NeuronSite,
+    is_bridge,
+    is_masked_lm,
+    resid_pre_hook_name,
+    unembedding,
+)
 
-ALL_POSITION_METHODS = ("ig", "grad_x_act", "activation")
+ALL_POSITION_METHODS = get_args(AllPositionMethod)
+
+
+def check_all_position_method(method: str) -> AllPositionMethod:
+    """Returns ``method`` when ``positions="all"`` supports it.
+
+    Raises:
+        ValueError: Naming the supported methods.
+    """
+    return check_option(
+        method, AllPositionMethod, "method", note="positions='all' supports no other"
+    )
 
 
 def _expands(model: Any) -> bool:
@@ -46,9 +64,9 @@ def _expands(model: Any) -> bool:
 
 def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]:
     """Forward kwargs that let a batch grow inside the model (bridges over HF models only)."""
-    if not hasattr(model, "original_model"):
+    if not is_bridge(model):
         return {}  # HookedTransformer builds its causal mask per position, not per batch
-    dtype = model.W_U.dtype
+    dtype = unembedding(model)[0].dtype
     mask = torch.full((1, 1, width, width), torch.finfo(dtype).min, dtype=dtype, device=device)
     return {"attention_mask": mask.triu(1)}
 
@@ -68,14 +86,13 @@ def all_position_scores(
     model: Any,
     site: NeuronSite,
     batch: Batch,
-    method: str,
-    metric: str,
+    method: AllPositionMethod,
+    metric: Metric,
     alphas: Float[Tensor, " steps"],
     max_rows: int,
 ) -> Float[Tensor, "batch layer d_mlp"]:
     """Each sample's all-position score of every neuron (see the module docstring)."""
-    if method not in ALL_POSITION_METHODS:
-        raise ValueError(f"positions='all' supports methods {ALL_POSITION_METHODS}, got {method!r}")
+    check_all_position_method(method)
     device = batch.tokens.device
     n_samples = batch.tokens.shape[0]
     real = batch.mask.to(device)
@@ -111,7 +128,7 @@ def _scaled_gradient(
     site: NeuronSite,
     layer: int,
     rows: Rows,
-    metric: str,
+    metric: Metric,
     row_sample: Tensor,
     alpha: Float[Tensor, " row"],
     expand: bool,
@@ -131,7 +148,7 @@ def _scaled_gradient(
 
     fwd = [(site.hook_name(layer), scale)]
     if expand:
-        fwd.insert(0, (f"blocks.{layer}.hook_resid_pre", copy_rows))
+        fwd.insert(0, (resid_pre_hook_name(layer), copy_rows))
     with torch.enable_grad():
         _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
         (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
@@ -142,7 +159,7 @@ def _grad_x_act(
     model: Any,
     site: NeuronSite,
     batch: Batch,
-    metric: str,
+    metric: Metric,
     real: Tensor,
     weight: Tensor,
 ) -> Float[Tensor, "batch layer d_mlp"]:

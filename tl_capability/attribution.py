@@ -30,17 +30,32 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability.all_positions import ALL_POSITION_METHODS, all_position_scores
+from tl_capability.all_positions import all_position_scores, check_all_position_method
 from tl_capability.data import Batch, CapabilityDataset, batch_sizes, batches, tokenize
-from tl_capability.rows import clean_pass, row_gradients, rows_for, supports_kv_cache
-from tl_capability.sites import NeuronSite, model_device, model_name, neuron_site, require_eval
+from tl_capability.options import (
+    AttributionMethod,
+    IGRule,
+    Metric,
+    Positions,
+    Site,
+    check_option,
+)
+from tl_capability.rows import clean_pass, row_gradients, rows_for
+from tl_capability.sites import (
+    NeuronSite,
+    model_device,
+    model_name,
+    neuron_site,
+    require_eval,
+    supports_kv_cache,
+)
 from tl_capability.stats import (
     Moments,
     all_reduce_sum,
@@ -52,13 +67,13 @@ from tl_capability.stats import (
     tensor_bytes,
 )
 
-METHODS = ("ig", "grad_x_act", "neurgrad", "activation")
-METRICS = ("prob", "logprob")
-RULES = ("midpoint", "left", "right")
-POSITIONS = ("answer", "all")
+METHODS = get_args(AttributionMethod)
+METRICS = get_args(Metric)
+RULES = get_args(IGRule)
+POSITIONS = get_args(Positions)
 
 
-def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
+def ig_alphas(steps: int, rule: IGRule = "midpoint") -> Float[Tensor, " steps"]:
     """The scales ``α_k`` at which integrated gradients evaluates the gradient.
 
     Args:
@@ -70,9 +85,7 @@ def ig_alphas(steps: int, rule: str = "midpoint") -> Float[Tensor, " steps"]:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     offsets = {"midpoint": 0.5, "left": 1.0, "right": 0.0}
-    if rule not in offsets:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    return ((k - offsets[rule]) / steps).float()
+    return ((k - offsets[check_option(rule, IGRule, "rule")]) / steps).float()
 
 
 def neuron_order(values: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
@@ -164,8 +177,10 @@ class NeuronScores:
         n, method, params = meta.get("n"), meta.get("method"), meta.get("params", {})
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise bad(f"n must be a positive integer, got {n!r}")
-        if method not in METHODS:
-            raise bad(f"method must be one of {METHODS}, got {method!r}")
+        try:
+            check_option(method, AttributionMethod, "method")
+        except ValueError as e:
+            raise bad(str(e)) from None
         if not isinstance(params, dict):
             raise bad(f"params must be a JSON object, got {type(params).__name__}")
         missing = {"values", "std"} - set(tensors)
@@ -237,20 +252,20 @@ def _target_scores(
 def attribute(
     model: Any,
     dataset: CapabilityDataset,
-    method: str = "ig",
+    method: AttributionMethod = "ig",
     *,
     steps: int = 20,
-    metric: str = "prob",
-    site: str = "post",
+    metric: Metric = "prob",
+    site: Site = "post",
     batch_size: int | None = None,
     progress: bool = True,
-    rule: str = "midpoint",
+    rule: IGRule = "midpoint",
     per_sample: bool = False,
     max_rows: int = 1024,
     use_cache: bool | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 10,
-    positions: str = "answer",
+    positions: Positions = "answer",
 ) -> NeuronScores:
     """Scores every MLP neuron for the dataset's answers.
 
@@ -293,14 +308,11 @@ def attribute(
             non-finite score (naming the sample), or a checkpoint of another run (other data,
             parameters or weights) or a damaged one (naming the file).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    if positions == "all" and method not in ALL_POSITION_METHODS:
-        raise ValueError(f"positions='all' supports methods {ALL_POSITION_METHODS}, got {method!r}")
+    check_option(method, AttributionMethod, "method")
+    check_option(metric, Metric, "metric")
+    check_option(positions, Positions, "positions")
+    if positions == "all":
+        check_all_position_method(method)
     alphas = ig_alphas(steps, rule)
     require_eval(model)
     resolved = neuron_site(model, site)

@@ -5,8 +5,11 @@
 - ``locate``: the neurons whose erasure removes one dataset's capability and spares the
   ``--controls`` (:func:`tl_capability.locate`), saved to a folder; ``--method ig`` (or
   another attribution method) is the papers' literal pipeline, scores then the σ rule.
-- ``erase``: a saved mask's effect on a dataset's accuracy, against random sets of its size.
-- ``report``: the capability-localization report for any model and datasets.
+- ``erase``: a saved mask's effect on a dataset's accuracy, against random sets of its size
+  (:func:`tl_capability.masks.random_controls`, seeded by ``--random-seed``).
+- ``report``: the capability-localization report for any model and datasets (computed by
+  :func:`tl_capability.experiments.localization`, rendered by
+  :func:`tl_capability.report.add_localization`).
 
 ``--model`` is ``zoo`` (or ``zoo:NAME`` for another zoo model: ``zoo:gpt2-dropout``,
 ``zoo:llama``), a local Hugging Face directory or a hub name; ``--data`` a spec of
@@ -227,7 +230,7 @@ def _erase(args: argparse.Namespace) -> int:
     from tl_capability.experiments import mean_ci
     from tl_capability.interventions import ablate, mean_activations
     from tl_capability.loaders import resolve
-    from tl_capability.masks import NeuronMask
+    from tl_capability.masks import NeuronMask, random_controls
     from tl_capability.models import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -239,8 +242,8 @@ def _erase(args: argparse.Namespace) -> int:
     with ablate(model, mask, args.mode, **kwargs):
         erased = accuracy(model, data)
     drops = []
-    for seed in range(args.random):
-        with ablate(model, mask.random_like(seed=seed), args.mode, **kwargs):
+    for control in random_controls(mask, args.random, seed=args.random_seed):
+        with ablate(model, control, args.mode, **kwargs):
             drops.append(100 * (base - accuracy(model, data)))
     mean, half = mean_ci(drops) if drops else (float("nan"), float("nan"))
     print(f"{data.name}: {len(data)} samples; mask: {len(mask)} neurons ({args.mode})")
@@ -255,6 +258,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from tl_capability.experiments import localization
     from tl_capability.loaders import resolve
     from tl_capability.models import load_model
     from tl_capability.report import Report, add_localization
@@ -286,17 +290,18 @@ def _report(args: argparse.Namespace) -> int:
             bar.update()
         bar.set_postfix_str(name)
 
-    add_localization(
-        report,
+    found = localization(
         model,
         locate_on,
         evaluate_on,
         sigmas=args.sigmas,
         n_random=args.random,
+        seed=args.random_seed,
         stage=stage,
         method=args.method,
         steps=args.steps,
     )
+    add_localization(report, found)
     bar.update()
     bar.close()
     with _staged(args.out) as folder:
@@ -380,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     erase.add_argument("--mask", required=True, help="folder written by `locate`")
     erase.add_argument("--mode", default="zero", choices=["zero", "mean", "scale", "add"])
     erase.add_argument("--random", type=_count, default=3, help="random control sets")
+    erase.add_argument(
+        "--random-seed", type=int, default=0, help="seed of the first random set (default 0)"
+    )
     erase.add_argument("--seed", type=int, default=2, help="sampling seed of zoo datasets")
     erase.set_defaults(func=_erase)
 
@@ -392,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--locate-split", default="train")
     report.add_argument("--sigmas", type=float, nargs="+", default=[2.0, 3.0, 6.0, 12.0])
     report.add_argument("--random", type=_count, default=3, help="random control sets")
+    report.add_argument(
+        "--random-seed", type=int, default=0, help="seed of the first random set (default 0)"
+    )
     report.add_argument("--out", default="capability-report", help="report folder")
     report.set_defaults(func=_report)
     args = parser.parse_args(argv)

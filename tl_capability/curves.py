@@ -29,7 +29,7 @@ from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import accuracy
 from tl_capability.experiments._results import Table, mean_ci
 from tl_capability.interventions import ablate, mask_hooks
-from tl_capability.masks import NeuronMask
+from tl_capability.masks import NeuronMask, random_controls
 from tl_capability.sites import neuron_site, require_eval
 
 #: Default grid of sizes, as fractions of all the model's neurons.
@@ -226,7 +226,8 @@ def erase_curve(
             itself is skipped.
         sizes: Numbers of neurons to erase; by default 0.25 % to 10 % of all neurons
             (:data:`FRACTIONS`, rounded, at least 1).
-        n_random: Random sets per size with the same count per layer (seeds ``seed + i``),
+        n_random: Random sets per size with the same count per layer
+            (:func:`~tl_capability.masks.random_controls`, seeds ``seed + i``),
             measured on the target; 0 skips them (the random fields are then NaN).
         seed: Seed of the random sets.
         mode: The intervention (``"zero"`` erases); ``hook_kwargs`` go to
@@ -273,7 +274,7 @@ def erase_curve(
         own_drop.append(drop(own, mask))
         for other in others:
             other_drops[other].append(drop(other, mask))
-        runs = [drop(own, mask.random_like(seed + i)) for i in range(n_random)]
+        runs = [drop(own, control) for control in random_controls(mask, n_random, seed=seed)]
         mean, half = mean_ci(runs) if runs else (float("nan"), float("nan"))
         random_runs.append(runs)
         random_drop.append(mean)

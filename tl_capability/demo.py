@@ -3,31 +3,31 @@
 ``tl-capability demo`` calls :func:`run`. Stages: accuracies; capability localization
 (split overlap, erase matrix with random controls, per σ); knowledge-neuron fidelity; neuron
 empirical gradients (NeurGrad against interventions, the skill-neuron probe). Every number is
-computed here, on this machine, from the shipped model.
+computed here, on this machine, from the shipped model, by :mod:`tl_capability.experiments`
+(each experiment once; figures and headline numbers reuse its result) and rendered by
+:mod:`tl_capability.report`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from tl_capability import zoo
-from tl_capability.attribution import attribute
 from tl_capability.experiments import (
-    Table,
     decoupling,
     enhancement,
     fidelity,
-    knowledge_neurons,
     linearity,
+    localization,
+    neurgrad_agreement,
     reliability,
     skill_probe,
 )
-from tl_capability.neg import empirical_neg
 from tl_capability.report import (
     Report,
     add_localization,
@@ -91,9 +91,10 @@ def run(
             stages.update()
         stages.set_postfix_str(name)
 
-    found = add_localization(
-        report, model, train, test, sigmas=sizes.sigmas, n_random=sizes.n_random, stage=stage
+    found = localization(
+        model, train, test, sigmas=sizes.sigmas, n_random=sizes.n_random, stage=stage
     )
+    add_localization(report, found)
     halves, erased = found.halves, found.erased
     stages.update()
 
@@ -101,10 +102,9 @@ def run(
     facts = {e: zoo.fact_dataset(e) for e, _ in zoo.ENTITIES[: sizes.facts]}
     fid = fidelity(model, facts)
     report.text("## Knowledge neurons")
-    report.table(Table(fid.title, tuple(r for r in fid.rows if r["paraphrases"] is None)))
-    ipp = reliability(
-        model, knowledge_neurons(model, facts), facts, n_random=sizes.n_random_kn, seed=100
-    )
+    report.table(replace(fid, rows=fid.summary))
+    # fidelity already located each fact's refined knowledge neurons: reuse them.
+    ipp = reliability(model, fid.masks, facts, n_random=sizes.n_random_kn, seed=100)
     report.text(
         "Reliability: suppressing each fact's refined knowledge neurons against the best of "
         f"{sizes.n_random_kn} random sets of the same size (effect = drop of P(answer) on the "
@@ -122,15 +122,10 @@ def run(
 
     stages.set_postfix_str("neuron empirical gradients")
     neg_data = zoo.dataset("sentiment", n=sizes.neg_samples, seed=3)
-    grads = attribute(model, neg_data, "neurgrad", per_sample=True, progress=False)
-    neurons = grads.top(20, absolute=True)
-    measured = empirical_neg(model, neg_data, neurons, progress=False)
-    predicted = grads.per_sample[:, neurons[:, 0], neurons[:, 1]]
+    agreement = neurgrad_agreement(model, neg_data, top=20)
     report.text("## Neuron empirical gradients")
     report.figure(
-        "neg",
-        neg_scatter(predicted, measured.slope),
-        "NeurGrad against interventions, top 20 neurons, sentiment.",
+        "neg", neg_scatter(agreement), "NeurGrad against interventions, top 20 neurons, sentiment."
     )
     probe = skill_probe(
         model,
@@ -167,33 +162,26 @@ def run(
     stages.update()
     stages.close()
 
-    sign = (predicted.sign() == measured.slope.sign()).float().mean().item()
-    s0 = sizes.sigmas[0]
+    s0 = found.sigma
     headline: dict[str, Any] = {"seconds": round(time.perf_counter() - start, 1)}
     for n in names:
-        own = next(
-            r for r in erased.rows if r["sigma"] == s0 and r["located"] == n and r["evaluated"] == n
-        )
-        worst = max(
-            r["drop"]
-            for r in erased.rows
-            if r["sigma"] == s0 and r["located"] == n and r["evaluated"] != n
-        )
-        overlap = next(r for r in halves.rows if r["sigma"] == s0 and r["capability"] == n)
+        own = erased.cell(n, n, s0)
+        worst = max(r.drop for r in erased.at(s0) if r.located == n and r.evaluated != n)
+        overlap = next(r for r in halves.rows if r.sigma == s0 and r.capability == n)
         headline[n] = {
-            "accuracy": own["base"],
-            "neurons": own["neurons"],
-            "own_drop": own["drop"],
-            "random_drop": own["random_drop"],
+            "accuracy": own.base,
+            "neurons": own.neurons,
+            "own_drop": own.drop,
+            "random_drop": own.random_drop,
             "worst_other_drop": worst,
-            "split_overlap": overlap["overlap"],
+            "split_overlap": overlap.overlap,
         }
-    headline["kn_fidelity"] = next(r["overlap"] for r in fid.rows if r["fact"] == "mean")
-    headline["neurgrad_sign_agreement"] = sign
-    headline["skill_probe"] = probe.rows[0]["accuracy"]
-    headline["kn_ipp"] = ipp.rows[-1]["beats_best_random"]
-    headline["neg_median_abs_r"] = sorted(r["abs_r"] for r in linear.rows)[len(linear.rows) // 2]
-    final = {r["neurons"]: r["accuracy"] for r in enhanced.rows if r["epochs"] == max(sizes.epochs)}
+    headline["kn_fidelity"] = fid.mean_overlap
+    headline["neurgrad_sign_agreement"] = agreement.rows[0].sign_agreement
+    headline["skill_probe"] = probe.rows[0].accuracy
+    headline["kn_ipp"] = ipp.ipp
+    headline["neg_median_abs_r"] = sorted(r.abs_r for r in linear.rows)[len(linear.rows) // 2]
+    final = {r.neurons: r.accuracy for r in enhanced.rows if r.epochs == max(sizes.epochs)}
     headline["enhancement"] = final
     report.text(f"Generated in {headline['seconds']} s.")
     return report.save(out), headline

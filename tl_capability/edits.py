@@ -15,7 +15,9 @@ out-of-order undo is refused (:meth:`EditHandle.undo`).
 
 Edits go through ``model.blocks[l].mlp.W_out`` (and ``W_in``, ``b_in``, ``W_gate``), which are
 views of the underlying parameters on both TransformerLens generations, so they stick; the
-stacked ``model.W_out`` is a copy and is never written.
+stacked ``model.W_out`` is a copy and is never written. :mod:`tl_capability.sites` reads them
+(:func:`~tl_capability.sites.mlp_w_out`, :func:`~tl_capability.sites.mlp_parameters`,
+:func:`~tl_capability.sites.unembedding`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from tqdm.auto import tqdm
 
 from tl_capability.data import CapabilityDataset, batches, model_tokenizer, tokenize
 from tl_capability.masks import NeuronMask
-from tl_capability.sites import neuron_site, require_eval
+from tl_capability.sites import (
+    mlp_parameters,
+    mlp_w_out,
+    neuron_site,
+    require_eval,
+    unembedding,
+)
 
 
 @dataclass
@@ -99,22 +107,15 @@ def _register(model: Any, handle: EditHandle) -> EditHandle:
     return handle
 
 
-def _w_out(model: Any, layer: int) -> Tensor:
-    w = model.blocks[layer].mlp.W_out
-    if w.shape[0] != model.cfg.d_mlp:
-        raise ValueError(
-            f"blocks.{layer}.mlp.W_out has shape {tuple(w.shape)}, expected "
-            f"[d_mlp={model.cfg.d_mlp}, d_model]"
-        )
-    return w
-
-
 def _check(model: Any, mask: NeuronMask) -> None:
     require_eval(model)
     site = neuron_site(model, "post", check_width=False)
     mask.check_fits(site.n_layers, site.d_mlp)
     if mask.site != "post":
-        raise ValueError("weight edits act on the neurons W_out reads: use a mask of site 'post'")
+        raise ValueError(
+            "weight edits act on the neurons the MLP's output weights read: use a mask of site "
+            "'post'"
+        )
 
 
 def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
@@ -132,7 +133,7 @@ def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
         for layer in range(mask.n_layers):
             index = mask.tensor[layer].nonzero()[:, 0]
             if len(index):
-                w = _w_out(model, layer)
+                w = mlp_w_out(model, layer)
                 idx = index.to(w.device)
                 handle.saved.append((w, idx, w[idx].clone()))
                 w[idx] = 0
@@ -166,7 +167,7 @@ def edit_knowledge(
             answer that tokenizes to nothing.
     """
     _check(model, mask)
-    w_u = model.W_U if hasattr(model, "W_U") else model.unembed.W_U
+    w_u, _ = unembedding(model)
     e_old = w_u[:, _first_token(model, old_answer)].detach().float()
     e_new = w_u[:, _first_token(model, new_answer)].detach().float()
     handle = EditHandle(f"edit {old_answer!r} -> {new_answer!r} in {len(mask)} neurons")
@@ -175,7 +176,7 @@ def edit_knowledge(
             index = mask.tensor[layer].nonzero()[:, 0]
             if not len(index):
                 continue
-            w = _w_out(model, layer)
+            w = mlp_w_out(model, layer)
             idx = index.to(w.device)
             rows = w[idx].float()
             norms = rows.norm(dim=1, keepdim=True)
@@ -200,7 +201,7 @@ def _neuron_parameters(model: Any, mask: NeuronMask) -> list[tuple[Tensor, Tenso
     out = []
     for layer in range(mask.n_layers):
         keep = mask.tensor[layer]
-        for p in model.blocks[layer].mlp.parameters():
+        for p in mlp_parameters(model, layer):
             axes = [i for i, size in enumerate(p.shape) if size == d_mlp]
             if len(axes) != 1:
                 continue

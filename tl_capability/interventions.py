@@ -22,19 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tl_capability.data import Batch, CapabilityDataset, batches
-from tl_capability.sites import neuron_site, require_eval
+from tl_capability.options import InterventionMode, Site, check_option
+from tl_capability.sites import neuron_hook_name, neuron_site, require_eval
 
 if TYPE_CHECKING:
     from tl_capability.masks import NeuronMask
 
-MODES = ("zero", "scale", "mean", "add", "value")
+MODES = get_args(InterventionMode)
 
 
 def answer_positions(batch: Batch) -> Bool[Tensor, "batch pos"]:
@@ -46,7 +47,7 @@ def answer_positions(batch: Batch) -> Bool[Tensor, "batch pos"]:
 
 def mask_hooks(
     mask: NeuronMask,
-    mode: str = "zero",
+    mode: InterventionMode = "zero",
     *,
     factor: float = 2.0,
     shift: float = 1.0,
@@ -57,10 +58,11 @@ def mask_hooks(
     """Forward hooks applying ``mode`` to the neurons of ``mask`` (one hook per layer with any).
 
     Raises:
-        ValueError: For an unknown mode, ``"mean"`` without ``means`` of the mask's shape.
+        ValueError: For an unknown mode or site, ``"mean"`` without ``means`` of the mask's
+            shape.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_option(mode, InterventionMode, "mode")
+    check_option(mask.site, Site, "the mask's site")
     if mode == "mean":
         if means is None:
             raise ValueError("mode='mean' needs means=mean_activations(model, dataset)")
@@ -69,20 +71,19 @@ def mask_hooks(
                 f"means of shape {tuple(means.shape)} for a mask of shape "
                 f"{tuple(mask.tensor.shape)}"
             )
-    hook_name = "hook_post" if mask.site == "post" else "hook_pre"
     out = []
     for layer in range(mask.n_layers):
         index = mask.tensor[layer].nonzero()[:, 0]
         if len(index):
             layer_means = None if means is None else means[layer, index]
             fn = _make_hook(index, mode, factor, shift, value, layer_means, positions)
-            out.append((f"blocks.{layer}.mlp.{hook_name}", fn))
+            out.append((neuron_hook_name(layer, mask.site), fn))
     return out
 
 
 def _make_hook(
     index: Tensor,
-    mode: str,
+    mode: InterventionMode,
     factor: float,
     shift: float,
     value: float,
@@ -118,7 +119,9 @@ def _make_hook(
 
 
 @contextmanager
-def ablate(model: Any, mask: NeuronMask, mode: str = "zero", **kwargs: Any) -> Iterator[Any]:
+def ablate(
+    model: Any, mask: NeuronMask, mode: InterventionMode = "zero", **kwargs: Any
+) -> Iterator[Any]:
     """Applies an intervention to the mask's neurons inside a ``with`` block.
 
     Example:
@@ -145,7 +148,7 @@ def ablate(model: Any, mask: NeuronMask, mode: str = "zero", **kwargs: Any) -> I
 
 
 def mean_activations(
-    model: Any, dataset: CapabilityDataset, site: str = "post", batch_size: int = 32
+    model: Any, dataset: CapabilityDataset, site: Site = "post", batch_size: int = 32
 ) -> Float[Tensor, "layer d_mlp"]:
     """Mean activation of every neuron over all real (non-padding) positions of a dataset,
     for ``mode="mean"``.

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Float, Int
@@ -51,10 +51,11 @@ from tl_capability.data import Batch, CapabilityDataset, collate, tokenize
 from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask
+from tl_capability.options import Gate, Site, Suppression, check_option
 from tl_capability.sites import is_masked_lm, model_device, model_name, neuron_site, require_eval
 
-GATES = ("hard_concrete", "sigmoid")
-SUPPRESSIONS = ("unlikely", "uniform")
+GATES = get_args(Gate)
+SUPPRESSIONS = get_args(Suppression)
 """``"unlikely"``: ``−log(1 − P(answer))``, ``P(answer) = Π_m P(y_m)`` the teacher-forced
 probability of the whole answer; it saturates once the answer is improbable, and one wrong token
 is enough, as for exact-match accuracy. ``"uniform"``: Bayazit et al.'s ``KL(uniform ‖ p)`` at
@@ -103,7 +104,7 @@ class LearnedMask:
         return self.logits.clone()
 
 
-def _init_logits(init: Any, shape: tuple[int, int], gate: str) -> Tensor:
+def _init_logits(init: Any, shape: tuple[int, int], gate: Gate) -> Tensor:
     """``θ₀``: the gate's start logit (:data:`_START`), plus the standardised scores clamped to
     ``±3`` when given (higher score: more likely removed; nothing starts saturated)."""
     start = _START[gate]
@@ -120,7 +121,7 @@ def _init_logits(init: Any, shape: tuple[int, int], gate: str) -> Tensor:
     return start + z.clamp(-3, 3)
 
 
-def _removal(theta: Tensor, gate: str, gen: torch.Generator) -> Tensor:
+def _removal(theta: Tensor, gate: Gate, gen: torch.Generator) -> Tensor:
     """One stochastic sample of the removal gates ``r ∈ [0, 1]``, differentiable in ``θ``."""
     u = torch.rand(theta.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(theta.device)
     noise = u.log() - (-u).log1p()  # logistic noise (the difference of two Gumbels)
@@ -131,14 +132,14 @@ def _removal(theta: Tensor, gate: str, gen: torch.Generator) -> Tensor:
     return (soft > 0.5).to(soft.dtype) + soft - soft.detach()  # straight-through
 
 
-def _expected_removed(theta: Tensor, gate: str) -> Tensor:
+def _expected_removed(theta: Tensor, gate: Gate) -> Tensor:
     """``P(r_j > 0)`` (hard concrete: the expected-L0 term) or ``P(r_j = 1)`` (sigmoid)."""
     if gate == "hard_concrete":
         return torch.sigmoid(theta - _BETA * math.log(-_GAMMA / _ZETA))
     return torch.sigmoid(theta)
 
 
-def _suppression(logits: Tensor, batch: Batch, n_rows: int, kind: str) -> Tensor:
+def _suppression(logits: Tensor, batch: Batch, n_rows: int, kind: Suppression) -> Tensor:
     """The suppression loss of the first ``n_rows`` rows (the target's), mean over samples
     (``"unlikely"``) or answer tokens (``"uniform"``), from logits at every answer position."""
     picked = batch.target_row < n_rows
@@ -245,12 +246,12 @@ def learn_mask(
     lr: float = 0.1,
     sparsity: float = 3.0,
     maintain: float = 1.0,
-    gate: Literal["hard_concrete", "sigmoid"] = "sigmoid",
-    suppression: Literal["unlikely", "uniform"] = "unlikely",
+    gate: Gate = "sigmoid",
+    suppression: Suppression = "unlikely",
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
-    site: str = "post",
+    site: Site = "post",
 ) -> LearnedMask:
     """Learns which neurons to zero-ablate to erase ``target`` while keeping ``controls``.
 
@@ -310,10 +311,8 @@ def learn_mask(
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
     if not 0 < target_drop <= 100:
         raise ValueError(f"target_drop must be in (0, 100] points, got {target_drop}")
-    if gate not in GATES:
-        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-    if suppression not in SUPPRESSIONS:
-        raise ValueError(f"suppression must be one of {SUPPRESSIONS}, got {suppression!r}")
+    check_option(gate, Gate, "gate")
+    check_option(suppression, Suppression, "suppression")
     if steps < 1 or batch_size < 1 or lr <= 0 or sparsity < 0 or maintain < 0:
         raise ValueError("steps, batch_size and lr must be positive; sparsity, maintain >= 0")
     resolved = neuron_site(model, site)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Float, Int
@@ -41,13 +41,12 @@ from tl_capability.curves import erase_curve
 from tl_capability.data import CapabilityDataset
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, select
+from tl_capability.options import LocateMethod, Reduce, check_option
 from tl_capability.sites import model_name, neuron_site, require_eval
 
-LocateMethod = Literal["answer", "all", "contrastive", "iterative", "learned"]
-LOCATE_METHODS: tuple[str, ...] = ("answer", "all", "contrastive", "iterative", "learned")
-DEFAULT_LOCATE_METHOD = "learned"
+LOCATE_METHODS: tuple[str, ...] = get_args(LocateMethod)
+DEFAULT_LOCATE_METHOD: LocateMethod = "learned"
 LEARNED_MIN_SAMPLES = 150
-Reduce = Literal["max", "mean"]
 
 
 def _values(scores: NeuronScores | Tensor) -> Float[Tensor, "layer d_mlp"]:
@@ -78,8 +77,7 @@ def contrastive_scores(
     """
     if not controls:
         raise ValueError("contrastive scores need at least one control")
-    if reduce not in ("max", "mean"):
-        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+    check_option(reduce, Reduce, "reduce")
     s = _values(target)
     others = [_values(c) for c in controls.values()]
     if any(o.shape != s.shape for o in others):
@@ -149,6 +147,7 @@ def iterative_ranking(
     Returns:
         The ``chunk · rounds`` chosen neurons as ``(layer, index)`` rows, in the order chosen.
     """
+    check_option(reduce, Reduce, "reduce")
     require_eval(model)
     controls = _check_datasets(target, controls)
     site = neuron_site(model)
@@ -196,8 +195,8 @@ def rank_neurons(
     reuse them across calls (``"all"`` and ``"contrastive"`` only). See :func:`locate` for the
     other arguments.
     """
-    if method not in LOCATE_METHODS:
-        raise ValueError(f"method must be one of {LOCATE_METHODS}, got {method!r}")
+    check_option(method, LocateMethod, "method")
+    check_option(reduce, Reduce, "reduce")
     if not 0 < max_fraction <= 1:
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
     ig_steps = ig_steps or (20 if method == "answer" else 8)
@@ -310,8 +309,8 @@ def locate(
         ValueError: For an unknown method, empty controls, a target that is also a control,
             ``max_fraction`` outside (0, 1], or a model in training mode.
     """
-    if method not in LOCATE_METHODS:
-        raise ValueError(f"method must be one of {LOCATE_METHODS}, got {method!r}")
+    check_option(method, LocateMethod, "method")
+    check_option(reduce, Reduce, "reduce")
     ig_steps = ig_steps or (20 if method == "answer" else 8)
     require_eval(model)
     checked = _check_datasets(target, controls)

@@ -26,15 +26,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_capability.options import Side, Site, check_option
 from tl_capability.stats import load_pair, save_pair
 
-SITES = ("post", "pre")
+SITES = get_args(Site)
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,8 +225,10 @@ class NeuronMask:
             what = "nothing" if tensor is None else f"{tensor.dtype} {tuple(tensor.shape)}"
             raise bad(f"mask.safetensors holds {what}, expected a 2-D bool 'mask' tensor")
         site = meta.get("site", "post")
-        if site not in SITES:
-            raise bad(f"site must be one of {SITES}, got {site!r}")
+        try:
+            check_option(site, Site, "site")
+        except ValueError as e:
+            raise bad(str(e)) from None
         selection = meta.get("selection", {})
         if not isinstance(selection, dict):
             raise bad(f"selection must be a JSON object, got {type(selection).__name__}")
@@ -248,6 +251,82 @@ class NeuronMask:
         return mask_hooks(self, mode, **kwargs)
 
 
+def random_controls(
+    mask: NeuronMask,
+    n: int,
+    *,
+    seed: int,
+    per_layer: bool = True,
+    exclude: NeuronMask | None = None,
+    size: int | None = None,
+) -> tuple[NeuronMask, ...]:
+    """``n`` random control sets for a claim about ``mask``'s neurons: the placebo of every
+    experiment (erase, amplify, enhancement, reliability, linearity, the skill probe, erase
+    curves and the CLI draw their random sets here).
+
+    Set ``i`` is drawn with its own generator seeded ``seed + i``, so it depends on
+    ``(seed, i)`` only: asking for more sets adds sets and leaves the first ones unchanged.
+
+    Example:
+        >>> controls = random_controls(mask, 5, seed=0)  # same count in every layer
+        >>> outside = random_controls(top, 1, seed=0, per_layer=False, exclude=top, size=20)
+
+    Args:
+        mask: The set the controls stand beside; they share its shape, site and model name.
+        n: Number of sets (0 gives none).
+        seed: Seed of the first set; set ``i`` uses ``seed + i``.
+        per_layer: ``True``: every set has ``mask``'s number of neurons in every layer (with
+            no ``exclude``, set ``i`` equals ``mask.random_like(seed=seed + i)``). ``False``:
+            every set has ``size`` neurons drawn uniformly among all layers' neurons.
+        exclude: Neurons never drawn (e.g. ``mask`` itself, for random neurons outside it).
+        size: With ``per_layer=False``, the neurons per set (default ``len(mask)``).
+
+    Returns:
+        The ``n`` sets, in seed order.
+
+    Raises:
+        ValueError: For a negative ``n`` or ``size``, ``size`` given with ``per_layer=True``,
+            or fewer neurons left to draw from (after ``exclude``) than a set needs.
+        TypeError: For an ``exclude`` that is not a :class:`NeuronMask`.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if per_layer and size is not None:
+        raise ValueError("size is for per_layer=False; per-layer sets keep mask's counts")
+    size = len(mask) if size is None else size
+    if size < 0:
+        raise ValueError(f"size must be non-negative, got {size}")
+    allowed = ~mask._other(exclude) if exclude is not None else torch.ones_like(mask.tensor)
+    if per_layer:
+        counts = mask.per_layer()
+        short = [i for i, c in enumerate(counts) if c > int(allowed[i].sum())]
+        if short:
+            raise ValueError(f"too few neurons left to draw from in layers {short}")
+    elif size > int(allowed.sum()):
+        raise ValueError(f"{size} neurons asked for, {int(allowed.sum())} left to draw from")
+    excluded = 0 if exclude is None else len(exclude)
+    sets = []
+    for i in range(n):
+        gen = torch.Generator().manual_seed(seed + i)
+        out = torch.zeros_like(mask.tensor)
+        if per_layer:
+            for layer, count in enumerate(counts):
+                pool = allowed[layer].nonzero().squeeze(1)
+                out[layer, pool[torch.randperm(len(pool), generator=gen)[:count]]] = True
+        else:
+            pool = allowed.flatten().nonzero().squeeze(1)
+            out.view(-1)[pool[torch.randperm(len(pool), generator=gen)[:size]]] = True
+        selection = {
+            "rule": "random_controls",
+            "seed": seed + i,
+            "per_layer": per_layer,
+            "excluded": excluded,
+            "of": mask.selection,
+        }
+        sets.append(replace(mask, tensor=out, selection=selection))
+    return tuple(sets)
+
+
 def _scores_tensor(scores: Any) -> Float[Tensor, "layer d_mlp"]:
     values = scores if isinstance(scores, Tensor) else getattr(scores, "values", None)
     if not isinstance(values, Tensor) or values.dim() != 2:
@@ -259,7 +338,7 @@ def _scores_tensor(scores: Any) -> Float[Tensor, "layer d_mlp"]:
 
 
 DEFAULT_SIGMA = 2.0
-SIDES = ("positive", "negative", "both")
+SIDES = get_args(Side)
 
 
 def select(
@@ -269,7 +348,7 @@ def select(
     top_k: int | None = None,
     fraction_of_max: float | None = None,
     quantile: float | None = None,
-    side: str = "positive",
+    side: Side = "positive",
 ) -> NeuronMask:
     """Selects neurons from scores by one rule (``sigma=2`` when none is given).
 
@@ -285,8 +364,7 @@ def select(
     Raises:
         ValueError: For more than one rule, an unknown side, or a parameter out of range.
     """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    check_option(side, Side, "side")
     values = _scores_tensor(scores)
     signed = {"positive": values, "negative": -values, "both": values.abs()}[side]
     given = {

@@ -22,8 +22,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import CapabilityDataset, batches, count_batches, tokenize
-from tl_capability.rows import Rows, clean_pass, row_metric, rows_for, supports_kv_cache
-from tl_capability.sites import NeuronSite, neuron_site, require_eval
+from tl_capability.options import Metric, Site, check_option
+from tl_capability.rows import Rows, clean_pass, row_metric, rows_for
+from tl_capability.sites import NeuronSite, neuron_site, require_eval, supports_kv_cache
 
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -98,8 +99,8 @@ def empirical_neg(
     neurons: Any,
     *,
     shifts: Sequence[float] = DEFAULT_SHIFTS,
-    metric: str = "prob",
-    site: str = "post",
+    metric: Metric = "prob",
+    site: Site = "post",
     batch_size: int = 8,
     max_rows: int = 2048,
     progress: bool = True,
@@ -125,8 +126,7 @@ def empirical_neg(
     Returns:
         :class:`EmpiricalNEG`, samples in dataset order.
     """
-    if metric not in ("prob", "logprob"):
-        raise ValueError(f"metric must be 'prob' or 'logprob', got {metric!r}")
+    check_option(metric, Metric, "metric")
     if not shifts or any(v <= 0 for v in shifts):
         raise ValueError("shifts must be positive magnitudes")
     require_eval(model)

@@ -1,10 +1,13 @@
-"""Reports: experiment tables and matplotlib figures rendered to a folder (``index.md`` + PNGs).
+"""Reports: experiment results and matplotlib figures rendered to a folder (``index.md`` + PNGs).
 
-Build a :class:`Report`, add text, :class:`~tl_capability.experiments.Table` objects and
-figures, then :meth:`Report.save`. The figure helpers draw what people would rather look at
-than read: where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability
-erase matrix (Fig. 4), accuracy against σ, erase curves against the number of neurons, and
-NeurGrad against interventions.
+This module only renders: every number comes from a result that
+:mod:`tl_capability.experiments` computed. Build a :class:`Report`, add text, results (any
+:class:`~tl_capability.experiments.Table`) and figures, then :meth:`Report.save`. The figure
+helpers read the typed results' fields and draw what people would rather look at than read:
+where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability erase and
+amplify matrices (Fig. 4), accuracy against σ, erase curves against the number of neurons,
+and NeurGrad against interventions. :func:`add_localization` renders a
+:class:`~tl_capability.experiments.LocalizationResult` as a report section.
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: a notebook shows the one
 a cell returns, and nothing touches the global pyplot state or the user's backend.
@@ -12,20 +15,30 @@ a cell returns, and nothing touches the global pyplot state or the user's backen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from matplotlib.figure import Figure
+from torch import Tensor
 
-from tl_capability.attribution import NeuronScores
 from tl_capability.curves import EraseCurve
-from tl_capability.data import CapabilityDataset
-from tl_capability.evaluate import accuracy
-from tl_capability.experiments import Table, erase, locate_scores, overlap_matrix, split_overlap
-from tl_capability.masks import NeuronMask, select
+from tl_capability.experiments import (
+    AmplifyResult,
+    EnhancementResult,
+    EraseResult,
+    LinearityResult,
+    LocalizationResult,
+    NeurgradAgreementResult,
+    OverlapMatrixResult,
+    SplitOverlapResult,
+    Table,
+)
+from tl_capability.masks import NeuronMask
 
 
 @dataclass
@@ -45,7 +58,7 @@ class Report:
         self.parts.append(markdown.strip() + "\n")
 
     def table(self, table: Table) -> None:
-        """Adds an experiment's table."""
+        """Adds an experiment's result (any :class:`~tl_capability.experiments.Table`)."""
         self.parts.append(table.to_markdown())
 
     def figure(self, name: str, figure: Figure, caption: str = "") -> None:
@@ -107,16 +120,18 @@ def _grid_figure(
     return fig
 
 
-def erase_matrix(table: Table, sigma: float) -> Figure:
+def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None) -> Figure:
     """Accuracy drop of every evaluated capability (columns) when each capability's located
-    neurons (rows) are erased or amplified, at one σ, from
-    :func:`~tl_capability.experiments.erase`. Negative drops (gains) show in blue."""
-    rows = [r for r in table.rows if r["sigma"] == sigma]
-    located = list(dict.fromkeys(r["located"] for r in rows))
-    evaluated = list(dict.fromkeys(r["evaluated"] for r in rows))
+    neurons (rows) are erased or amplified, at one σ (default: the first), from
+    :func:`~tl_capability.experiments.erase` or :func:`~tl_capability.experiments.amplify`.
+    Negative drops (gains) show in blue."""
+    sigma = result.sigmas[0] if sigma is None else sigma
+    rows = result.at(sigma)
+    located = list(dict.fromkeys(r.located for r in rows))
+    evaluated = list(dict.fromkeys(r.evaluated for r in rows))
     grid = torch.zeros(len(located), len(evaluated))
     for r in rows:
-        grid[located.index(r["located"]), evaluated.index(r["evaluated"])] = r["drop"]
+        grid[located.index(r.located), evaluated.index(r.evaluated)] = r.drop
     top = max(1.0, float(grid.abs().max()))
     fig = _grid_figure(
         grid,
@@ -133,46 +148,42 @@ def erase_matrix(table: Table, sigma: float) -> Figure:
     return fig
 
 
-def overlap_heatmap(table: Table) -> Figure:
+def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
     """Overlap between capabilities' sets (from
     :func:`~tl_capability.experiments.overlap_matrix`)."""
-    names = list(dict.fromkeys(r["a"] for r in table.rows))
+    names = list(result.names)
     grid = torch.zeros(len(names), len(names))
-    for r in table.rows:
-        grid[names.index(r["a"]), names.index(r["b"])] = r["overlap"]
+    for r in result.rows:
+        grid[names.index(r.a), names.index(r.b)] = r.overlap
     return _grid_figure(
         grid, names, names, "overlap of located neurons", ".2f", cmap="Purples", vmin=0, vmax=1
     )
 
 
-def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
+def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) -> Figure:
     """Every σ-dependent number against σ: the own-capability drop of located and random sets
     (from :func:`~tl_capability.experiments.erase`) and, when given, the overlap of sets
     located on two halves of the data (from :func:`~tl_capability.experiments.split_overlap`)."""
-    own = [r for r in erased.rows if r["located"] == r["evaluated"]]
+    own = [r for r in erased.rows if r.located == r.evaluated]
     n_panels = 3 if halves is not None else 1
     fig = Figure(figsize=(5 * n_panels, 3.6), layout="tight")
     axes = fig.subplots(1, n_panels, squeeze=False)
     ax = axes[0, 0]
-    for name in dict.fromkeys(r["located"] for r in own):
-        rows = sorted((r for r in own if r["located"] == name), key=lambda r: r["sigma"])
-        sigmas = [r["sigma"] for r in rows]
-        (line,) = ax.plot(sigmas, [r["drop"] for r in rows], marker="o", label=name)
-        ax.plot(
-            sigmas, [r["random_drop"] for r in rows], ls="--", color=line.get_color(), alpha=0.6
-        )
+    for name in dict.fromkeys(r.located for r in own):
+        rows = sorted((r for r in own if r.located == name), key=lambda r: r.sigma)
+        sigmas = [r.sigma for r in rows]
+        (line,) = ax.plot(sigmas, [r.drop for r in rows], marker="o", label=name)
+        ax.plot(sigmas, [r.random_drop for r in rows], ls="--", color=line.get_color(), alpha=0.6)
     ax.set_xlabel("σ")
     ax.set_ylabel("own accuracy drop (points)")
     ax.set_title("erased: located (solid) vs random (dashed)", fontsize=10)
     ax.legend(fontsize=8)
     if halves is not None:
-        for name in dict.fromkeys(r["capability"] for r in halves.rows):
-            rows = sorted(
-                (r for r in halves.rows if r["capability"] == name), key=lambda r: r["sigma"]
-            )
-            sigmas = [r["sigma"] for r in rows]
-            axes[0, 1].plot(sigmas, [r["overlap"] for r in rows], marker="o", label=name)
-            axes[0, 2].plot(sigmas, [100 * r["fraction"] for r in rows], marker="o", label=name)
+        for name in dict.fromkeys(r.capability for r in halves.rows):
+            split = sorted((r for r in halves.rows if r.capability == name), key=lambda r: r.sigma)
+            sigmas = [r.sigma for r in split]
+            axes[0, 1].plot(sigmas, [r.overlap for r in split], marker="o", label=name)
+            axes[0, 2].plot(sigmas, [100 * r.fraction for r in split], marker="o", label=name)
         axes[0, 1].set_ylim(0, 1.02)
         axes[0, 1].set_title("overlap of the sets located on two halves", fontsize=10)
         axes[0, 2].set_yscale("log")
@@ -182,33 +193,33 @@ def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
     return fig
 
 
-def enhancement_curves(table: Table) -> Figure:
+def enhancement_curves(result: EnhancementResult) -> Figure:
     """Test accuracy against fine-tuning epochs for each neuron set (from
-    :func:`~tl_capability.experiments.enhancement`)."""
+    :func:`~tl_capability.experiments.enhancement`), titled with the dataset's name."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
-    for label in dict.fromkeys(r["neurons"] for r in table.rows):
-        rows = sorted((r for r in table.rows if r["neurons"] == label), key=lambda r: r["epochs"])
+    for label in dict.fromkeys(r.neurons for r in result.rows):
+        rows = sorted((r for r in result.rows if r.neurons == label), key=lambda r: r.epochs)
         ax.plot(
-            [r["epochs"] for r in rows],
-            [r["accuracy"] for r in rows],
+            [r.epochs for r in rows],
+            [r.accuracy for r in rows],
             marker="o",
-            label=f"{label} ({rows[0]['count']})",
+            label=f"{label} ({rows[0].count})",
         )
     ax.set_xlabel("epochs of fine-tuning")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(table.title.split("(")[-1].rstrip(")"), fontsize=10)
+    ax.set_title(result.dataset, fontsize=10)
     ax.legend(fontsize=8)
     return fig
 
 
-def linearity_histogram(table: Table) -> Figure:
+def linearity_histogram(result: LinearityResult) -> Figure:
     """The distribution over neurons of |Pearson r| under interventions (from
     :func:`~tl_capability.experiments.linearity`)."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
-    for group in dict.fromkeys(r["group"] for r in table.rows):
-        values = [r["abs_r"] for r in table.rows if r["group"] == group]
+    for group in dict.fromkeys(r.group for r in result.rows):
+        values = [r.abs_r for r in result.rows if r.group == group]
         ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{group} ({len(values)})")
     ax.set_xlabel("|Pearson r| of activation shift vs answer-probability change")
     ax.set_ylabel("neurons")
@@ -216,8 +227,23 @@ def linearity_histogram(table: Table) -> Figure:
     return fig
 
 
-def neg_scatter(predicted: torch.Tensor, measured: torch.Tensor) -> Figure:
-    """NeurGrad (x) against interventional NEG (y), with the identity line."""
+def neg_scatter(
+    predicted: NeurgradAgreementResult | Float[Tensor, "sample neuron"],
+    measured: Float[Tensor, "sample neuron"] | None = None,
+) -> Figure:
+    """NeurGrad (x) against interventional NEG (y), with the identity line.
+
+    Args:
+        predicted: A :func:`~tl_capability.experiments.neurgrad_agreement` result (then no
+            ``measured``), or NeurGrad per sample and neuron.
+        measured: The interventional NEG of the same samples and neurons.
+    """
+    if isinstance(predicted, NeurgradAgreementResult):
+        if measured is not None:
+            raise TypeError("give a neurgrad_agreement result alone, or two tensors")
+        predicted, measured = predicted.predicted, predicted.measured
+    elif measured is None:
+        raise TypeError("neg_scatter needs the measured NEG next to the predicted one")
     x, y = predicted.flatten().float(), measured.flatten().float()
     fig = Figure(figsize=(4.5, 4.5), layout="tight")
     ax = fig.subplots()
@@ -289,81 +315,70 @@ def erase_curves_figure(curves: Sequence[EraseCurve], title: str | None = None) 
     return fig
 
 
-@dataclass(frozen=True)
-class Localization:
-    """What :func:`add_localization` measured (the tables are also in the report)."""
-
-    accuracy: Table
-    scores: dict[str, NeuronScores]
-    masks: dict[str, NeuronMask]
-    halves: Table
-    erased: Table
-    amplified: Table
-    overlaps: Table
+#: The result :func:`add_localization` renders (the name of earlier versions).
+Localization = LocalizationResult
 
 
 def add_localization(
-    report: Report,
-    model: Any,
-    locate_on: Mapping[str, CapabilityDataset],
-    evaluate_on: Mapping[str, CapabilityDataset],
-    *,
-    sigmas: Sequence[float] = (2.0, 3.0, 6.0, 12.0),
-    n_random: int = 3,
-    stage: Callable[[str], None] = lambda name: None,
-    **attribute_kwargs: Any,
-) -> Localization:
-    """Adds the capability-localization experiments for any model and datasets to ``report``.
+    report: Report, result: LocalizationResult, *args: Any, **kwargs: Any
+) -> LocalizationResult:
+    """Adds the capability-localization section of a computed result to ``report``.
 
-    Accuracy per capability, where each capability's neurons are (first σ), the overlap of sets
-    located on two halves of the data, the erase matrix with random controls for every σ, the
-    amplify (×2) matrix and the overlap between capabilities' sets at the first σ, as tables
-    and figures. ``stage(name)`` is called as each step starts (for progress bars);
-    ``attribute_kwargs`` go to :func:`~tl_capability.attribution.attribute`.
+    Renders, in order: the accuracy table, where each capability's neurons are (first σ), the
+    split-overlap table, the erase matrix (first σ), the σ curves, the erase table, the amplify
+    matrix and the overlap between capabilities' sets. Compute the result with
+    :func:`tl_capability.experiments.localization`::
+
+        found = localization(model, locate_on, evaluate_on, sigmas=(2, 3, 6), n_random=3)
+        add_localization(report, found)
+
+    The call of earlier versions, ``add_localization(report, model, locate_on, evaluate_on,
+    **kwargs)``, still works for one version (it computes through ``localization`` and warns
+    with a ``DeprecationWarning``).
+
+    Returns:
+        The rendered result.
     """
-    sigmas = tuple(sigmas)
-    stage("accuracy")
-    acc = Table(
-        "Accuracy (exact match)",
-        tuple(
-            {"capability": n, "accuracy": 100 * accuracy(model, d)} for n, d in evaluate_on.items()
-        ),
-    )
-    report.table(acc)
-    stage("locate")
-    scores = locate_scores(model, locate_on, **attribute_kwargs)
-    masks = {n: select(scores[n], sigma=sigmas[0]) for n in locate_on}
+    if not isinstance(result, LocalizationResult):
+        warnings.warn(
+            "add_localization(report, model, locate_on, evaluate_on, ...) is deprecated: compute "
+            "with tl_capability.experiments.localization(model, locate_on, evaluate_on, ...) "
+            "and render with add_localization(report, result)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from tl_capability.experiments import localization
+
+        result = localization(result, *args, **kwargs)
+    elif args or kwargs:
+        raise TypeError("add_localization(report, result) takes no further arguments")
+    sigma = result.sigma
+    report.table(result.accuracy)
     report.text("## Capability localization")
     report.figure(
         "neurons",
-        mask_heatmap(masks),
-        f"Located neurons per layer (σ = {sigmas[0]:g}); darker = more neurons.",
+        mask_heatmap(result.masks),
+        f"Located neurons per layer (σ = {sigma:g}); darker = more neurons.",
     )
-    stage("split overlap")
-    halves = split_overlap(model, locate_on, sigmas=sigmas, **attribute_kwargs)
-    report.table(halves)
-    stage("erase")
-    erased = erase(model, locate_on, evaluate_on, sigmas=sigmas, n_random=n_random, scores=scores)
+    report.table(result.halves)
     report.figure(
         "erase-matrix",
-        erase_matrix(erased, sigmas[0]),
+        erase_matrix(result.erased, sigma),
         "Erasing each capability's neurons (rows) and measuring every capability.",
     )
     report.figure(
         "sigma",
-        sigma_curves(erased, halves),
+        sigma_curves(result.erased, result.halves),
         "Own-capability drop, split overlap and size against σ.",
     )
-    report.table(erased)
-    stage("amplify")
-    amplified = erase(
-        model, locate_on, evaluate_on, sigmas=sigmas[:1], n_random=1, scores=scores, mode="scale"
-    )
+    report.table(result.erased)
     report.figure(
         "amplify-matrix",
-        erase_matrix(amplified, sigmas[0]),
-        "Amplifying (×2) each capability's neurons (rows); negative drops are gains.",
+        erase_matrix(result.amplified, sigma),
+        f"Amplifying (×{result.amplified.factor:g}) each capability's neurons (rows); negative "
+        "drops are gains.",
     )
-    overlaps = overlap_matrix(masks)
-    report.figure("overlap-matrix", overlap_heatmap(overlaps), "Overlap between capabilities.")
-    return Localization(acc, scores, masks, halves, erased, amplified, overlaps)
+    report.figure(
+        "overlap-matrix", overlap_heatmap(result.overlaps), "Overlap between capabilities."
+    )
+    return result

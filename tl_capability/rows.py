@@ -20,7 +20,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_capability.data import Batch
-from tl_capability.sites import NeuronSite, is_masked_lm, model_device
+from tl_capability.options import Metric
+from tl_capability.sites import (
+    NeuronSite,
+    final_norm,
+    final_resid_hook_name,
+    kv_cache_forward,
+    unembed,
+    unembed_input_hook,
+    unembedding,
+)
+from tl_capability.sites import supports_kv_cache as supports_kv_cache  # moved; re-exported
 
 
 class StopForward(Exception):
@@ -113,7 +123,7 @@ def final_residual(
     A hook raises once the last block is done, so the unembedding never runs; callers apply
     ``ln_final`` and ``unembed`` to the positions they read.
     """
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    last = final_resid_hook_name(model)
     return _run_until(model, last, tokens, fwd_hooks, **forward_kwargs)
 
 
@@ -141,36 +151,39 @@ def unembed_input(
     """What the unembedding reads at ``(seq, pos)``: ``ln_final`` of the last block's output.
 
     Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is not
-    exposed as modules, so there the forward pass stops at ``unembed.hook_in`` instead.
+    exposed as modules, so there the forward pass stops at the hook point
+    :func:`~tl_capability.sites.unembed_input_hook` names instead.
     """
-    if is_masked_lm(model) and "unembed.hook_in" in model.hook_dict:
-        x = _run_until(model, "unembed.hook_in", tokens, fwd_hooks, **forward_kwargs)
+    hook = unembed_input_hook(model)
+    if hook is not None:
+        x = _run_until(model, hook, tokens, fwd_hooks, **forward_kwargs)
         return x[seq, pos]
     resid = final_residual(model, tokens, fwd_hooks, **forward_kwargs)
-    return model.ln_final(resid[seq, pos][:, None])[:, 0]
+    return final_norm(model, resid[seq, pos])
 
 
-def row_metric(model: Any, rows: Rows, metric: str, fwd_hooks: list) -> Float[Tensor, " row"]:
+def row_metric(model: Any, rows: Rows, metric: Metric, fwd_hooks: list) -> Float[Tensor, " row"]:
     """``P(target | row)`` (or its log) of every row, unembedding the rows' positions only."""
     x = unembed_input(model, rows.tokens, fwd_hooks, rows.seq, rows.pos, **rows.forward_kwargs)
-    logits = model.unembed(x[:, None])[:, 0]
+    logits = unembed(model, x)
     logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
 
 
 def _metric_surrogate(
-    model: Any, rows: Rows, metric: str, fwd_hooks: list, weight: Tensor | None = None
+    model: Any, rows: Rows, metric: Metric, fwd_hooks: list, weight: Tensor | None = None
 ) -> tuple[Float[Tensor, " row"], Tensor]:
     """The rows' metric and a scalar whose gradient upstream of ``ln_final`` equals that of the
     metric's sum over rows (weighted by ``weight`` when given).
 
     The vocabulary-sized part of the backward pass is done in closed form:
-    ``∂ log P_y / ∂x = W_U[:, y] − softmax(x W_U + b_U) W_Uᵀ`` (times ``P_y`` for ``"prob"``),
+    ``∂ log P_y / ∂x = W_U[:, y] − softmax(x W_U + b_U) W_Uᵀ`` (times ``P_y`` for ``"prob"``;
+    ``W_U``, ``b_U`` from :func:`~tl_capability.sites.unembedding`),
     so autograd only sees ``(x · g).sum()`` with ``g`` constant — no ``[row, vocab]`` tensors
     in the graph.
     """
     x = unembed_input(model, rows.tokens, fwd_hooks, rows.seq, rows.pos, **rows.forward_kwargs)
-    w_u, b_u = model.W_U, getattr(model, "b_U", None)
+    w_u, b_u = unembedding(model)
     with torch.no_grad():
         xf, w = x.float(), w_u.float()
         logits = xf @ w if b_u is None else torch.addmm(b_u.float(), xf, w)
@@ -204,39 +217,17 @@ def clean_pass(
     with torch.no_grad():
         if use_cache:
             with model.hooks(fwd_hooks=fwd):
-                _, cache = model(batch.tokens, use_cache=True, return_type="logits_and_cache")
+                _, cache = kv_cache_forward(model, batch.tokens)
         else:
             final_residual(model, batch.tokens, fwd)
     return torch.stack(acts, dim=1), cache
-
-
-def supports_kv_cache(model: Any) -> bool:
-    """Whether ``model`` takes the fast, exact cached path (a bridge over a Hugging Face
-    decoder whose cache is a ``DynamicCache``); other models take the general path."""
-    if (
-        not hasattr(model, "original_model")
-        or getattr(model.cfg, "is_encoder_decoder", False)
-        or is_masked_lm(model)  # bidirectional: a row's change reaches every position
-    ):
-        return False
-    try:
-        with torch.no_grad():
-            out = model(
-                torch.zeros(1, 2, dtype=torch.long, device=model_device(model)),
-                use_cache=True,
-                return_type="logits_and_cache",
-            )
-    except (TypeError, ValueError, NotImplementedError, RuntimeError, AttributeError):
-        return False
-    cache = out[1] if isinstance(out, tuple) else None
-    return type(cache).__name__ == "DynamicCache" and hasattr(cache, "layers")
 
 
 def row_gradients(
     model: Any,
     site: NeuronSite,
     rows: Rows,
-    metric: str,
+    metric: Metric,
     layer: int | None,
     patch_value: Float[Tensor, "row d_mlp"] | None = None,
 ) -> Float[Tensor, "row layer d_mlp"]:

@@ -1,8 +1,19 @@
-"""Which tensor is "the neuron": the MLP hook point of every layer, for any TransformerLens model.
+"""The model surface: everything the library reads of a TransformerLens model, in one place.
 
 The library codes against the hook surface that TransformerLens 3.x ``HookedTransformer`` and
 4.x ``TransformerBridge`` share (``cfg.n_layers``, ``cfg.d_mlp``, ``hook_dict``, ``hooks()``),
-so it never subclasses a model class.
+so it never subclasses a model class. This module is the only one that knows hook names,
+weight names and what a model supports; the others call its functions:
+
+- the neuron hook of every layer (:func:`neuron_site`, :func:`neuron_hook_name`), and the
+  residual hooks rows stop or fork at (:func:`resid_pre_hook_name`,
+  :func:`final_resid_hook_name`, :func:`unembed_input_hook`);
+- the head: :func:`final_norm`, :func:`unembed`, :func:`unembedding` (``W_U``, ``b_U``);
+- the MLP weights edits change: :func:`mlp_w_out`, :func:`mlp_parameters`;
+- what a model supports: :func:`is_masked_lm`, :func:`is_bridge`, :func:`supports_kv_cache`
+  and :func:`kv_cache_forward`;
+- the checks and facts every entry point needs: :func:`require_eval`, :func:`model_device`,
+  :func:`model_name`.
 
 Sites:
 
@@ -21,13 +32,22 @@ parsing names.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
-SiteKind = Literal["post", "pre"]
+from tl_capability.options import Site, check_option
+
+SiteKind = Site
+"""The former name of :data:`tl_capability.options.Site`, kept for imports."""
+
 _HOOKS: dict[str, str] = {"post": "hook_post", "pre": "hook_pre"}
+UNEMBED_INPUT = "unembed.hook_in"
+"""The hook point that carries what the unembedding reads (bridges)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +61,7 @@ class NeuronSite:
         hook_names: ``hook_names[l]`` is the hook point of layer ``l``.
     """
 
-    kind: str
+    kind: Site
     n_layers: int
     d_mlp: int
     hook_names: tuple[str, ...]
@@ -112,7 +132,134 @@ def is_masked_lm(model: Any) -> bool:
     return arch.endswith(("ForMaskedLM", "ForPreTraining")) or arch.startswith(("Bert", "Roberta"))
 
 
-def neuron_site(model: Any, site: str = "post", *, check_width: bool = True) -> NeuronSite:
+def neuron_hook_name(layer: int, site: Site = "post") -> str:
+    """The neuron hook point of ``layer``: ``blocks.{layer}.mlp.hook_post`` (or ``hook_pre``).
+
+    Raises:
+        ValueError: For an unknown site.
+    """
+    return f"blocks.{layer}.mlp.{_HOOKS[check_option(site, Site, 'site')]}"
+
+
+def resid_pre_hook_name(layer: int) -> str:
+    """The hook point of the residual stream entering block ``layer``."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def final_resid_hook_name(model: Any) -> str:
+    """The hook point of the residual stream leaving the last block (before ``ln_final``)."""
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def unembed_input_hook(model: Any) -> str | None:
+    """The hook point to read the unembedding's input at, or ``None`` where that input is
+    :func:`final_norm` of the last block's output.
+
+    Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is
+    not exposed as modules, so there the input is read at ``unembed.hook_in``.
+    """
+    if is_masked_lm(model) and UNEMBED_INPUT in model.hook_dict:
+        return UNEMBED_INPUT
+    return None
+
+
+def final_norm(model: Any, resid: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_model"]:
+    """``ln_final`` applied to one residual vector per row."""
+    return model.ln_final(resid[:, None])[:, 0]
+
+
+def unembed(model: Any, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row vocab"]:
+    """The logits of one unembedding input per row."""
+    return model.unembed(x[:, None])[:, 0]
+
+
+def unembedding(
+    model: Any,
+) -> tuple[Float[Tensor, "d_model vocab"], Float[Tensor, " vocab"] | None]:
+    """The unembedding's weights ``W_U`` and bias ``b_U`` (``None`` for a model without one)."""
+    w_u = model.W_U if hasattr(model, "W_U") else model.unembed.W_U
+    return w_u, getattr(model, "b_U", None)
+
+
+def mlp_w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """``W_out`` of ``layer``'s MLP: row ``j`` is what neuron ``j`` writes (its value slot).
+
+    ``model.blocks[layer].mlp.W_out`` is a view of the parameter on both TransformerLens
+    generations, so writing to it sticks; the stacked ``model.W_out`` is a copy.
+
+    Raises:
+        ValueError: When its shape is not ``[d_mlp, d_model]``.
+    """
+    w = model.blocks[layer].mlp.W_out
+    if w.shape[0] != model.cfg.d_mlp:
+        raise ValueError(
+            f"blocks.{layer}.mlp.W_out has shape {tuple(w.shape)}, expected "
+            f"[d_mlp={model.cfg.d_mlp}, d_model]"
+        )
+    return w
+
+
+def mlp_parameters(model: Any, layer: int) -> Iterator[torch.nn.Parameter]:
+    """Every parameter of ``layer``'s MLP (``W_in``, ``b_in``, ``W_gate``, ``W_out``, ...)."""
+    return model.blocks[layer].mlp.parameters()
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a ``TransformerBridge``: it wraps another model as
+    ``original_model`` and runs that model's own forward pass (which builds its attention mask
+    from the batch it is given), where ``HookedTransformer`` builds one per position."""
+    return hasattr(model, "original_model")
+
+
+def kv_cache_forward(
+    model: Any, tokens: Int[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos vocab"], Any]:
+    """One forward pass that also returns the Hugging Face key/value cache it filled
+    (``None`` for a model that filled none)."""
+    return model(tokens, use_cache=True, return_type="logits_and_cache")
+
+
+def supports_kv_cache(model: Any) -> bool:
+    """Whether ``model`` takes the fast, exact cached path of :mod:`tl_capability.rows`: a
+    bridge over a Hugging Face causal decoder whose cache is a ``DynamicCache``; other models
+    take the general path.
+
+    The structural part is decided without running the model: a bridge (:func:`is_bridge`)
+    over a ``transformers.PreTrainedModel`` (not a native TransformerLens model), neither an
+    encoder-decoder nor a masked LM (bidirectional: a row's change reaches every position).
+    Which cache class a Hugging Face model fills is decided inside its forward pass (linear
+    attention, state-space and hybrid models fill their own; no public attribute says which),
+    so a two-token pass (:func:`kv_cache_forward`) looks. Only a ``TypeError`` (a forward that
+    takes no ``use_cache``) or ``NotImplementedError`` (an adapter without cache support) of
+    that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
+    memory, is a model that cannot run and propagates instead of silently choosing the slow
+    path.
+    """
+    if (
+        not is_bridge(model)
+        or not _is_hf_model(model.original_model)
+        or getattr(model.cfg, "is_encoder_decoder", False)
+        or is_masked_lm(model)
+    ):
+        return False
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
+    try:
+        with torch.no_grad():
+            out = kv_cache_forward(model, tokens)
+    except (TypeError, NotImplementedError):
+        return False
+    cache = out[1] if isinstance(out, tuple) else None
+    return type(cache).__name__ == "DynamicCache" and hasattr(cache, "layers")
+
+
+def _is_hf_model(module: Any) -> bool:
+    """Whether ``module`` is a Hugging Face ``PreTrainedModel``."""
+    from transformers import PreTrainedModel
+
+    return isinstance(module, PreTrainedModel)
+
+
+def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) -> NeuronSite:
     """Resolves the neuron hook point of every layer and checks that it is usable.
 
     Args:
@@ -129,8 +276,7 @@ def neuron_site(model: Any, site: str = "post", *, check_width: bool = True) -> 
             missing hook (attention-only models, adapters without MLP hooks), or a hook whose
             width is not ``d_mlp``.
     """
-    if site not in _HOOKS:
-        raise ValueError(f"site must be one of {sorted(_HOOKS)}, got {site!r}")
+    check_option(site, Site, "site")
     cfg = getattr(model, "cfg", None)
     n_layers = getattr(cfg, "n_layers", None)
     d_mlp = getattr(cfg, "d_mlp", None)
@@ -145,7 +291,7 @@ def neuron_site(model: Any, site: str = "post", *, check_width: bool = True) -> 
             f"{type(model).__name__} has no hook_dict: pass a TransformerLens model "
             "(HookedTransformer or TransformerBridge)"
         )
-    names = tuple(f"blocks.{layer}.mlp.{_HOOKS[site]}" for layer in range(n_layers))
+    names = tuple(neuron_hook_name(layer, site) for layer in range(n_layers))
     missing = [n for n in names if n not in hook_dict]
     if missing:
         raise ValueError(

@@ -1,10 +1,16 @@
-"""Tidy experiment results: rows of plain values, a pandas frame, a markdown table, intervals."""
+"""Tidy experiment results: typed rows, a pandas frame, a markdown table, intervals.
+
+Every experiment returns a frozen dataclass derived from :class:`Table` (``.title``,
+``.rows``, ``.to_frame()``, ``.to_markdown()``) whose rows are small frozen dataclasses with
+named, typed fields; :class:`Row` lets them also be read like the dicts of earlier versions
+(``row["drop"]``, ``dict(row)``).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 # Two-sided 95 % Student-t quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
@@ -55,9 +61,39 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return mean, t * math.sqrt(var / n)
 
 
+class Row(Mapping[str, Any]):
+    """Mixin of the row records: read-only dict access to a dataclass's fields.
+
+    ``row["drop"]`` is ``row.drop``; ``dict(row)``, ``row.keys()``, ``"drop" in row`` work as on
+    the dict rows of earlier versions. Equality and hashing stay the dataclass's own.
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+
+
+def _as_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in row}
+
+
 @dataclass(frozen=True)
 class Table:
-    """Rows of one experiment, each a dict of plain values with the same keys.
+    """Rows of one experiment, each a record (a :class:`Row` or a dict) with the same fields.
+
+    The base of every experiment's result type; also usable on its own with dict rows.
 
     Attributes:
         title: What the table shows.
@@ -65,17 +101,18 @@ class Table:
     """
 
     title: str
-    rows: tuple[dict[str, Any], ...]
+    rows: tuple[Mapping[str, Any], ...]
 
     def to_frame(self) -> Any:
-        """The rows as a ``pandas.DataFrame``."""
+        """The rows as a ``pandas.DataFrame`` (one column per field)."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.rows))
+        return pd.DataFrame([_as_dict(r) for r in self.rows])
 
     def to_markdown(self, floatfmt: str = ".3g") -> str:
         """The rows as a markdown table under a ``###`` title."""
         from tabulate import tabulate
 
-        body = tabulate(list(self.rows), headers="keys", tablefmt="github", floatfmt=floatfmt)
+        rows = [_as_dict(r) for r in self.rows]
+        body = tabulate(rows, headers="keys", tablefmt="github", floatfmt=floatfmt)
         return f"### {self.title}\n\n{body}\n"

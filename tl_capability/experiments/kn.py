@@ -8,12 +8,17 @@
   answer's probability more than the *best* of ``n`` random sets of the same size per layer?
 - :func:`decoupling`: the poster's coincidence rate between the knowledge neurons of paired
   samples that share their main part and differ in a replaceable part.
-- :func:`knowledge_neurons`: the refined knowledge neurons of each fact (coarse + refine).
+- :func:`knowledge_neurons`: the refined knowledge neurons of each fact (coarse + refine);
+  :func:`fidelity` returns them too (``result.masks``), so both need not be run.
+
+Random sets come from :func:`~tl_capability.masks.random_controls` (set ``i`` seeded
+``seed + i``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -22,8 +27,125 @@ import torch
 from tl_capability.attribution import attribute
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import answer_probability
-from tl_capability.experiments._results import Table, mean_ci
-from tl_capability.masks import NeuronMask, coarse_masks, refine
+from tl_capability.experiments._results import Row, Table, mean_ci
+from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine
+
+
+@dataclass(frozen=True)
+class FidelityRow(Row):
+    """One fact's paraphrases compared, or a summary (``fact`` = ``"mean"`` or
+    ``"different facts"``, with ``None`` in the per-fact fields).
+
+    Attributes:
+        fact: The fact's name, or the summary's label.
+        paraphrases: Number of paraphrased prompts.
+        coarse_per_prompt: Mean number of coarse neurons per prompt.
+        refined: Number of refined knowledge neurons.
+        overlap: Mean pairwise overlap of the prompts' coarse sets (summaries: the mean).
+        iou: Mean pairwise IoU.
+        ci95: Summaries: half-width of the mean's 95 % interval.
+    """
+
+    fact: str
+    paraphrases: int | None
+    coarse_per_prompt: float | None
+    refined: int | None
+    overlap: float
+    iou: float | None
+    ci95: float | None
+
+
+@dataclass(frozen=True)
+class FidelityResult(Table):
+    """What :func:`fidelity` measured.
+
+    Attributes:
+        rows: One row per fact, then the ``mean`` row and (for two facts or more) the
+            ``different facts`` control row.
+        masks: Each fact's refined knowledge neurons (what :func:`knowledge_neurons` gives).
+    """
+
+    rows: tuple[FidelityRow, ...]
+    masks: dict[str, NeuronMask]
+
+    @property
+    def summary(self) -> tuple[FidelityRow, ...]:
+        """The summary rows (``mean``, ``different facts``)."""
+        return tuple(r for r in self.rows if r.paraphrases is None)
+
+    @property
+    def mean_overlap(self) -> float:
+        """The mean over facts of their paraphrases' overlap."""
+        return next(r.overlap for r in self.rows if r.fact == "mean")
+
+
+@dataclass(frozen=True)
+class ReliabilityRow(Row):
+    """One item's located set against its random sets, or the ``IPP`` summary (``None`` in
+    the per-item fields, the share of wins in ``beats_best_random``).
+
+    Attributes:
+        item: The item's name, or ``"IPP"``.
+        neurons: Size of the located set.
+        base_prob: Mean answer probability with nothing suppressed.
+        located_effect: Drop of the mean answer probability with the located set zeroed.
+        best_random_effect: The largest drop among the random sets.
+        mean_random_effect: The random sets' mean drop.
+        beats_best_random: Whether the located set beats the best random one (``IPP`` row:
+            the share of items where it does).
+    """
+
+    item: str
+    neurons: int | None
+    base_prob: float | None
+    located_effect: float | None
+    best_random_effect: float | None
+    mean_random_effect: float | None
+    beats_best_random: bool | float
+
+
+@dataclass(frozen=True)
+class ReliabilityResult(Table):
+    """What :func:`reliability` measured.
+
+    Attributes:
+        rows: One row per item, then the ``IPP`` row.
+        n_random: Random sets per item.
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+    """
+
+    rows: tuple[ReliabilityRow, ...]
+    n_random: int
+    seed: int
+
+    @property
+    def ipp(self) -> float:
+        """The share of items whose located set beats the best random set."""
+        return float(self.rows[-1].beats_best_random)
+
+
+@dataclass(frozen=True)
+class DecouplingRow(Row):
+    """One coincidence rate.
+
+    Attributes:
+        rate: ``"C(1,2)"``, ``"C(1,1)"`` or ``"C(2,2)"``.
+        value: The rate, normalised by all neurons (as in the poster).
+        neurons: The intersection's size (mean over pairs for ``C(1,2)``).
+        relative: The intersection relative to the mean size of the sets involved.
+    """
+
+    rate: str
+    value: float
+    neurons: float
+    relative: float
+
+
+@dataclass(frozen=True)
+class DecouplingResult(Table):
+    """What :func:`decoupling` measured: rows ``C(1,2)``, ``C(1,1)``, ``C(2,2)``."""
+
+    rows: tuple[DecouplingRow, ...]
 
 
 def fidelity(
@@ -33,7 +155,7 @@ def fidelity(
     fraction_of_max: float = 0.2,
     share: float = 0.7,
     **attribute_kwargs: Any,
-) -> Table:
+) -> FidelityResult:
     """Overlap of the knowledge neurons located from different paraphrases of the same fact.
 
     Args:
@@ -46,10 +168,11 @@ def fidelity(
         One row per fact (paraphrases, coarse neurons per prompt, refined neurons, mean
         pairwise overlap and IoU), then a ``mean`` row (± 95 % over facts) and a
         ``different facts`` control row (pairwise overlap of different facts' first
-        paraphrases).
+        paraphrases); and each fact's refined knowledge neurons (``masks``).
     """
     attribute_kwargs.setdefault("progress", False)
     rows = []
+    refined: dict[str, NeuronMask] = {}
     firsts: list[NeuronMask] = []
     overlaps: list[float] = []
     for name, data in facts.items():
@@ -61,34 +184,25 @@ def fidelity(
         pairs = list(combinations(masks, 2))
         overlap = sum(a.overlap(b) for a, b in pairs) / len(pairs)
         overlaps.append(overlap)
+        refined[name] = refine(masks, share)
         rows.append(
-            {
-                "fact": name,
-                "paraphrases": len(data),
-                "coarse_per_prompt": sum(len(m) for m in masks) / len(masks),
-                "refined": len(refine(masks, share)),
-                "overlap": overlap,
-                "iou": sum(a.iou(b) for a, b in pairs) / len(pairs),
-                "ci95": None,
-            }
+            FidelityRow(
+                fact=name,
+                paraphrases=len(data),
+                coarse_per_prompt=sum(len(m) for m in masks) / len(masks),
+                refined=len(refined[name]),
+                overlap=overlap,
+                iou=sum(a.iou(b) for a, b in pairs) / len(pairs),
+                ci95=None,
+            )
         )
     summaries = [("mean", overlaps)]
     if len(firsts) >= 2:
         summaries.append(("different facts", [a.overlap(b) for a, b in combinations(firsts, 2)]))
     for label, values in summaries:
         mean, half = mean_ci(values)
-        rows.append(
-            {
-                "fact": label,
-                "paraphrases": None,
-                "coarse_per_prompt": None,
-                "refined": None,
-                "overlap": mean,
-                "iou": None,
-                "ci95": half,
-            }
-        )
-    return Table("Knowledge-neuron fidelity across paraphrases", tuple(rows))
+        rows.append(FidelityRow(label, None, None, None, mean, None, half))
+    return FidelityResult("Knowledge-neuron fidelity across paraphrases", tuple(rows), refined)
 
 
 def knowledge_neurons(
@@ -99,7 +213,10 @@ def knowledge_neurons(
     share: float = 0.7,
     **attribute_kwargs: Any,
 ) -> dict[str, NeuronMask]:
-    """Each fact's refined knowledge neurons: coarse per paraphrase, then :func:`refine`."""
+    """Each fact's refined knowledge neurons: coarse per paraphrase, then :func:`refine`.
+
+    :func:`fidelity` computes the same sets (its ``masks``): after it, use those.
+    """
     attribute_kwargs.setdefault("progress", False)
     return {
         name: refine(
@@ -123,12 +240,13 @@ def reliability(
     *,
     n_random: int = 20,
     seed: int = 0,
-) -> Table:
+) -> ReliabilityResult:
     """IPP: how often a located set beats the best of ``n_random`` random sets of its size.
 
     For every item (a fact, or a capability) the located set and ``n_random`` random sets with
-    the same number of neurons per layer are zeroed in turn; the effect is the drop of the mean
-    answer probability (:func:`~tl_capability.evaluate.answer_probability`) on the item's data.
+    the same number of neurons per layer (``random_controls(mask, n_random, seed=seed)``) are
+    zeroed in turn; the effect is the drop of the mean answer probability
+    (:func:`~tl_capability.evaluate.answer_probability`) on the item's data.
 
     Returns:
         One row per item (neurons, base probability, located effect, best and mean random
@@ -147,35 +265,30 @@ def reliability(
         if len(mask):
             located = base - _suppressed_probability(model, mask, data)
             randoms = [
-                base - _suppressed_probability(model, mask.random_like(seed=seed + i), data)
-                for i in range(n_random)
+                base - _suppressed_probability(model, control, data)
+                for control in random_controls(mask, n_random, seed=seed)
             ]
         else:
             located, randoms = 0.0, [0.0]
         rows.append(
-            {
-                "item": name,
-                "neurons": len(mask),
-                "base_prob": base,
-                "located_effect": located,
-                "best_random_effect": max(randoms),
-                "mean_random_effect": sum(randoms) / len(randoms),
-                "beats_best_random": bool(len(mask)) and located > max(randoms),
-            }
+            ReliabilityRow(
+                item=name,
+                neurons=len(mask),
+                base_prob=base,
+                located_effect=located,
+                best_random_effect=max(randoms),
+                mean_random_effect=sum(randoms) / len(randoms),
+                beats_best_random=bool(len(mask)) and located > max(randoms),
+            )
         )
-    wins = [float(r["beats_best_random"]) for r in rows]
-    rows.append(
-        {
-            "item": "IPP",
-            "neurons": None,
-            "base_prob": None,
-            "located_effect": None,
-            "best_random_effect": None,
-            "mean_random_effect": None,
-            "beats_best_random": sum(wins) / max(1, len(wins)),
-        }
+    wins = [float(r.beats_best_random) for r in rows]
+    rows.append(ReliabilityRow("IPP", None, None, None, None, None, sum(wins) / max(1, len(wins))))
+    return ReliabilityResult(
+        f"Reliability (IPP against the best of {n_random} random sets)",
+        tuple(rows),
+        n_random,
+        seed,
     )
-    return Table(f"Reliability (IPP against the best of {n_random} random sets)", tuple(rows))
 
 
 def decoupling(
@@ -185,7 +298,7 @@ def decoupling(
     *,
     fraction_of_max: float = 0.2,
     **attribute_kwargs: Any,
-) -> Table:
+) -> DecouplingResult:
     """Coincidence rates of knowledge neurons between paired samples (CNL poster, Fig. 2).
 
     ``first[k]`` and ``second[k]`` share their main part and differ in a replaceable part.
@@ -223,23 +336,9 @@ def decoupling(
     total = a[0].numel()
     size = sum(float(m.sum()) for m in a + b) / (len(a) + len(b))
     paired = sum(float((x & y).sum()) for x, y in zip(a, b, strict=True)) / len(a)
-    rows = [
-        {
-            "rate": "C(1,2)",
-            "value": paired / total,
-            "neurons": paired,
-            "relative": paired / max(size, 1e-9),
-        }
-    ]
+    rows = [DecouplingRow("C(1,2)", paired / total, paired, paired / max(size, 1e-9))]
     for label, group in (("C(1,1)", a), ("C(2,2)", b)):
         shared = float(torch.stack(group).all(0).sum())
         own = sum(float(m.sum()) for m in group) / len(group)
-        rows.append(
-            {
-                "rate": label,
-                "value": shared / total,
-                "neurons": shared,
-                "relative": shared / max(own, 1e-9),
-            }
-        )
-    return Table("Decoupling: coincidence rates of knowledge neurons", tuple(rows))
+        rows.append(DecouplingRow(label, shared / total, shared, shared / max(own, 1e-9)))
+    return DecouplingResult("Decoupling: coincidence rates of knowledge neurons", tuple(rows))
