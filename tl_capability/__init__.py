@@ -2,7 +2,7 @@
 
 A TransformerLens plugin. It works on any model with MLP neuron hooks (TransformerLens 3.x
 ``HookedTransformer`` and 4.x ``TransformerBridge``) and ships a small trained model, the zoo
-model (:mod:`tl_capability.zoo`), so that everything runs offline.
+model ([`tl_capability.zoo`][tl_capability.zoo]), so that everything runs offline.
 
 See the README for the quickstart and ``tutorials/`` for the methods.
 """

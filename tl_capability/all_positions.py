@@ -1,12 +1,12 @@
 """All-position attribution: a neuron scaled at every position at once, as erasure removes it.
 
-The papers' scores (:mod:`tl_capability.attribution`, ``positions="answer"``) change a neuron only
-at the position that predicts each answer token. Erasing a neuron removes it at *every* position,
-including the prompt positions whose outputs later positions read through attention, so on models
-trained with dropout or with gated MLPs the answer-position score misses most of what erasure
-does (``docs/findings.md``). Here, for one sample and layer ``l``, all of the layer's activations
-are scaled together, ``a ← α·a`` at every real position, and the metric is read at every answer
-position (teacher forced):
+The papers' scores ([`tl_capability.attribution`][tl_capability.attribution],
+``positions="answer"``) change a neuron only at the position that predicts each answer token.
+Erasing a neuron removes it at *every* position, including the prompt positions whose outputs later
+positions read through attention, so on models trained with dropout or with gated MLPs the
+answer-position score misses most of what erasure does (``docs/findings.md``). Here, for one sample
+and layer ``l``, all of the layer's activations are scaled together, ``a ← α·a`` at every real
+position, and the metric is read at every answer position (teacher forced):
 
     ``f(α) = (1/Y) Σ_m P(y_m | x ⊕ y_<m; layer l scaled by α)``   (or its log)
 

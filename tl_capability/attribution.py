@@ -3,8 +3,8 @@
 Every method scores neuron ``(l, j)`` for each answer token of each sample, teacher forced:
 ``z_m = prompt ⊕ answer[:m]``, ``a_m`` the neuron's activation at the last position of ``z_m``,
 ``P_m = P(answer[m] | z_m)`` (``metric="prob"``) or its log (``metric="logprob"``). A sample's
-score is the mean over its answer tokens; :class:`NeuronScores` holds the mean and standard
-deviation over samples.
+score is the mean over its answer tokens; [`NeuronScores`][tl_capability.attribution.NeuronScores]
+holds the mean and standard deviation over samples.
 
 - ``"ig"``: integrated gradients from a zero baseline, one layer scaled at a time (Dai et al.,
   ACL 2022; the contribution score of capability localization, Huang et al., ICLR 2025):
@@ -21,7 +21,7 @@ deviation over samples.
 With ``positions="answer"`` (the papers' choice, the default) only the activation at the last
 position of ``z_m`` is changed or differentiated; positions after it are not in ``z_m`` and are
 dropped from the row. ``positions="all"`` scales the neuron at every position at once, as erasure
-removes it (:mod:`tl_capability.all_positions`).
+removes it ([`tl_capability.all_positions`][tl_capability.all_positions]).
 """
 
 from __future__ import annotations
@@ -150,8 +150,10 @@ class NeuronScores:
     def save(self, path: str | Path) -> None:
         """Writes ``scores.safetensors`` and ``scores.json`` into the directory ``path``.
 
-        The pair is replaced as a whole (see :func:`tl_capability.stats.save_pair`): an
-        interrupted save leaves the previous pair, or one that :meth:`load` refuses.
+        The pair is replaced as a whole (see
+        [`tl_capability.stats.save_pair`][tl_capability.stats.save_pair]): an interrupted save
+        leaves the previous pair, or one that [`load`][tl_capability.attribution.NeuronScores.load]
+        refuses.
         """
         tensors = {"values": self.values.contiguous(), "std": self.std.contiguous()}
         if self.per_sample is not None:
@@ -161,7 +163,8 @@ class NeuronScores:
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronScores:
-        """Reads what :meth:`save` wrote, checking that it is whole and consistent.
+        """Reads what [`save`][tl_capability.attribution.NeuronScores.save] wrote, checking that it
+        is whole and consistent.
 
         Raises:
             FileNotFoundError: When a file is missing.
@@ -279,12 +282,14 @@ def attribute(
         site: ``"post"`` (the input of ``W_out``) or ``"pre"``.
         batch_size: Samples per batch (default: 16 for ``"ig"``, 32 otherwise).
         progress: Show a progress bar.
-        rule: Integrated-gradients quadrature, see :func:`ig_alphas`.
+        rule: Integrated-gradients quadrature, see
+            [`ig_alphas`][tl_capability.attribution.ig_alphas].
         per_sample: Also keep every sample's score (needed by knowledge-neuron refinement).
         max_rows: Rows per forward/backward pass (bounds memory).
         use_cache: Run each row as one token attending to the clean run's cached keys and
             values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
-            :func:`supports_kv_cache`; ``False`` forces the general path, which re-runs ``z_m``.
+            [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]; ``False`` forces the
+            general path, which re-runs ``z_m``.
         checkpoint_dir: Save the running statistics there (atomically) every
             ``checkpoint_every`` batches; a run restarted with the same arguments and the same
             weights resumes where the last save left off and gives the same result.
@@ -292,15 +297,15 @@ def attribute(
         positions: ``"answer"`` (the papers' scores: the neuron at the position that predicts
             each answer token) or ``"all"`` (the neuron scaled at every position at once, as
             erasure removes it; ``ig``, ``grad_x_act`` and ``activation`` only; see
-            :mod:`tl_capability.all_positions`). With ``"all"``, ``max_rows`` counts
-            ``(sample, step)`` sequences per pass.
+            [`tl_capability.all_positions`][tl_capability.all_positions]). With ``"all"``,
+            ``max_rows`` counts ``(sample, step)`` sequences per pass.
 
     Under ``torchrun`` (``torch.distributed`` initialised, gloo or NCCL), every rank takes
     every ``world_size``-th sample and the statistics are all-reduced: each rank returns the
     same scores as a single process would.
 
     Returns:
-        :class:`NeuronScores`.
+        [`NeuronScores`][tl_capability.attribution.NeuronScores].
 
     Raises:
         ValueError: For an unknown method, metric, rule or site, a model in training mode or
@@ -426,7 +431,7 @@ def _fingerprint(
     world: int,
 ) -> str:
     """A hash of everything that determines a run's batches and scores, the model's weights
-    and their dtypes included (:func:`weights_digest`)."""
+    and their dtypes included ([`weights_digest`][tl_capability.attribution.weights_digest])."""
     h = hashlib.sha256()
     for p, a in zip(dataset.prompts, dataset.answers, strict=True):
         h.update(f"{p}\x00{a}\x01".encode())

@@ -1,20 +1,24 @@
 """The ``tl-capability`` command line.
 
 - ``demo``: the main job on the bundled zoo model (offline): the papers' experiments, written
-  to ``capability-report/`` (see :mod:`tl_capability.demo`), and the headline numbers.
+  to ``capability-report/`` (see [`tl_capability.demo`][tl_capability.demo]), and the headline
+  numbers.
 - ``locate``: the neurons whose erasure removes one dataset's capability and spares the
-  ``--controls`` (:func:`tl_capability.locate`), saved to a folder; ``--method ig`` (or
-  another attribution method) is the papers' literal pipeline, scores then the σ rule.
+  ``--controls`` ([`tl_capability.locate`][tl_capability.localization.locate]), saved to a folder;
+  ``--method ig`` (or another attribution method) is the papers' literal pipeline, scores then the σ
+  rule.
 - ``erase``: a saved mask's effect on a dataset's accuracy, against random sets of its size
-  (:func:`tl_capability.masks.random_controls`, seeded by ``--random-seed``).
+  ([`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded by
+  ``--random-seed``).
 - ``report``: the capability-localization report for any model and datasets (computed by
-  :func:`tl_capability.experiments.localization`, rendered by
-  :func:`tl_capability.report.add_localization`).
+  [`tl_capability.experiments.localization`][tl_capability.experiments.cnl.localization], rendered
+  by [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
 ``--model`` is ``zoo`` (or ``zoo:NAME`` for another zoo model: ``zoo:gpt2-dropout``,
 ``zoo:llama``), a local Hugging Face directory or a hub name; ``--data`` a spec of
-:func:`tl_capability.loaders.resolve` (a zoo capability, ``emotion[:PATH]``-style loaders, a
-``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer columns).
+[`tl_capability.loaders.resolve`][tl_capability.loaders.resolve] (a zoo capability,
+``emotion[:PATH]``-style loaders, a ``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer
+columns).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Erase curves: what erasing the top-``k`` neurons of a ranking costs, as a function of ``k``.
 
 Capability localization (Huang et al., ICLR 2025) erases one located set per σ and reads the
-drop of its own capability and of the others (:func:`tl_capability.experiments.erase`). An erase
-curve asks the same question at every budget: :func:`erase_curve` zeroes the ``k`` best-ranked
-neurons for a grid of ``k`` and measures, at each, the own capability's drop, every other
-capability's drop, and the own drop for random sets with the same number of neurons in every
-layer (several seeds; mean and Student-t 95 % interval). Any method gives a ranking (scores, or
-an explicit order for iterative or learned methods), so methods compare at equal size.
-:meth:`EraseCurve.budget` picks the smallest set that reaches a target own drop while keeping
-the worst other drop under a tolerance.
+drop of its own capability and of the others
+([`tl_capability.experiments.erase`][tl_capability.experiments.cnl.erase]). An erase curve asks the
+same question at every budget: [`erase_curve`][tl_capability.curves.erase_curve] zeroes the ``k``
+best-ranked neurons for a grid of ``k`` and measures, at each, the own capability's drop, every
+other capability's drop, and the own drop for random sets with the same number of neurons in every
+layer (several seeds; mean and Student-t 95 % interval). Any method gives a ranking (scores, or an
+explicit order for iterative or learned methods), so methods compare at equal size.
+[`EraseCurve.budget`][tl_capability.curves.EraseCurve.budget] picks the smallest set that reaches a
+target own drop while keeping the worst other drop under a tolerance.
 
 Drops are in accuracy points (0-100): baseline minus erased accuracy, times 100.
 """
@@ -34,6 +35,7 @@ from tl_capability.sites import neuron_site, require_eval
 
 #: Default grid of sizes, as fractions of all the model's neurons.
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.10)
+"""The default sizes of an erase curve, as fractions of the model's neurons."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,11 +119,13 @@ class EraseCurve:
         return Table(f"Erase curve of {self.target} ({self.name})", tuple(rows))
 
     def to_frame(self) -> Any:
-        """The rows of :meth:`to_table` as a ``pandas.DataFrame``."""
+        """The rows of [`to_table`][tl_capability.curves.EraseCurve.to_table] as a
+        ``pandas.DataFrame``."""
         return self.to_table().to_frame()
 
     def to_markdown(self) -> str:
-        """The rows of :meth:`to_table` as a markdown table."""
+        """The rows of [`to_table`][tl_capability.curves.EraseCurve.to_table] as a markdown
+        table."""
         return self.to_table().to_markdown()
 
 
@@ -129,9 +133,10 @@ def erase_order(ranking: Any, n_layers: int, d_mlp: int) -> Int[Tensor, "neuron 
     """The ``(layer, index)`` erase order of a ranking.
 
     Args:
-        ranking: Float ``[layer, d_mlp]`` scores or :class:`~tl_capability.NeuronScores`
-            (highest first, ties by flat index), or an integer ``[n, 2]`` tensor of
-            ``(layer, index)`` pairs already in erase order.
+        ranking: Float ``[layer, d_mlp]`` scores or
+            [`NeuronScores`][tl_capability.attribution.NeuronScores] (highest first, ties by flat
+            index), or an integer ``[n, 2]`` tensor of ``(layer, index)`` pairs already in erase
+            order.
         n_layers: The model's layers.
         d_mlp: The model's neurons per layer.
 
@@ -225,13 +230,13 @@ def erase_curve(
         others: Other capabilities to measure at every size; an entry that is ``target``
             itself is skipped.
         sizes: Numbers of neurons to erase; by default 0.25 % to 10 % of all neurons
-            (:data:`FRACTIONS`, rounded, at least 1).
+            ([`FRACTIONS`][tl_capability.curves.FRACTIONS], rounded, at least 1).
         n_random: Random sets per size with the same count per layer
-            (:func:`~tl_capability.masks.random_controls`, seeds ``seed + i``),
+            ([`random_controls`][tl_capability.masks.random_controls], seeds ``seed + i``),
             measured on the target; 0 skips them (the random fields are then NaN).
         seed: Seed of the random sets.
         mode: The intervention (``"zero"`` erases); ``hook_kwargs`` go to
-            :func:`~tl_capability.interventions.ablate` (``factor``, ``means``, ...).
+            [`ablate`][tl_capability.interventions.ablate] (``factor``, ``means``, ...).
         batch_size: Samples per forward pass.
         progress: Show a progress bar over sizes.
         name: The curve's label (default: the scores' method, else ``"ranking"``).

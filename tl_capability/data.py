@@ -1,10 +1,11 @@
 """Datasets of (prompt, answer) pairs and their teacher-forced tokenization.
 
-A :class:`CapabilityDataset` is a thin, validated wrapper around a ``datasets.Dataset`` with
-``prompt`` and ``answer`` columns, plus optional ``choices`` (every candidate answer) and
-``label`` (``answer == choices[label]``) for multiple-choice tasks. :func:`tokenize` turns it
-into token ids for one model, and :func:`batches` into right-padded batches that know which
-position predicts which answer token.
+A [`CapabilityDataset`][tl_capability.data.CapabilityDataset] is a thin, validated wrapper around a
+``datasets.Dataset`` with ``prompt`` and ``answer`` columns, plus optional ``choices`` (every
+candidate answer) and ``label`` (``answer == choices[label]``) for multiple-choice tasks.
+[`tokenize`][tl_capability.data.tokenize] turns it into token ids for one model, and
+[`batches`][tl_capability.data.batches] into right-padded batches that know which position predicts
+which answer token.
 
 Teacher forcing (Huang et al., ICLR 2025): the input is ``prompt ⊕ answer[:-1]``; the logits at
 position ``len(prompt) - 1 + m`` predict ``answer[m]``, so ``z_m = prompt ⊕ answer[:m]`` ends at
@@ -35,8 +36,11 @@ from tl_capability.sites import is_masked_lm, model_device
 class CapabilityDataset:
     """A validated dataset of (prompt, answer) pairs.
 
-    Build one with :meth:`from_pairs`, :meth:`from_hf` or :meth:`from_file`; named hub loaders
-    live in :mod:`tl_capability.loaders`, the zoo model's tasks in :mod:`tl_capability.zoo`.
+    Build one with [`from_pairs`][tl_capability.data.CapabilityDataset.from_pairs],
+    [`from_hf`][tl_capability.data.CapabilityDataset.from_hf] or
+    [`from_file`][tl_capability.data.CapabilityDataset.from_file]; named hub loaders live in
+    [`tl_capability.loaders`][tl_capability.loaders], the zoo model's tasks in
+    [`tl_capability.zoo`][tl_capability.zoo].
 
     Attributes:
         data: The underlying ``datasets.Dataset``.
@@ -190,7 +194,8 @@ class CapabilityDataset:
         return self.select(order[:cut].tolist()), self.select(order[cut:].tolist())
 
     def to_jsonl(self, path: str | Path) -> None:
-        """Writes the dataset as JSON lines (readable by :meth:`from_file`)."""
+        """Writes the dataset as JSON lines (readable by
+        [`from_file`][tl_capability.data.CapabilityDataset.from_file])."""
         with open(path, "w") as f:
             for row in self.data:
                 f.write(json.dumps(row) + "\n")
@@ -247,7 +252,7 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
             text has characters that the tokenizer maps to its unknown token.
 
     Masked (BERT-style) LMs read the answer at mask tokens instead (see
-    :func:`_tokenize_masked`).
+    ``_tokenize_masked``).
     """
     if is_masked_lm(model):
         return _tokenize_masked(model, dataset)
@@ -383,7 +388,8 @@ def _tokenize_masked(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
 def collate(
     samples: Sequence[TokenizedSample], indices: Sequence[int], pad_token: int = 0
 ) -> Batch:
-    """Builds a :class:`Batch` from tokenized samples (``indices`` are their dataset indices)."""
+    """Builds a [`Batch`][tl_capability.data.Batch] from tokenized samples (``indices`` are their
+    dataset indices)."""
     width = max(s.input_length for s in samples)
     tokens = torch.full((len(samples), width), pad_token, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.bool)
@@ -419,8 +425,8 @@ def _runs(samples: Sequence[TokenizedSample], sort_by_length: bool) -> list[list
 
 
 def count_batches(samples: Sequence[TokenizedSample], batch_size: int) -> int:
-    """How many batches :func:`batches` makes of ``samples`` (for progress bars and
-    checkpoints).
+    """How many batches [`batches`][tl_capability.data.batches] makes of ``samples`` (for progress
+    bars and checkpoints).
 
     Raises:
         ValueError: For a ``batch_size`` that is not a positive integer.
@@ -429,8 +435,8 @@ def count_batches(samples: Sequence[TokenizedSample], batch_size: int) -> int:
 
 
 def batch_sizes(samples: Sequence[TokenizedSample], batch_size: int) -> list[int]:
-    """The number of samples in each batch that :func:`batches` makes of ``samples``, in order
-    (what a checkpoint's sample count must be after its first batches).
+    """The number of samples in each batch that [`batches`][tl_capability.data.batches] makes of
+    ``samples``, in order (what a checkpoint's sample count must be after its first batches).
 
     Raises:
         ValueError: For a ``batch_size`` that is not a positive integer.
@@ -455,7 +461,8 @@ def batches(
 
     Args:
         model: The model (for its tokenizer, context length and device).
-        dataset: A dataset, or samples already returned by :func:`tokenize`.
+        dataset: A dataset, or samples already returned by
+            [`tokenize`][tl_capability.data.tokenize].
         batch_size: Samples per batch.
         sort_by_length: Group samples of similar length to waste less padding. Results are
             per sample (``Batch.sample_index``), so the order does not matter to callers.

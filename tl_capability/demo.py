@@ -1,11 +1,11 @@
 """The main job: the papers' experiments on the zoo model, written to a report folder.
 
-``tl-capability demo`` calls :func:`run`. Stages: accuracies; capability localization
-(split overlap, erase matrix with random controls, per σ); knowledge-neuron fidelity; neuron
-empirical gradients (NeurGrad against interventions, the skill-neuron probe). Every number is
-computed here, on this machine, from the shipped model, by :mod:`tl_capability.experiments`
-(each experiment once; figures and headline numbers reuse its result) and rendered by
-:mod:`tl_capability.report`.
+``tl-capability demo`` calls [`run`][tl_capability.demo.run]. Stages: accuracies; capability
+localization (split overlap, erase matrix with random controls, per σ); knowledge-neuron fidelity;
+neuron empirical gradients (NeurGrad against interventions, the skill-neuron probe). Every number is
+computed here, on this machine, from the shipped model, by
+[`tl_capability.experiments`][tl_capability.experiments] (each experiment once; figures and headline
+numbers reuse its result) and rendered by [`tl_capability.report`][tl_capability.report].
 """
 
 from __future__ import annotations

@@ -2,22 +2,26 @@
 
 A neuron ``j`` of layer ``l`` writes ``a_j · W_out[l][j]`` into the residual stream: row ``j`` of
 ``W_out`` is its *value slot*. Edits change those rows in place and return an
-:class:`EditHandle` whose :meth:`~EditHandle.undo` restores every touched weight bit-exactly;
-handles are also context managers. Edits of one model are undone last-made first: an
-out-of-order undo is refused (:meth:`EditHandle.undo`).
+[`EditHandle`][tl_capability.edits.EditHandle] whose [`undo`][tl_capability.edits.EditHandle.undo]
+restores every touched weight bit-exactly; handles are also context managers. Edits of one model are
+undone last-made first: an out-of-order undo is refused
+([`EditHandle.undo`][tl_capability.edits.EditHandle.undo]).
 
-- :func:`erase_weights`: zero the value slots — a permanent version of zero ablation.
-- :func:`edit_knowledge`: Dai et al.'s fact edit, ``w ← w − λ1·e(old) + λ2·e(new)``, where
+- [`erase_weights`][tl_capability.edits.erase_weights]: zero the value slots — a permanent version
+of zero ablation. - [`edit_knowledge`][tl_capability.edits.edit_knowledge]: Dai et al.'s fact edit,
+``w ← w − λ1·e(old) + λ2·e(new)``, where
   ``e(t)`` is the **unembedding** direction of the answer's first token (``W_U[:, t]``, the
   direction the residual stream must point to for the model to say ``t``; earlier tools used the
   input embedding), and each ``λ`` is scaled by ``‖w‖/‖e‖`` so the edit has the slot's size.
-- :func:`finetune_neurons`: train only the masked neurons' parameters (CNL's enhancement).
+- [`finetune_neurons`][tl_capability.edits.finetune_neurons]: train only the masked neurons'
+parameters (CNL's enhancement).
 
 Edits go through ``model.blocks[l].mlp.W_out`` (and ``W_in``, ``b_in``, ``W_gate``), which are
 views of the underlying parameters on both TransformerLens generations, so they stick; the
-stacked ``model.W_out`` is a copy and is never written. :mod:`tl_capability.sites` reads them
-(:func:`~tl_capability.sites.mlp_w_out`, :func:`~tl_capability.sites.mlp_parameters`,
-:func:`~tl_capability.sites.unembedding`).
+stacked ``model.W_out`` is a copy and is never written. [`tl_capability.sites`][tl_capability.sites]
+reads them ([`mlp_w_out`][tl_capability.sites.mlp_w_out],
+[`mlp_parameters`][tl_capability.sites.mlp_parameters],
+[`unembedding`][tl_capability.sites.unembedding]).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ class EditHandle:
 
     Edits of one model are undone in reverse order (last made, first undone): a later edit
     may have saved rows that an earlier one changed, so undoing the earlier one first would
-    leave them wrong. :meth:`undo` refuses an out-of-order undo and changes nothing.
+    leave them wrong. [`undo`][tl_capability.edits.EditHandle.undo] refuses an out-of-order undo and
+    changes nothing.
 
     Attributes:
         description: What the edit did.
@@ -122,7 +127,7 @@ def erase_weights(model: Any, mask: NeuronMask) -> EditHandle:
     """Zeroes the value slots (rows of ``W_out``) of the mask's neurons.
 
     Equivalent to zero-ablating them at every position (``ablate(model, mask)``), permanently
-    until :meth:`EditHandle.undo`.
+    until [`EditHandle.undo`][tl_capability.edits.EditHandle.undo].
 
     Raises:
         ValueError: For a model in training mode, or a mask of another shape or site.

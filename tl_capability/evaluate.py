@@ -5,7 +5,7 @@ the previous answer tokens. That is the same as greedy decoding of ``len(answer)
 one forward pass per batch. Hooks the caller has attached (an ablation, a user's analysis) are
 active, so ``with ablate(model, mask): accuracy(model, data)`` measures the edited model.
 
-Every function takes a dataset or what :func:`~tl_capability.data.tokenize` returned for it:
+Every function takes a dataset or what [`tokenize`][tl_capability.data.tokenize] returned for it:
 code that measures the same data many times (erase curves, sweeps) tokenizes it once.
 """
 
@@ -29,7 +29,7 @@ from tl_capability.data import (
 )
 from tl_capability.sites import require_eval
 
-#: A dataset, or its samples as :func:`~tl_capability.data.tokenize` returned them.
+#: A dataset, or its samples as [`tokenize`][tl_capability.data.tokenize] returned them.
 Samples = CapabilityDataset | Sequence[TokenizedSample]
 
 
@@ -69,7 +69,7 @@ def answer_correct(
 
     Args:
         model: A TransformerLens model in eval mode.
-        dataset: The samples, or what :func:`~tl_capability.data.tokenize` returned for them
+        dataset: The samples, or what [`tokenize`][tl_capability.data.tokenize] returned for them
             with this model (skips tokenizing again when the same data is measured often).
         batch_size: Samples per forward pass.
         progress: Show a progress bar; ``None`` shows one when there are more than 20 batches.
@@ -101,7 +101,7 @@ def answer_probability(
     """Per-sample probability of the answer under teacher forcing, in dataset order: the mean
     over answer tokens of ``P(y_m | x ⊕ y_<m)`` (the quantity the CNL score attributes).
 
-    See :func:`answer_correct` for the arguments.
+    See [`answer_correct`][tl_capability.evaluate.answer_correct] for the arguments.
     """
     probs = torch.zeros(len(dataset))
     for batch, logits in _answer_logits(model, dataset, batch_size, progress, hooks):
@@ -123,7 +123,7 @@ def accuracy(
 ) -> float:
     """Fraction of samples whose whole answer the model predicts exactly (0.0 to 1.0).
 
-    See :func:`answer_correct` for the arguments.
+    See [`answer_correct`][tl_capability.evaluate.answer_correct] for the arguments.
     """
     correct = answer_correct(model, dataset, batch_size=batch_size, progress=progress, hooks=hooks)
     return correct.float().mean().item()

@@ -2,20 +2,22 @@
 
 ``mask.hooks(mode)`` returns ``(hook_name, fn)`` pairs that go wherever TransformerLens takes
 hooks — ``model.hooks(fwd_hooks=...)``, ``run_with_hooks``, ``run_with_cache`` — next to the
-user's own. :func:`ablate` is the context manager most code wants: it checks that the mask fits
-the model, attaches the hooks, and removes exactly them on exit, also after an exception.
+user's own. [`ablate`][tl_capability.interventions.ablate] is the context manager most code wants:
+it checks that the mask fits the model, attaches the hooks, and removes exactly them on exit, also
+after an exception.
 
 Modes (``a`` is the neuron's activation):
 
 - ``"zero"``: ``a ← 0`` (suppression, Dai et al.; erasure, Huang et al.)
 - ``"scale"``: ``a ← factor · a`` (amplification: ``factor=2``, Dai et al.)
-- ``"mean"``: ``a ← mean`` over a reference dataset (:func:`mean_activations`)
-- ``"add"``: ``a ← a + shift · sign(a)`` (the NEG intervention, Zhao et al.)
-- ``"value"``: ``a ← value``
+- ``"mean"``: ``a ← mean`` over a reference dataset
+([`mean_activations`][tl_capability.interventions.mean_activations]) - ``"add"``:
+``a ← a + shift · sign(a)`` (the NEG intervention, Zhao et al.) - ``"value"``: ``a ← value``
 
 By default every position is changed (the erasure the papers evaluate, and what generation
 needs); ``positions`` restricts the change to a boolean ``[batch, pos]`` selection, e.g. the
-positions that predict answer tokens (:func:`answer_positions`).
+positions that predict answer tokens
+([`answer_positions`][tl_capability.interventions.answer_positions]).
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def ablate(
     Args:
         model: A TransformerLens model.
         mask: The neurons; must fit the model's shape and site.
-        mode: See the module docstring; keyword arguments go to :meth:`NeuronMask.hooks`.
+        mode: See the module docstring; keyword arguments go to
+            [`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks].
 
     Raises:
         ValueError: For a model in training mode, a mask from a model of another shape, or bad

@@ -1,13 +1,14 @@
 """Learned masks: a removal gate per neuron, trained to erase one capability and keep others.
 
-:func:`learn_mask` learns gate logits ``θ`` of shape ``[layer, d_mlp]``. Neuron ``j``'s removal
-gate ``r_j ∈ [0, 1]`` scales its activation at **every position**, ``a ← (1 − r_j) · a``, on the
-neuron hook (``blocks.{l}.mlp.hook_post`` for ``site="post"``), so ``r = 1`` is exactly the zero
-ablation of :meth:`NeuronMask.hooks("zero") <tl_capability.masks.NeuronMask.hooks>`. Only ``θ``
-is trained; the model's weights are never changed. The loss has three terms:
+[`learn_mask`][tl_capability.learned.learn_mask] learns gate logits ``θ`` of shape
+``[layer, d_mlp]``. Neuron ``j``'s removal gate ``r_j ∈ [0, 1]`` scales its activation at **every
+position**, ``a ← (1 − r_j) · a``, on the neuron hook (``blocks.{l}.mlp.hook_post`` for
+``site="post"``), so ``r = 1`` is exactly the zero ablation of
+[`NeuronMask.hooks("zero")`][tl_capability.masks.NeuronMask.hooks]. Only ``θ`` is trained; the
+model's weights are never changed. The loss has three terms:
 
 - **suppression** of the target's answers (teacher forced): ``−log(1 − P(answer))`` by default
-  (see :data:`SUPPRESSIONS`);
+  (see [`SUPPRESSIONS`][tl_capability.learned.SUPPRESSIONS]);
 - **maintenance** of the controls: ``KL(p_clean ‖ p_removed)`` at their answer positions;
 - **sparsity**: ``λ ·`` the expected number of removed neurons over the budget
   (``max_fraction`` of all neurons); for hard-concrete gates that is the expected L0 of Louizos
@@ -31,7 +32,7 @@ starting from grad × act scores gave larger, less specific sets (worst other up
 
 After training, the gates are **binarised**: neurons are ranked by ``θ`` and the smallest top-k
 (at most ``max_fraction`` of all neurons) whose zero ablation drops the target's accuracy by
-``target_drop`` points is returned as a :class:`~tl_capability.masks.NeuronMask`.
+``target_drop`` points is returned as a [`NeuronMask`][tl_capability.masks.NeuronMask].
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ _START = {"hard_concrete": -2.0, "sigmoid": 0.0}
 
 @dataclass(frozen=True)
 class LearnedMask:
-    """The result of :func:`learn_mask`.
+    """The result of [`learn_mask`][tl_capability.learned.learn_mask].
 
     Attributes:
         logits: The trained gate logits ``θ``; higher means more surely removed.
@@ -99,14 +100,15 @@ class LearnedMask:
     drops: dict[int, float] = field(default_factory=dict)
 
     def ranking(self) -> Float[Tensor, "layer d_mlp"]:
-        """The gate logits as scores (for :func:`~tl_capability.masks.select` or erase curves
+        """The gate logits as scores (for [`select`][tl_capability.masks.select] or erase curves
         over ``k``)."""
         return self.logits.clone()
 
 
 def _init_logits(init: Any, shape: tuple[int, int], gate: Gate) -> Tensor:
-    """``θ₀``: the gate's start logit (:data:`_START`), plus the standardised scores clamped to
-    ``±3`` when given (higher score: more likely removed; nothing starts saturated)."""
+    """``θ₀``: the gate's start logit ([`_START`][tl_capability.learned._START]), plus the
+    standardised scores clamped to ``±3`` when given (higher score: more likely removed; nothing
+    starts saturated)."""
     start = _START[gate]
     if init is None:
         return torch.full(shape, start)
@@ -288,14 +290,14 @@ def learn_mask(
         maintain: Weight of the controls' KL term.
         gate: ``"hard_concrete"`` (Louizos et al.; Chang et al.'s HC) or ``"sigmoid"``
             (Gumbel-sigmoid with a straight-through hard gate; Bayazit et al.).
-        suppression: See :data:`SUPPRESSIONS`.
+        suppression: See [`SUPPRESSIONS`][tl_capability.learned.SUPPRESSIONS].
         batch_size: Samples per dataset per step, and per evaluation batch (bounds memory).
         seed: Seeds the batches and the gate noise; the same seed gives the same logits.
         progress: Show a progress bar.
-        site: ``"post"`` or ``"pre"`` (see :mod:`tl_capability.sites`).
+        site: ``"post"`` or ``"pre"`` (see [`tl_capability.sites`][tl_capability.sites]).
 
     Returns:
-        :class:`LearnedMask`.
+        [`LearnedMask`][tl_capability.learned.LearnedMask].
 
     Raises:
         ValueError: For empty controls, a control that is the target (same object, same name or

@@ -31,8 +31,9 @@ def load_raw(source: str | Path, split: str = "test", config: str | None = None)
     """Loads a ``datasets.Dataset`` from a local file or directory, or from the hub.
 
     Raises:
-        FileNotFoundError: When ``source`` looks like a local path (see :func:`looks_local`)
-            but does not exist, instead of asking the hub for it.
+        FileNotFoundError: When ``source`` looks like a local path (see
+            [`looks_local`][tl_capability.loaders.looks_local]) but does not exist, instead of
+            asking the hub for it.
         ValueError: When a local directory has no data files.
     """
     path = Path(source)
@@ -243,7 +244,8 @@ LOADERS: dict[str, Callable[..., CapabilityDataset]] = {
 
 
 def load(name: str, source: str | Path | None = None, **kwargs: Any) -> CapabilityDataset:
-    """Loads a named dataset (see :data:`LOADERS`) from its hub default or a local ``source``."""
+    """Loads a named dataset (see [`LOADERS`][tl_capability.loaders.LOADERS]) from its hub default
+    or a local ``source``."""
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
     if source is not None:
@@ -260,8 +262,8 @@ def resolve(
 
     - a zoo capability (``addition``, ``sentiment``, ...): ``n`` fresh samples (default 200) of
       its ``split``, seeded;
-    - a loader of :data:`LOADERS` (``emotion``) from its hub default, or ``emotion:PATH`` from a
-      local file or directory with the same columns;
+    - a loader of [`LOADERS`][tl_capability.loaders.LOADERS] (``emotion``) from its hub default, or
+      ``emotion:PATH`` from a local file or directory with the same columns;
     - a local ``.jsonl``/``.json``/``.csv`` file with ``prompt`` and ``answer`` columns;
     - any other name: a hub dataset with ``prompt`` and ``answer`` columns.
 

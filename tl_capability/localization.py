@@ -1,28 +1,32 @@
 """One entry point for localization: which neurons must go for a capability to go.
 
-:func:`locate` returns the neurons whose zero-ablation at every position removes a capability
-(the erasure of capability localization, Huang et al., ICLR 2025) while sparing others. Its
-methods, from the papers' literal pipeline to the ones that held on models of several training
-regimes (``docs/findings.md`` has the measurements, ``benchmarks/localization.py`` makes them):
+[`locate`][tl_capability.localization.locate] returns the neurons whose zero-ablation at every
+position removes a capability (the erasure of capability localization, Huang et al., ICLR 2025)
+while sparing others. Its methods, from the papers' literal pipeline to the ones that held on models
+of several training regimes (``docs/findings.md`` has the measurements,
+``benchmarks/localization.py`` makes them):
 
-- ``"answer"``: the papers' pipeline, :func:`~tl_capability.attribution.attribute` (IG of
-  ``P(answer)`` at the answer positions) then :func:`~tl_capability.masks.select` (σ rule). It
+- ``"answer"``: the papers' pipeline, [`attribute`][tl_capability.attribution.attribute] (IG of
+  ``P(answer)`` at the answer positions) then [`select`][tl_capability.masks.select] (σ rule). It
   has no budget rule; the size is what σ gives.
 - ``"all"``: IG of ``log P(answer)`` with the neuron scaled at every position at once
-  (:mod:`tl_capability.all_positions`), ranked by score.
-- ``"contrastive"``: the same, minus the controls' scores (:func:`contrastive_scores`): a
+  ([`tl_capability.all_positions`][tl_capability.all_positions]), ranked by score.
+- ``"contrastive"``: the same, minus the controls' scores
+([`contrastive_scores`][tl_capability.localization.contrastive_scores]): a
   neuron that the controls need as much as the target is not the target's.
 - ``"iterative"``: erasure has backup neurons. Erase a chunk of the contrastive ranking,
-  re-attribute target and controls with it erased, repeat (:func:`iterative_ranking`).
+  re-attribute target and controls with it erased, repeat
+  ([`iterative_ranking`][tl_capability.localization.iterative_ranking]).
 - ``"learned"`` (the default): a removal mask trained to suppress the target and keep the
-  controls (:func:`~tl_capability.learned.learn_mask`; Chang et al., NAACL 2024; Bayazit et al.,
-  EMNLP 2024). On all three zoo models it erased more with fewer neurons and spared the controls
-  better than every ranking by scores.
+  controls ([`learn_mask`][tl_capability.learned.learn_mask]; Chang et al., NAACL 2024; Bayazit et
+  al., EMNLP 2024). On all three zoo models it erased more with fewer neurons and spared the
+  controls better than every ranking by scores.
 
 Every ranked method ranks on two thirds of the data given and then takes the smallest prefix
 of its ranking that drops the target's accuracy by ``target_drop`` points while no control
-drops by more than ``tolerance`` (:meth:`~tl_capability.curves.EraseCurve.budget`), measured on
-the held-out third (:func:`holdout`), within ``max_fraction`` of all neurons.
+drops by more than ``tolerance`` ([`budget`][tl_capability.curves.EraseCurve.budget]), measured on
+the held-out third ([`holdout`][tl_capability.localization.holdout]), within ``max_fraction`` of all
+neurons.
 """
 
 from __future__ import annotations
@@ -141,8 +145,9 @@ def iterative_ranking(
 
     Each round scores target and controls with all-position IG of ``log P`` while the neurons
     chosen so far are zeroed at every position, takes the ``chunk`` best not yet chosen by
-    :func:`contrastive_scores` (plain scores without controls), and adds them to the set.
-    Backup neurons, which take over once the first ones are gone, show up in later rounds.
+    [`contrastive_scores`][tl_capability.localization.contrastive_scores] (plain scores without
+    controls), and adds them to the set. Backup neurons, which take over once the first ones are
+    gone, show up in later rounds.
 
     Returns:
         The ``chunk · rounds`` chosen neurons as ``(layer, index)`` rows, in the order chosen.
@@ -192,8 +197,8 @@ def rank_neurons(
     ``"answer"`` ranks by the papers' answer-position IG of ``P(answer)``. ``scores`` may hold
     precomputed all-position scores (``attribute(..., "ig", metric="logprob",
     positions="all")``) by dataset name — the target's ``name`` and the controls' keys — to
-    reuse them across calls (``"all"`` and ``"contrastive"`` only). See :func:`locate` for the
-    other arguments.
+    reuse them across calls (``"all"`` and ``"contrastive"`` only). See
+    [`locate`][tl_capability.localization.locate] for the other arguments.
     """
     check_option(method, LocateMethod, "method")
     check_option(reduce, Reduce, "reduce")
@@ -289,19 +294,22 @@ def locate(
             all-position methods when ``None``. The learned mask's own ``steps`` go in
             ``learn_kwargs``.
         chunk_fraction: Share of all neurons chosen per round of ``"iterative"``.
-        reduce: How control scores combine (:func:`contrastive_scores`).
+        reduce: How control scores combine
+            ([`contrastive_scores`][tl_capability.localization.contrastive_scores]).
         sigma: The σ rule of ``method="answer"``.
         check_fraction: Share of every dataset held out from ranking to check the budget
-            rule on (:func:`holdout`); 0 ranks and checks on the same samples.
+            rule on ([`holdout`][tl_capability.localization.holdout]); 0 ranks and checks on the
+            same samples.
         batch_size: Samples per attribution batch.
         seed: Seed of the held-out split and of the learned mask.
         progress: Show progress bars.
-        scores: Precomputed all-position scores by dataset name (see :func:`rank_neurons`),
-            used as given: compute them on the ranking part of the split.
-        **learn_kwargs: Passed to :func:`~tl_capability.learned.learn_mask`.
+        scores: Precomputed all-position scores by dataset name (see
+            [`rank_neurons`][tl_capability.localization.rank_neurons]), used as given: compute them
+            on the ranking part of the split.
+        **learn_kwargs: Passed to [`learn_mask`][tl_capability.learned.learn_mask].
 
     Returns:
-        A :class:`~tl_capability.masks.NeuronMask`; its ``selection`` records the method, the
+        A [`NeuronMask`][tl_capability.masks.NeuronMask]; its ``selection`` records the method, the
         parameters, the size chosen, whether the budget rule's goal was reached, and the drops
         measured on the data given.
 

@@ -1,7 +1,7 @@
 """Sets of neurons: selection from scores, set algebra, overlap, random placebos, save / load.
 
-A :class:`NeuronMask` is a boolean ``[layer, d_mlp]`` tensor plus where it came from (the
-model's shape and name, the neuron site, how it was selected). Selection rules:
+A [`NeuronMask`][tl_capability.masks.NeuronMask] is a boolean ``[layer, d_mlp]`` tensor plus where
+it came from (the model's shape and name, the neuron site, how it was selected). Selection rules:
 
 - ``sigma``: the capability-localization rule (Huang et al., ICLR 2025),
   ``|s − mean(s)| > σ · std(s)`` over all neurons of all layers. The poster writes the variance;
@@ -14,11 +14,13 @@ poster's literal rule). The defaults, ``sigma=2`` on the positive side, were cho
 on the zoo model and on two sibling models trained with other seeds and shapes; see
 ``docs/findings.md`` (the paper's σ = 3, 6, 12 keep too few neurons of a small model to matter).
 - ``fraction_of_max``: the knowledge-neuron coarse rule (Dai et al., ACL 2022),
-  ``s > t · max(s)``, applied per prompt by :func:`coarse_masks`; :func:`refine` then keeps the
-  neurons shared by more than a fraction ``p`` of one fact's prompts.
+  ``s > t · max(s)``, applied per prompt by [`coarse_masks`][tl_capability.masks.coarse_masks];
+  [`refine`][tl_capability.masks.refine] then keeps the neurons shared by more than a fraction ``p``
+  of one fact's prompts.
 
-Masks give intervention hooks (:meth:`NeuronMask.hooks`, see :mod:`tl_capability.interventions`)
-that compose with any TransformerLens analysis.
+Masks give intervention hooks ([`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks], see
+[`tl_capability.interventions`][tl_capability.interventions]) that compose with any TransformerLens
+analysis.
 """
 
 from __future__ import annotations
@@ -191,8 +193,9 @@ class NeuronMask:
     def save(self, path: str | Path) -> None:
         """Writes ``mask.safetensors`` and ``mask.json`` into the directory ``path``.
 
-        The pair is replaced as a whole (see :func:`tl_capability.stats.save_pair`): an
-        interrupted save leaves the previous pair, or one that :meth:`load` refuses.
+        The pair is replaced as a whole (see
+        [`tl_capability.stats.save_pair`][tl_capability.stats.save_pair]): an interrupted save
+        leaves the previous pair, or one that [`load`][tl_capability.masks.NeuronMask.load] refuses.
         """
         meta = {
             "model_name": self.model_name,
@@ -206,7 +209,8 @@ class NeuronMask:
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMask:
-        """Reads what :meth:`save` wrote, checking the tensor against the JSON.
+        """Reads what [`save`][tl_capability.masks.NeuronMask.save] wrote, checking the tensor
+        against the JSON.
 
         Raises:
             FileNotFoundError: When a file is missing.
@@ -245,7 +249,8 @@ class NeuronMask:
 
     def hooks(self, mode: str = "zero", **kwargs: Any) -> list[tuple[str, Any]]:
         """Forward hooks applying an intervention to these neurons, for ``model.hooks(...)``,
-        ``run_with_hooks`` or ``run_with_cache``. See :func:`tl_capability.interventions.hooks`."""
+        ``run_with_hooks`` or ``run_with_cache``. See
+        [`mask_hooks`][tl_capability.interventions.mask_hooks]."""
         from tl_capability.interventions import mask_hooks
 
         return mask_hooks(self, mode, **kwargs)
@@ -287,7 +292,7 @@ def random_controls(
     Raises:
         ValueError: For a negative ``n`` or ``size``, ``size`` given with ``per_layer=True``,
             or fewer neurons left to draw from (after ``exclude``) than a set needs.
-        TypeError: For an ``exclude`` that is not a :class:`NeuronMask`.
+        TypeError: For an ``exclude`` that is not a [`NeuronMask`][tl_capability.masks.NeuronMask].
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
@@ -353,7 +358,8 @@ def select(
     """Selects neurons from scores by one rule (``sigma=2`` when none is given).
 
     Args:
-        scores: :class:`~tl_capability.attribution.NeuronScores` or a ``[layer, d_mlp]`` tensor.
+        scores: [`NeuronScores`][tl_capability.attribution.NeuronScores] or a ``[layer, d_mlp]``
+            tensor.
         sigma: ``d > σ · std(s)`` over all neurons, with ``d = s − mean(s)`` on the positive
             side, ``mean(s) − s`` on the negative side, ``|s − mean(s)|`` for both.
         top_k: The ``k`` neurons with the largest ``s`` (``−s``, ``|s|`` by ``side``).
@@ -438,7 +444,8 @@ def refine(
     """Knowledge-neuron refinement: neurons selected in more than ``share`` of the masks.
 
     Args:
-        masks: One mask per paraphrased prompt of a fact (from :func:`coarse_masks`).
+        masks: One mask per paraphrased prompt of a fact (from
+            [`coarse_masks`][tl_capability.masks.coarse_masks]).
         share: Keep neurons in strictly more than this fraction of ``masks`` (0.7 in Dai et
             al.'s code, 0.5 in EleutherAI's library).
         negatives: Masks of unrelated facts; neurons found in more than ``negative_share`` of

@@ -23,9 +23,9 @@ def load_model(name: str, *, device: str | None = None, dtype: str | None = None
 
     Args:
         name: ``"zoo"`` (the default zoo model), ``"zoo:NAME"`` (one of
-            :func:`tl_capability.zoo.model_names`, e.g. ``"zoo:llama"``), a directory written by
-            ``save_pretrained``, or a Hugging Face hub name (needs a network unless it is in
-            the local cache).
+            [`tl_capability.zoo.model_names`][tl_capability.zoo.model_names], e.g. ``"zoo:llama"``),
+            a directory written by ``save_pretrained``, or a Hugging Face hub name (needs a network
+            unless it is in the local cache).
         device: ``"cpu"``, ``"cuda"``, ... (default: the library's default, CPU).
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` (default: float32).
 

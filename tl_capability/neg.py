@@ -121,10 +121,11 @@ def empirical_neg(
         max_rows: Patched rows per forward pass.
         progress: Show a progress bar.
         use_cache: One-token rows over the clean run's keys/values (see
-            :func:`tl_capability.attribute`); ``None`` uses them where the model supports it.
+            [`tl_capability.attribute`][tl_capability.attribution.attribute]); ``None`` uses them
+            where the model supports it.
 
     Returns:
-        :class:`EmpiricalNEG`, samples in dataset order.
+        [`EmpiricalNEG`][tl_capability.neg.EmpiricalNEG], samples in dataset order.
     """
     check_option(metric, Metric, "metric")
     if not shifts or any(v <= 0 for v in shifts):

@@ -1,11 +1,11 @@
 """The string options of the public API, as ``typing.Literal`` aliases, and their one check.
 
 Every public function annotates its string options with one of these aliases and validates
-them through :func:`check_option`, so that the allowed values are written once (here), type
-checkers see them, and every refusal reads the same:
+them through [`check_option`][tl_capability.options.check_option], so that the allowed values are
+written once (here), type checkers see them, and every refusal reads the same:
 ``method must be one of 'ig', 'grad_x_act', 'neurgrad', 'activation', got 'igg'``. The tuples
 that modules exported before (``attribution.METHODS``, ``masks.SITES``, ...) are
-:func:`options` of these aliases.
+[`options`][tl_capability.options.options] of these aliases.
 """
 
 from __future__ import annotations
@@ -13,41 +13,43 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar, get_args
 
 AttributionMethod = Literal["ig", "grad_x_act", "neurgrad", "activation"]
-"""How :func:`~tl_capability.attribution.attribute` scores a neuron."""
+"""How [`attribute`][tl_capability.attribution.attribute] scores a neuron."""
 
 AllPositionMethod = Literal["ig", "grad_x_act", "activation"]
 """The attribution methods that ``positions="all"`` supports
-(:mod:`tl_capability.all_positions`)."""
+([`tl_capability.all_positions`][tl_capability.all_positions])."""
 
 Metric = Literal["prob", "logprob"]
 """What a row reads: ``P(answer token)`` or its log."""
 
 IGRule = Literal["midpoint", "left", "right"]
-"""The integrated-gradients quadrature (:func:`~tl_capability.attribution.ig_alphas`)."""
+"""The integrated-gradients quadrature ([`ig_alphas`][tl_capability.attribution.ig_alphas])."""
 
 Positions = Literal["answer", "all"]
 """Where an attribution changes the neuron: at the answer-predicting position, or everywhere."""
 
 Site = Literal["post", "pre"]
-"""Which MLP hook is "the neuron" (:mod:`tl_capability.sites`)."""
+"""Which MLP hook is "the neuron" ([`tl_capability.sites`][tl_capability.sites])."""
 
 Side = Literal["positive", "negative", "both"]
-"""Which tail of the scores a selection rule keeps (:func:`~tl_capability.masks.select`)."""
+"""Which tail of the scores a selection rule keeps ([`select`][tl_capability.masks.select])."""
 
 InterventionMode = Literal["zero", "scale", "mean", "add", "value"]
-"""What an intervention does to a neuron (:mod:`tl_capability.interventions`)."""
+"""What an intervention does to a neuron
+([`tl_capability.interventions`][tl_capability.interventions])."""
 
 LocateMethod = Literal["answer", "all", "contrastive", "iterative", "learned"]
-"""How :func:`~tl_capability.localization.locate` ranks neurons."""
+"""How [`locate`][tl_capability.localization.locate] ranks neurons."""
 
 Reduce = Literal["max", "mean"]
-"""How control scores combine (:func:`~tl_capability.localization.contrastive_scores`)."""
+"""How control scores combine
+([`contrastive_scores`][tl_capability.localization.contrastive_scores])."""
 
 Gate = Literal["hard_concrete", "sigmoid"]
-"""The removal gate of :func:`~tl_capability.learned.learn_mask`."""
+"""The removal gate of [`learn_mask`][tl_capability.learned.learn_mask]."""
 
 Suppression = Literal["unlikely", "uniform"]
-"""The suppression loss of :func:`~tl_capability.learned.learn_mask`."""
+"""The suppression loss of [`learn_mask`][tl_capability.learned.learn_mask]."""
 
 _T = TypeVar("_T")
 

@@ -1,13 +1,15 @@
 """Reports: experiment results and matplotlib figures rendered to a folder (``index.md`` + PNGs).
 
 This module only renders: every number comes from a result that
-:mod:`tl_capability.experiments` computed. Build a :class:`Report`, add text, results (any
-:class:`~tl_capability.experiments.Table`) and figures, then :meth:`Report.save`. The figure
-helpers read the typed results' fields and draw what people would rather look at than read:
-where a capability's neurons are (Fig. 3 of the CNL paper), the cross-capability erase and
-amplify matrices (Fig. 4), accuracy against σ, erase curves against the number of neurons,
-and NeurGrad against interventions. :func:`add_localization` renders a
-:class:`~tl_capability.experiments.LocalizationResult` as a report section.
+[`tl_capability.experiments`][tl_capability.experiments] computed. Build a
+[`Report`][tl_capability.report.Report], add text, results (any
+[`Table`][tl_capability.experiments._results.Table]) and figures, then
+[`Report.save`][tl_capability.report.Report.save]. The figure helpers read the typed results' fields
+and draw what people would rather look at than read: where a capability's neurons are (Fig. 3 of the
+CNL paper), the cross-capability erase and amplify matrices (Fig. 4), accuracy against σ, erase
+curves against the number of neurons, and NeurGrad against interventions.
+[`add_localization`][tl_capability.report.add_localization] renders a
+[`LocalizationResult`][tl_capability.experiments.cnl.LocalizationResult] as a report section.
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: a notebook shows the one
 a cell returns, and nothing touches the global pyplot state or the user's backend.
@@ -43,7 +45,7 @@ from tl_capability.masks import NeuronMask
 
 @dataclass
 class Report:
-    """A report being assembled; :meth:`save` writes it.
+    """A report being assembled; [`save`][tl_capability.report.Report.save] writes it.
 
     Attributes:
         title: The report's heading.
@@ -58,7 +60,7 @@ class Report:
         self.parts.append(markdown.strip() + "\n")
 
     def table(self, table: Table) -> None:
-        """Adds an experiment's result (any :class:`~tl_capability.experiments.Table`)."""
+        """Adds an experiment's result (any [`Table`][tl_capability.experiments._results.Table])."""
         self.parts.append(table.to_markdown())
 
     def figure(self, name: str, figure: Figure, caption: str = "") -> None:
@@ -123,8 +125,8 @@ def _grid_figure(
 def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None) -> Figure:
     """Accuracy drop of every evaluated capability (columns) when each capability's located
     neurons (rows) are erased or amplified, at one σ (default: the first), from
-    :func:`~tl_capability.experiments.erase` or :func:`~tl_capability.experiments.amplify`.
-    Negative drops (gains) show in blue."""
+    [`erase`][tl_capability.experiments.cnl.erase] or
+    [`amplify`][tl_capability.experiments.cnl.amplify]. Negative drops (gains) show in blue."""
     sigma = result.sigmas[0] if sigma is None else sigma
     rows = result.at(sigma)
     located = list(dict.fromkeys(r.located for r in rows))
@@ -150,7 +152,7 @@ def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None
 
 def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
     """Overlap between capabilities' sets (from
-    :func:`~tl_capability.experiments.overlap_matrix`)."""
+    [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix])."""
     names = list(result.names)
     grid = torch.zeros(len(names), len(names))
     for r in result.rows:
@@ -162,8 +164,9 @@ def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
 
 def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) -> Figure:
     """Every σ-dependent number against σ: the own-capability drop of located and random sets
-    (from :func:`~tl_capability.experiments.erase`) and, when given, the overlap of sets
-    located on two halves of the data (from :func:`~tl_capability.experiments.split_overlap`)."""
+    (from [`erase`][tl_capability.experiments.cnl.erase]) and, when given, the overlap of sets
+    located on two halves of the data (from
+    [`split_overlap`][tl_capability.experiments.cnl.split_overlap])."""
     own = [r for r in erased.rows if r.located == r.evaluated]
     n_panels = 3 if halves is not None else 1
     fig = Figure(figsize=(5 * n_panels, 3.6), layout="tight")
@@ -195,7 +198,7 @@ def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) 
 
 def enhancement_curves(result: EnhancementResult) -> Figure:
     """Test accuracy against fine-tuning epochs for each neuron set (from
-    :func:`~tl_capability.experiments.enhancement`), titled with the dataset's name."""
+    [`enhancement`][tl_capability.experiments.cnl.enhancement]), titled with the dataset's name."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
     for label in dict.fromkeys(r.neurons for r in result.rows):
@@ -215,7 +218,7 @@ def enhancement_curves(result: EnhancementResult) -> Figure:
 
 def linearity_histogram(result: LinearityResult) -> Figure:
     """The distribution over neurons of |Pearson r| under interventions (from
-    :func:`~tl_capability.experiments.linearity`)."""
+    [`linearity`][tl_capability.experiments.neg.linearity])."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
     for group in dict.fromkeys(r.group for r in result.rows):
@@ -234,8 +237,8 @@ def neg_scatter(
     """NeurGrad (x) against interventional NEG (y), with the identity line.
 
     Args:
-        predicted: A :func:`~tl_capability.experiments.neurgrad_agreement` result (then no
-            ``measured``), or NeurGrad per sample and neuron.
+        predicted: A [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement] result
+            (then no ``measured``), or NeurGrad per sample and neuron.
         measured: The interventional NEG of the same samples and neurons.
     """
     if isinstance(predicted, NeurgradAgreementResult):
@@ -266,7 +269,7 @@ def neg_scatter(
 
 def erase_curves_figure(curves: Sequence[EraseCurve], title: str | None = None) -> Figure:
     """Erase curves of every method side by side, one panel per capability (from
-    :func:`~tl_capability.curves.erase_curve`).
+    [`erase_curve`][tl_capability.curves.erase_curve]).
 
     x: % of the model's neurons erased (log scale); y: accuracy drop (points). Each method has
     one colour: its own-capability drop is solid, its worst other-capability drop dashed, and
@@ -315,7 +318,8 @@ def erase_curves_figure(curves: Sequence[EraseCurve], title: str | None = None) 
     return fig
 
 
-#: The result :func:`add_localization` renders (the name of earlier versions).
+#: The result [`add_localization`][tl_capability.report.add_localization] renders (the name
+#: of earlier versions).
 Localization = LocalizationResult
 
 
@@ -327,7 +331,7 @@ def add_localization(
     Renders, in order: the accuracy table, where each capability's neurons are (first σ), the
     split-overlap table, the erase matrix (first σ), the σ curves, the erase table, the amplify
     matrix and the overlap between capabilities' sets. Compute the result with
-    :func:`tl_capability.experiments.localization`::
+    [`tl_capability.experiments.localization`][tl_capability.experiments.cnl.localization]::
 
         found = localization(model, locate_on, evaluate_on, sigmas=(2, 3, 6), n_random=3)
         add_localization(report, found)

@@ -152,7 +152,7 @@ def unembed_input(
 
     Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is not
     exposed as modules, so there the forward pass stops at the hook point
-    :func:`~tl_capability.sites.unembed_input_hook` names instead.
+    [`unembed_input_hook`][tl_capability.sites.unembed_input_hook] names instead.
     """
     hook = unembed_input_hook(model)
     if hook is not None:
@@ -178,7 +178,7 @@ def _metric_surrogate(
 
     The vocabulary-sized part of the backward pass is done in closed form:
     ``∂ log P_y / ∂x = W_U[:, y] − softmax(x W_U + b_U) W_Uᵀ`` (times ``P_y`` for ``"prob"``;
-    ``W_U``, ``b_U`` from :func:`~tl_capability.sites.unembedding`),
+    ``W_U``, ``b_U`` from [`unembedding`][tl_capability.sites.unembedding]),
     so autograd only sees ``(x · g).sum()`` with ``g`` constant — no ``[row, vocab]`` tensors
     in the graph.
     """

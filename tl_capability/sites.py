@@ -5,15 +5,22 @@ The library codes against the hook surface that TransformerLens 3.x ``HookedTran
 so it never subclasses a model class. This module is the only one that knows hook names,
 weight names and what a model supports; the others call its functions:
 
-- the neuron hook of every layer (:func:`neuron_site`, :func:`neuron_hook_name`), and the
-  residual hooks rows stop or fork at (:func:`resid_pre_hook_name`,
-  :func:`final_resid_hook_name`, :func:`unembed_input_hook`);
-- the head: :func:`final_norm`, :func:`unembed`, :func:`unembedding` (``W_U``, ``b_U``);
-- the MLP weights edits change: :func:`mlp_w_out`, :func:`mlp_parameters`;
-- what a model supports: :func:`is_masked_lm`, :func:`is_bridge`, :func:`supports_kv_cache`
-  and :func:`kv_cache_forward`;
-- the checks and facts every entry point needs: :func:`require_eval`, :func:`model_device`,
-  :func:`model_name`.
+- the neuron hook of every layer ([`neuron_site`][tl_capability.sites.neuron_site],
+[`neuron_hook_name`][tl_capability.sites.neuron_hook_name]), and the
+  residual hooks rows stop or fork at
+  ([`resid_pre_hook_name`][tl_capability.sites.resid_pre_hook_name],
+  [`final_resid_hook_name`][tl_capability.sites.final_resid_hook_name],
+  [`unembed_input_hook`][tl_capability.sites.unembed_input_hook]);
+- the head: [`final_norm`][tl_capability.sites.final_norm],
+[`unembed`][tl_capability.sites.unembed], [`unembedding`][tl_capability.sites.unembedding] (``W_U``,
+``b_U``); - the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
+[`mlp_parameters`][tl_capability.sites.mlp_parameters]; - what a model supports:
+[`is_masked_lm`][tl_capability.sites.is_masked_lm], [`is_bridge`][tl_capability.sites.is_bridge],
+[`supports_kv_cache`][tl_capability.sites.supports_kv_cache]
+  and [`kv_cache_forward`][tl_capability.sites.kv_cache_forward];
+- the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
+[`model_device`][tl_capability.sites.model_device],
+  [`model_name`][tl_capability.sites.model_name].
 
 Sites:
 
@@ -43,7 +50,8 @@ from torch import Tensor
 from tl_capability.options import Site, check_option
 
 SiteKind = Site
-"""The former name of :data:`tl_capability.options.Site`, kept for imports."""
+"""The former name of [`tl_capability.options.Site`][tl_capability.options.Site], kept for
+imports."""
 
 _HOOKS: dict[str, str] = {"post": "hook_post", "pre": "hook_pre"}
 UNEMBED_INPUT = "unembed.hook_in"
@@ -153,7 +161,7 @@ def final_resid_hook_name(model: Any) -> str:
 
 def unembed_input_hook(model: Any) -> str | None:
     """The hook point to read the unembedding's input at, or ``None`` where that input is
-    :func:`final_norm` of the last block's output.
+    [`final_norm`][tl_capability.sites.final_norm] of the last block's output.
 
     Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is
     not exposed as modules, so there the input is read at ``unembed.hook_in``.
@@ -220,20 +228,20 @@ def kv_cache_forward(
 
 
 def supports_kv_cache(model: Any) -> bool:
-    """Whether ``model`` takes the fast, exact cached path of :mod:`tl_capability.rows`: a
-    bridge over a Hugging Face causal decoder whose cache is a ``DynamicCache``; other models
-    take the general path.
+    """Whether ``model`` takes the fast, exact cached path of
+    [`tl_capability.rows`][tl_capability.rows]: a bridge over a Hugging Face causal decoder whose
+    cache is a ``DynamicCache``; other models take the general path.
 
-    The structural part is decided without running the model: a bridge (:func:`is_bridge`)
-    over a ``transformers.PreTrainedModel`` (not a native TransformerLens model), neither an
-    encoder-decoder nor a masked LM (bidirectional: a row's change reaches every position).
-    Which cache class a Hugging Face model fills is decided inside its forward pass (linear
-    attention, state-space and hybrid models fill their own; no public attribute says which),
-    so a two-token pass (:func:`kv_cache_forward`) looks. Only a ``TypeError`` (a forward that
-    takes no ``use_cache``) or ``NotImplementedError`` (an adapter without cache support) of
-    that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
-    memory, is a model that cannot run and propagates instead of silently choosing the slow
-    path.
+    The structural part is decided without running the model: a bridge
+    ([`is_bridge`][tl_capability.sites.is_bridge]) over a ``transformers.PreTrainedModel`` (not a
+    native TransformerLens model), neither an encoder-decoder nor a masked LM (bidirectional: a
+    row's change reaches every position). Which cache class a Hugging Face model fills is decided
+    inside its forward pass (linear attention, state-space and hybrid models fill their own; no
+    public attribute says which), so a two-token pass
+    ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]) looks. Only a ``TypeError`` (a
+    forward that takes no ``use_cache``) or ``NotImplementedError`` (an adapter without cache
+    support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
+    memory, is a model that cannot run and propagates instead of silently choosing the slow path.
     """
     if (
         not is_bridge(model)
@@ -269,7 +277,7 @@ def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) ->
             ``cfg.d_mlp`` neurons (catches mixture-of-experts layers and odd adapters).
 
     Returns:
-        The :class:`NeuronSite`.
+        The [`NeuronSite`][tl_capability.sites.NeuronSite].
 
     Raises:
         ValueError: For an unknown site, a model without ``cfg.n_layers``/``cfg.d_mlp``, a

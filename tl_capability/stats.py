@@ -1,10 +1,12 @@
 """Mergeable running statistics for per-neuron scores.
 
 Attribution over a dataset of any length keeps only a count, a sum and a sum of squares per
-neuron, in float64. Two :class:`Moments` over disjoint shards merge exactly (``a + b``), which is
-what lets distributed ranks all-reduce (:func:`all_reduce_sum`) and interrupted runs resume from
-an atomic checkpoint (:func:`save_atomic`). :func:`save_pair` writes the library's
-``.safetensors`` + ``.json`` pairs so that an interrupted save never leaves a pair that loads.
+neuron, in float64. Two [`Moments`][tl_capability.stats.Moments] over disjoint shards merge exactly
+(``a + b``), which is what lets distributed ranks all-reduce
+([`all_reduce_sum`][tl_capability.stats.all_reduce_sum]) and interrupted runs resume from an atomic
+checkpoint ([`save_atomic`][tl_capability.stats.save_atomic]).
+[`save_pair`][tl_capability.stats.save_pair] writes the library's ``.safetensors`` + ``.json`` pairs
+so that an interrupted save never leaves a pair that loads.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Moments:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> Moments:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of [`state_dict`][tl_capability.stats.Moments.state_dict]."""
         return cls(int(state["count"][0]), state["total"].double(), state["total_sq"].double())
 
 
@@ -138,7 +140,7 @@ def tensor_bytes(tensor: Tensor) -> memoryview:
 def save_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Writes ``path`` (safetensors, with ``meta`` as JSON in its header) atomically: a run
     killed mid-write leaves the previous file intact. A checksum of the tensors goes into the
-    header, so that :func:`load_atomic` notices a damaged file."""
+    header, so that [`load_atomic`][tl_capability.stats.load_atomic] notices a damaged file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tensors = {k: v.contiguous() for k, v in tensors.items()}
@@ -151,7 +153,7 @@ def save_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) ->
 
 
 def load_atomic(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Reads what :func:`save_atomic` wrote.
+    """Reads what [`save_atomic`][tl_capability.stats.save_atomic] wrote.
 
     Raises:
         ValueError: Naming ``path``, when it is not a safetensors file with a JSON ``meta``
@@ -178,8 +180,9 @@ def save_pair(directory: Path, stem: str, tensors: dict[str, Tensor], meta: dict
 
     Both files are written under temporary names first, then renamed into place, and both
     carry the same random ``save_id``. A failure before the renames leaves the previous pair
-    untouched; a crash between them leaves a pair that :func:`load_pair` refuses, never a
-    mismatched pair that loads. (The JSON stays editable by hand, ``save_id`` aside.)
+    untouched; a crash between them leaves a pair that [`load_pair`][tl_capability.stats.load_pair]
+    refuses, never a mismatched pair that loads. (The JSON stays editable by hand, ``save_id``
+    aside.)
     """
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
@@ -202,7 +205,8 @@ def save_pair(directory: Path, stem: str, tensors: dict[str, Tensor], meta: dict
 
 
 def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Reads what :func:`save_pair` wrote (and older pairs, written without a ``save_id``).
+    """Reads what [`save_pair`][tl_capability.stats.save_pair] wrote (and older pairs, written
+    without a ``save_id``).
 
     Raises:
         FileNotFoundError: When either file is missing.

@@ -1,16 +1,26 @@
 """The papers' experiments, on any model and dataset, each against random-neuron controls.
 
-Every experiment returns a frozen result dataclass derived from :class:`Table` (``.title``,
-``.rows``, ``.to_frame()``, ``.to_markdown()``, plus what its figures need), whose rows are
-typed records (``row.drop``; ``row["drop"]`` still works). Random controls come from
-:func:`tl_capability.masks.random_controls`, seeded explicitly.
+Every experiment returns a frozen result dataclass derived from
+[`Table`][tl_capability.experiments._results.Table] (``.title``, ``.rows``, ``.to_frame()``,
+``.to_markdown()``, plus what its figures need), whose rows are typed records (``row.drop``;
+``row["drop"]`` still works). Random controls come from
+[`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded explicitly.
 
-Capability localization: :func:`split_overlap`, :func:`erase`, :func:`amplify`,
-:func:`overlap_matrix`, :func:`enhancement`, and :func:`localization` (all of them at once,
-for :func:`tl_capability.report.add_localization`) (see :mod:`.cnl`).
-Knowledge neurons: :func:`fidelity`, :func:`reliability`, :func:`decoupling` (see :mod:`.kn`).
-Neuron empirical gradients: :func:`neurgrad_agreement`, :func:`linearity`, :func:`skill_probe`
-(see :mod:`.neg`).
+Capability localization: [`split_overlap`][tl_capability.experiments.cnl.split_overlap],
+[`erase`][tl_capability.experiments.cnl.erase], [`amplify`][tl_capability.experiments.cnl.amplify],
+[`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix],
+[`enhancement`][tl_capability.experiments.cnl.enhancement], and
+[`localization`][tl_capability.experiments.cnl.localization] (all of them at once, for
+[`tl_capability.report.add_localization`][tl_capability.report.add_localization]) (see
+[`cnl`][tl_capability.experiments.cnl]). Knowledge neurons:
+[`fidelity`][tl_capability.experiments.kn.fidelity],
+[`reliability`][tl_capability.experiments.kn.reliability],
+[`decoupling`][tl_capability.experiments.kn.decoupling] (see [`kn`][tl_capability.experiments.kn]).
+Neuron empirical gradients:
+[`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement],
+[`linearity`][tl_capability.experiments.neg.linearity],
+[`skill_probe`][tl_capability.experiments.neg.skill_probe] (see
+[`neg`][tl_capability.experiments.neg]).
 """
 
 from tl_capability.experiments._results import Row, Table, mean_ci

@@ -1,9 +1,10 @@
 """Tidy experiment results: typed rows, a pandas frame, a markdown table, intervals.
 
-Every experiment returns a frozen dataclass derived from :class:`Table` (``.title``,
-``.rows``, ``.to_frame()``, ``.to_markdown()``) whose rows are small frozen dataclasses with
-named, typed fields; :class:`Row` lets them also be read like the dicts of earlier versions
-(``row["drop"]``, ``dict(row)``).
+Every experiment returns a frozen dataclass derived from
+[`Table`][tl_capability.experiments._results.Table] (``.title``, ``.rows``, ``.to_frame()``,
+``.to_markdown()``) whose rows are small frozen dataclasses with named, typed fields;
+[`Row`][tl_capability.experiments._results.Row] lets them also be read like the dicts of earlier
+versions (``row["drop"]``, ``dict(row)``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _as_dict(row: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Table:
-    """Rows of one experiment, each a record (a :class:`Row` or a dict) with the same fields.
+    """Rows of one experiment, each a record (a [`Row`][tl_capability.experiments._results.Row] or a
+    dict) with the same fields.
 
     The base of every experiment's result type; also usable on its own with dict rows.
 

@@ -1,21 +1,27 @@
 """Capability-localization experiments (Huang et al., ICLR 2025), with random controls.
 
-- :func:`split_overlap` (poster Table 1): locate a capability's neurons on two disjoint halves of
+- [`split_overlap`][tl_capability.experiments.cnl.split_overlap] (poster Table 1): locate a
+capability's neurons on two disjoint halves of
   its data and compare the two sets (overlap, IoU, fraction of neurons), for each σ.
-- :func:`erase` (Table 3, and the cross-capability matrix of Fig. 4): zero the neurons located
+- [`erase`][tl_capability.experiments.cnl.erase] (Table 3, and the cross-capability matrix of Fig.
+4): zero the neurons located
   for capability A and measure every capability B, against random sets with the same number of
   neurons in every layer (several seeds; mean and 95 % interval).
-- :func:`amplify` (the other half of Fig. 4): the same matrix with the located neurons scaled
+- [`amplify`][tl_capability.experiments.cnl.amplify] (the other half of Fig. 4): the same matrix
+with the located neurons scaled
   by a factor instead of zeroed.
-- :func:`overlap_matrix`: overlap and IoU between every pair of capabilities' sets.
-- :func:`enhancement` (Table 2): repair a degraded model by fine-tuning only the located
+- [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix]: overlap and IoU between every
+pair of capabilities' sets. - [`enhancement`][tl_capability.experiments.cnl.enhancement] (Table 2):
+repair a degraded model by fine-tuning only the located
   neurons, a random set of the same shape, or all the other neurons.
-- :func:`localization`: all of the above that need no training, for any model and datasets,
-  in one :class:`LocalizationResult` (what :func:`tl_capability.report.add_localization`
-  renders).
+- [`localization`][tl_capability.experiments.cnl.localization]: all of the above that need no
+training, for any model and datasets,
+  in one [`LocalizationResult`][tl_capability.experiments.cnl.LocalizationResult] (what
+  [`tl_capability.report.add_localization`][tl_capability.report.add_localization] renders).
 
 Every σ-dependent number is reported for each σ given, so they can be drawn as curves. Random
-sets come from :func:`~tl_capability.masks.random_controls` (set ``i`` seeded ``seed + i``).
+sets come from [`random_controls`][tl_capability.masks.random_controls] (set ``i`` seeded
+``seed + i``).
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ class SplitOverlapRow(Row):
         neurons_a: Size of the set located on the first half.
         neurons_b: Size of the set located on the second half.
         fraction: Mean fraction (0-1) of all the model's neurons the two sets hold.
-        overlap: The CNL overlap of the two sets (:meth:`NeuronMask.overlap`).
+        overlap: The CNL overlap of the two sets
+            ([`NeuronMask.overlap`][tl_capability.masks.NeuronMask.overlap]).
         iou: Their intersection over union.
     """
 
@@ -86,7 +93,7 @@ class SplitOverlapRow(Row):
 
 @dataclass(frozen=True)
 class SplitOverlapResult(Table):
-    """What :func:`split_overlap` measured.
+    """What [`split_overlap`][tl_capability.experiments.cnl.split_overlap] measured.
 
     Attributes:
         rows: One row per (capability, σ).
@@ -112,7 +119,8 @@ class EraseRow(Row):
         erased: Accuracy with the located set erased (percent).
         drop: ``base - erased`` (points).
         random_drop: Mean drop over the random control sets.
-        random_ci95: Half-width of that mean's 95 % interval (:func:`mean_ci`).
+        random_ci95: Half-width of that mean's 95 % interval
+            ([`mean_ci`][tl_capability.experiments._results.mean_ci]).
     """
 
     located: str
@@ -139,7 +147,8 @@ class AmplifyRow(Row):
         amplified: Accuracy with the located set scaled by the factor (percent).
         drop: ``base - amplified`` (points; negative: a gain).
         random_drop: Mean drop over the random control sets, scaled alike.
-        random_ci95: Half-width of that mean's 95 % interval (:func:`mean_ci`).
+        random_ci95: Half-width of that mean's 95 % interval
+            ([`mean_ci`][tl_capability.experiments._results.mean_ci]).
     """
 
     located: str
@@ -182,7 +191,7 @@ class _Matrix:
 
 @dataclass(frozen=True)
 class EraseResult(_Matrix, Table):
-    """What :func:`erase` measured.
+    """What [`erase`][tl_capability.experiments.cnl.erase] measured.
 
     Attributes:
         rows: One row per (located capability, σ, evaluated capability).
@@ -203,7 +212,7 @@ class EraseResult(_Matrix, Table):
 
 @dataclass(frozen=True)
 class AmplifyResult(_Matrix, Table):
-    """What :func:`amplify` measured.
+    """What [`amplify`][tl_capability.experiments.cnl.amplify] measured.
 
     Attributes:
         rows: One row per (located capability, σ, evaluated capability).
@@ -239,7 +248,7 @@ class OverlapRow(Row):
 
 @dataclass(frozen=True)
 class OverlapMatrixResult(Table):
-    """What :func:`overlap_matrix` measured.
+    """What [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] measured.
 
     Attributes:
         rows: One row per ordered pair of capabilities (``a`` major).
@@ -269,7 +278,7 @@ class EnhancementRow(Row):
 
 @dataclass(frozen=True)
 class EnhancementResult(Table):
-    """What :func:`enhancement` measured.
+    """What [`enhancement`][tl_capability.experiments.cnl.enhancement] measured.
 
     Attributes:
         rows: One row per (neuron set, epochs), the degraded start (epochs 0) first.
@@ -290,17 +299,17 @@ class EnhancementResult(Table):
 
 @dataclass(frozen=True)
 class LocalizationResult:
-    """What :func:`localization` measured (rendered by
-    :func:`tl_capability.report.add_localization`).
+    """What [`localization`][tl_capability.experiments.cnl.localization] measured (rendered by
+    [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
     Attributes:
         accuracy: Accuracy of every evaluated capability.
         scores: Attribution scores of every located capability.
         masks: Each located capability's set at the first σ.
-        halves: :func:`split_overlap` at every σ.
-        erased: :func:`erase` at every σ.
-        amplified: :func:`amplify` at the first σ.
-        overlaps: :func:`overlap_matrix` of ``masks``.
+        halves: [`split_overlap`][tl_capability.experiments.cnl.split_overlap] at every σ.
+        erased: [`erase`][tl_capability.experiments.cnl.erase] at every σ.
+        amplified: [`amplify`][tl_capability.experiments.cnl.amplify] at the first σ.
+        overlaps: [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] of ``masks``.
     """
 
     accuracy: AccuracyResult
@@ -438,11 +447,11 @@ def erase(
         evaluate_on: Held-out data of every capability to measure (may include others).
         sigmas: σ values of the selection rule.
         n_random: Random placebo sets per located set (same count per layer; from
-            :func:`~tl_capability.masks.random_controls`).
+            [`random_controls`][tl_capability.masks.random_controls]).
         seed: Seed of the first random set (set ``i`` uses ``seed + i``).
         scores: Precomputed attribution scores per capability (else computed here).
         mode: ``"zero"``. ``"scale"`` (amplify by ``factor``) is deprecated: use
-            :func:`amplify`.
+            [`amplify`][tl_capability.experiments.cnl.amplify].
         factor: The scale factor of the deprecated ``mode="scale"``.
 
     Returns:
@@ -515,7 +524,7 @@ def amplify(
         factor: What the located neurons' activations are multiplied by.
         sigmas: σ values of the selection rule.
         n_random: Random placebo sets per located set (same count per layer; from
-            :func:`~tl_capability.masks.random_controls`), scaled alike.
+            [`random_controls`][tl_capability.masks.random_controls]), scaled alike.
         seed: Seed of the first random set (set ``i`` uses ``seed + i``).
         scores: Precomputed attribution scores per capability (else computed here).
 
@@ -586,11 +595,11 @@ def enhancement(
 
     Protocol (chosen for a model that already solves its tasks): every MLP weight matrix is
     degraded by Gaussian noise (``noise`` times its standard deviation, seeded), then each
-    set of neurons is fine-tuned alone on ``train`` (:func:`finetune_neurons`, Adam, ``lr``)
-    and ``test`` accuracy is read after each number of ``epochs``. The located set has to
-    repair a capability it was found for; the random set has the same size in every layer
-    (``random_controls(mask, 1, seed=seed)``); all-but-located has ~50x more parameters. The
-    model's weights are restored at the end.
+    set of neurons is fine-tuned alone on ``train``
+    ([`finetune_neurons`][tl_capability.edits.finetune_neurons], Adam, ``lr``) and ``test`` accuracy
+    is read after each number of ``epochs``. The located set has to repair a capability it was found
+    for; the random set has the same size in every layer (``random_controls(mask, 1, seed=seed)``);
+    all-but-located has ~50x more parameters. The model's weights are restored at the end.
 
     Returns:
         One row per (neuron set, epochs) with the accuracy, plus the degraded start (epochs 0).
@@ -650,11 +659,13 @@ def localization(
     """The capability-localization experiments for any model and datasets, in one result.
 
     Accuracy per capability; each capability's scores and its set at the first σ;
-    :func:`split_overlap` at every σ; :func:`erase` with ``n_random`` random controls at every
-    σ; :func:`amplify` (×``factor``, one random control) at the first σ; and
-    :func:`overlap_matrix` of the sets. Each capability is attributed once (the erase and
-    amplify matrices reuse the scores) and every base accuracy is measured once. Render it with
-    :func:`tl_capability.report.add_localization`.
+    [`split_overlap`][tl_capability.experiments.cnl.split_overlap] at every σ;
+    [`erase`][tl_capability.experiments.cnl.erase] with ``n_random`` random controls at every σ;
+    [`amplify`][tl_capability.experiments.cnl.amplify] (×``factor``, one random control) at the
+    first σ; and [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] of the sets. Each
+    capability is attributed once (the erase and amplify matrices reuse the scores) and every base
+    accuracy is measured once. Render it with
+    [`tl_capability.report.add_localization`][tl_capability.report.add_localization].
 
     Args:
         model: The model (restored after every measurement).
@@ -667,7 +678,7 @@ def localization(
         factor: The amplify factor.
         stage: Called with each step's name as it starts (``"accuracy"``, ``"locate"``,
             ``"split overlap"``, ``"erase"``, ``"amplify"``), for progress bars.
-        **attribute_kwargs: Passed to :func:`~tl_capability.attribution.attribute`.
+        **attribute_kwargs: Passed to [`attribute`][tl_capability.attribution.attribute].
     """
     sigmas = tuple(sigmas)
     if not sigmas:

@@ -1,17 +1,22 @@
 """Knowledge-neuron experiments (Dai et al., ACL 2022; evaluated by Huang et al., ICLR 2025).
 
-- :func:`fidelity`: are the knowledge neurons of a fact the same whichever paraphrase asks for
+- [`fidelity`][tl_capability.experiments.kn.fidelity]: are the knowledge neurons of a fact the same
+whichever paraphrase asks for
   it? Coarse neurons (``s > t · max s`` on one prompt's IG) are located from every paraphrase
   separately and compared pairwise (overlap, IoU). The control compares the first paraphrases of
   two *different* facts: fidelity means something only if it beats that.
-- :func:`reliability`: the IPP of the CNL poster — does suppressing a located set lower the
+- [`reliability`][tl_capability.experiments.kn.reliability]: the IPP of the CNL poster — does
+suppressing a located set lower the
   answer's probability more than the *best* of ``n`` random sets of the same size per layer?
-- :func:`decoupling`: the poster's coincidence rate between the knowledge neurons of paired
+- [`decoupling`][tl_capability.experiments.kn.decoupling]: the poster's coincidence rate between the
+knowledge neurons of paired
   samples that share their main part and differ in a replaceable part.
-- :func:`knowledge_neurons`: the refined knowledge neurons of each fact (coarse + refine);
-  :func:`fidelity` returns them too (``result.masks``), so both need not be run.
+- [`knowledge_neurons`][tl_capability.experiments.kn.knowledge_neurons]: the refined knowledge
+neurons of each fact (coarse + refine);
+  [`fidelity`][tl_capability.experiments.kn.fidelity] returns them too (``result.masks``), so both
+  need not be run.
 
-Random sets come from :func:`~tl_capability.masks.random_controls` (set ``i`` seeded
+Random sets come from [`random_controls`][tl_capability.masks.random_controls] (set ``i`` seeded
 ``seed + i``).
 """
 
@@ -57,12 +62,13 @@ class FidelityRow(Row):
 
 @dataclass(frozen=True)
 class FidelityResult(Table):
-    """What :func:`fidelity` measured.
+    """What [`fidelity`][tl_capability.experiments.kn.fidelity] measured.
 
     Attributes:
         rows: One row per fact, then the ``mean`` row and (for two facts or more) the
             ``different facts`` control row.
-        masks: Each fact's refined knowledge neurons (what :func:`knowledge_neurons` gives).
+        masks: Each fact's refined knowledge neurons (what
+            [`knowledge_neurons`][tl_capability.experiments.kn.knowledge_neurons] gives).
     """
 
     rows: tuple[FidelityRow, ...]
@@ -106,7 +112,7 @@ class ReliabilityRow(Row):
 
 @dataclass(frozen=True)
 class ReliabilityResult(Table):
-    """What :func:`reliability` measured.
+    """What [`reliability`][tl_capability.experiments.kn.reliability] measured.
 
     Attributes:
         rows: One row per item, then the ``IPP`` row.
@@ -143,7 +149,8 @@ class DecouplingRow(Row):
 
 @dataclass(frozen=True)
 class DecouplingResult(Table):
-    """What :func:`decoupling` measured: rows ``C(1,2)``, ``C(1,1)``, ``C(2,2)``."""
+    """What [`decoupling`][tl_capability.experiments.kn.decoupling] measured: rows ``C(1,2)``,
+    ``C(1,1)``, ``C(2,2)``."""
 
     rows: tuple[DecouplingRow, ...]
 
@@ -213,9 +220,11 @@ def knowledge_neurons(
     share: float = 0.7,
     **attribute_kwargs: Any,
 ) -> dict[str, NeuronMask]:
-    """Each fact's refined knowledge neurons: coarse per paraphrase, then :func:`refine`.
+    """Each fact's refined knowledge neurons: coarse per paraphrase, then
+    [`refine`][tl_capability.masks.refine].
 
-    :func:`fidelity` computes the same sets (its ``masks``): after it, use those.
+    [`fidelity`][tl_capability.experiments.kn.fidelity] computes the same sets (its ``masks``):
+    after it, use those.
     """
     attribute_kwargs.setdefault("progress", False)
     return {
@@ -246,7 +255,7 @@ def reliability(
     For every item (a fact, or a capability) the located set and ``n_random`` random sets with
     the same number of neurons per layer (``random_controls(mask, n_random, seed=seed)``) are
     zeroed in turn; the effect is the drop of the mean answer probability
-    (:func:`~tl_capability.evaluate.answer_probability`) on the item's data.
+    ([`answer_probability`][tl_capability.evaluate.answer_probability]) on the item's data.
 
     Returns:
         One row per item (neurons, base probability, located effect, best and mean random

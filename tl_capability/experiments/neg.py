@@ -1,10 +1,13 @@
 """Neuron-empirical-gradient experiments (Zhao et al., ACL 2025), with random controls.
 
-- :func:`neurgrad_agreement`: NeurGrad against interventions on the top neurons — sign
+- [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement]: NeurGrad against
+interventions on the top neurons — sign
   agreement, correlation, error — and how linear the interventions are (Pearson r).
-- :func:`linearity`: the distribution over neurons of the Pearson r between activation shift
+- [`linearity`][tl_capability.experiments.neg.linearity]: the distribution over neurons of the
+Pearson r between activation shift
   and answer-probability change, for the top neurons by NeurGrad and for random neurons.
-- :func:`skill_probe`: the skill-neuron probe on a multiple-choice dataset.
+- [`skill_probe`][tl_capability.experiments.neg.skill_probe]: the skill-neuron probe on a
+multiple-choice dataset.
 
 The skill-neuron probe, as implemented here: for every sample and answer option ``o``, NeurGrad
 gives each neuron's NEG for ``P(o)``; the neuron *votes* for the option it pushes up most
@@ -13,7 +16,7 @@ most accurate neurons (k = 10 in the paper) are the skill neurons. A test sample
 by their votes, each weighted by the neuron's train accuracy above chance. The same probe on
 ``k`` random neurons, and the model's own accuracy, are the references.
 
-Random neurons come from :func:`~tl_capability.masks.random_controls` (set ``i`` seeded
+Random neurons come from [`random_controls`][tl_capability.masks.random_controls] (set ``i`` seeded
 ``seed + i``).
 """
 
@@ -62,7 +65,7 @@ class AgreementRow(Row):
 
 @dataclass(frozen=True)
 class NeurgradAgreementResult(Table):
-    """What :func:`neurgrad_agreement` measured.
+    """What [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement] measured.
 
     Attributes:
         rows: One row.
@@ -98,7 +101,7 @@ class LinearityRow(Row):
 
 @dataclass(frozen=True)
 class LinearityResult(Table):
-    """What :func:`linearity` measured.
+    """What [`linearity`][tl_capability.experiments.neg.linearity] measured.
 
     Attributes:
         rows: The top neurons (in ranking order), then the random ones (sorted).
@@ -132,7 +135,7 @@ class SkillProbeRow(Row):
 
 @dataclass(frozen=True)
 class SkillProbeResult(Table):
-    """What :func:`skill_probe` measured.
+    """What [`skill_probe`][tl_capability.experiments.neg.skill_probe] measured.
 
     Attributes:
         rows: Skill neurons, random neurons, the model itself, chance.
@@ -195,7 +198,8 @@ def linearity(
 ) -> LinearityResult:
     """How linear the answer probability is in each neuron's activation (NEG paper, Fig. 2).
 
-    Interventions (:func:`~tl_capability.neg.empirical_neg`) on the ``top`` neurons by mean
+    Interventions ([`empirical_neg`][tl_capability.neg.empirical_neg]) on the ``top`` neurons by
+    mean
     |NeurGrad| and on ``n_random`` other neurons drawn with ``seed`` anywhere outside them
     (``random_controls(top_set, 1, seed=seed, per_layer=False, exclude=top_set,
     size=n_random)``).

@@ -4,8 +4,8 @@ Three models ship inside the package (``tl_capability/zoo/models/<name>/``, each
 directory with a character-level tokenizer), so every tutorial, test and demo runs offline:
 ``"gpt2"`` (the default), ``"gpt2-dropout"`` (the same GPT-2 trained with dropout 0.1) and
 ``"llama"`` (a Llama-style model: gated SiLU MLP, RMSNorm, rotary positions). All are trained on
-the same tasks (:mod:`tl_capability.zoo.tasks`) by :mod:`tl_capability.zoo.train`; their card is
-``docs/zoo-model.md``.
+the same tasks ([`tl_capability.zoo.tasks`][tl_capability.zoo.tasks]) by
+[`tl_capability.zoo.train`][tl_capability.zoo.train]; their card is ``docs/zoo-model.md``.
 
 Example:
     >>> from tl_capability import zoo, accuracy
@@ -33,7 +33,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 """The directory that holds one subdirectory per zoo model."""
 
 DEFAULT_MODEL = "gpt2"
-"""The model :func:`load_model` loads when given no name."""
+"""The model [`load_model`][tl_capability.zoo.load_model] loads when given no name."""
 
 MODEL_DIR = MODELS_DIR / DEFAULT_MODEL
 """The default model's directory (kept for code written when the zoo had one model)."""
@@ -71,10 +71,11 @@ def model_names() -> list[str]:
 
 
 def model_dir(name: str = DEFAULT_MODEL) -> Path:
-    """The directory of one zoo model (it may lack weights; :func:`load_model` checks).
+    """The directory of one zoo model (it may lack weights;
+    [`load_model`][tl_capability.zoo.load_model] checks).
 
     Args:
-        name: One of :func:`model_names`.
+        name: One of [`model_names`][tl_capability.zoo.model_names].
 
     Raises:
         ValueError: For an unknown name.
@@ -93,7 +94,7 @@ def dataset(name: str, n: int = 200, split: str = "test", seed: int = 0) -> Capa
     """``n`` distinct samples of one capability.
 
     Args:
-        name: One of :func:`capability_names`.
+        name: One of [`capability_names`][tl_capability.zoo.capability_names].
         n: Number of samples.
         split: ``"test"`` (never trained on) or ``"train"``; the two never share a prompt.
         seed: Samples are a deterministic function of (name, split, seed).
@@ -131,7 +132,7 @@ def training_info(name: str = DEFAULT_MODEL) -> dict[str, Any]:
     """How one zoo model was trained and its measured test accuracies.
 
     Args:
-        name: One of :func:`model_names`.
+        name: One of [`model_names`][tl_capability.zoo.model_names].
 
     Returns:
         The model's ``training.json``: ``family`` (``"gpt2"`` or ``"llama"``), ``dropout``,
@@ -154,13 +155,15 @@ def training_info(name: str = DEFAULT_MODEL) -> dict[str, Any]:
 
 
 def import_backend(kind: str = "auto") -> None:
-    """Imports the TransformerLens model class :func:`load_model` will use.
+    """Imports the TransformerLens model class [`load_model`][tl_capability.zoo.load_model] will
+    use.
 
     TransformerLens 4 imports its bridge machinery (and ``transformers``' modelling code) on
     first use, a few seconds that are not the zoo model's; call this first to time them apart.
 
     Args:
-        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in :func:`load_model`.
+        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in
+            [`load_model`][tl_capability.zoo.load_model].
     """
     if kind in ("auto", "bridge") and transformer_lens_has("TransformerBridge"):
         from transformer_lens import TransformerBridge  # noqa: F401
@@ -172,9 +175,9 @@ def load_model(name: str = DEFAULT_MODEL, kind: str = "auto", device: str | None
     """Loads one zoo model offline, in eval mode, with its tokenizer.
 
     Args:
-        name: One of :func:`model_names` (default ``"gpt2"``). For code written before the zoo
-            had several models, ``"auto"``, ``"bridge"`` or ``"hooked"`` here means ``kind``
-            (of the default model), as in ``load_model("hooked")``.
+        name: One of [`model_names`][tl_capability.zoo.model_names] (default ``"gpt2"``). For code
+            written before the zoo had several models, ``"auto"``, ``"bridge"`` or ``"hooked"`` here
+            means ``kind`` (of the default model), as in ``load_model("hooked")``.
         kind: ``"bridge"`` for a TransformerLens 4.x ``TransformerBridge``, ``"hooked"`` for a
             TransformerLens 3.x ``HookedTransformer``, ``"auto"`` for whichever is installed
             (the bridge when both are).
@@ -219,7 +222,8 @@ def _load_dir(
 
     Args:
         directory: The Hugging Face directory.
-        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in :func:`load_model`.
+        kind: ``"auto"``, ``"bridge"`` or ``"hooked"``, as in
+            [`load_model`][tl_capability.zoo.load_model].
         device: Where to put it (default: CPU).
         model_name: The ``cfg.model_name`` of a hooked model (default: the directory's name).
 
@@ -336,7 +340,7 @@ def _load_hooked(directory: Path, device: str | None, model_name: str) -> Any:
 def addition_pairs(n: int = 50, seed: int = 0) -> tuple[CapabilityDataset, CapabilityDataset]:
     """``n`` pairs of addition problems that share their first operand (the main part) and
     differ in the second (the replaceable part), as two aligned datasets, for
-    :func:`tl_capability.experiments.decoupling`."""
+    [`tl_capability.experiments.decoupling`][tl_capability.experiments.kn.decoupling]."""
     rng = random.Random(seed)
     rows: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
     for _ in range(n):

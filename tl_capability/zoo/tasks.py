@@ -1,8 +1,8 @@
 """The zoo model's capabilities: deterministic generators of (prompt, answer) examples.
 
 Every task writes short lowercase text over one small character vocabulary (see
-:data:`ALPHABET`), so the zoo model can use a character-level tokenizer and every answer
-is a sequence of one or more tokens.
+[`ALPHABET`][tl_capability.zoo.tasks.ALPHABET]), so the zoo model can use a character-level
+tokenizer and every answer is a sequence of one or more tokens.
 
 Train and test splits never share a prompt. For most tasks a prompt belongs to the test
 split when a stable hash of it falls in one fifth of the hash space. Facts are different: a
@@ -53,7 +53,7 @@ class Task:
     """A capability of the zoo model.
 
     Attributes:
-        name: Short identifier, used by :func:`tl_capability.zoo.dataset`.
+        name: Short identifier, used by [`tl_capability.zoo.dataset`][tl_capability.zoo.dataset].
         description: One line for the model card and the demo.
         draw: Draws one example from the task's distribution (both splits mixed).
         split_of: Says which split an example belongs to.

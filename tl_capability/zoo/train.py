@@ -3,8 +3,8 @@
 Run ``python -m tl_capability.zoo.train`` to regenerate the default zoo model's weights in
 ``tl_capability/zoo/models/gpt2/`` (about 36 minutes on 2 CPU cores). Training is deterministic
 for a given seed, torch version and thread count: examples come from seeded generators
-(:mod:`tl_capability.zoo.tasks`), the batches round-robin over the tasks, and the loss is read
-only on answer tokens.
+([`tl_capability.zoo.tasks`][tl_capability.zoo.tasks]), the batches round-robin over the tasks, and
+the loss is read only on answer tokens.
 
 The default model is a plain GPT-2 (4 layers, d_model 128, 4 heads, d_mlp 512, GELU, no
 dropout) over a character-level tokenizer, written with ``save_pretrained`` so that
@@ -38,6 +38,7 @@ from tl_capability.zoo.tasks import ALPHABET, TASKS, Example
 MODEL_DIR = Path(__file__).parent / "models" / "gpt2"  # the default zoo model
 BOS, PAD = "<bos>", "<pad>"
 ARCHITECTURE = dict(n_layer=4, n_embd=128, n_head=4, n_inner=512, n_positions=64)
+"""The zoo models' shape: 4 layers, d_model 128, 4 heads, 512 MLP neurons per layer."""
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -125,7 +126,8 @@ def train(
     """Trains a zoo model, saves it to ``out`` and returns its test accuracies.
 
     Args:
-        architecture: Overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``).
+        architecture: Overrides entries of [`ARCHITECTURE`][tl_capability.zoo.train.ARCHITECTURE]
+            (e.g. ``{"n_layer": 3}``).
         family: ``"gpt2"`` (learned positions, LayerNorm, GELU MLP, tied unembedding) or
             ``"llama"`` (rotary positions, RMSNorm, gated SiLU MLP, untied unembedding).
         dropout: Residual, embedding and attention dropout while training (GPT-2 used 0.1).
