@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from tl_capability import ablate, accuracy, attribute, select, zoo
+    from tl_capability import ablate, accuracy, attribute, random_controls, select, zoo
     from tl_capability.models import load_model
 
     model = load_model(args.model)
@@ -58,7 +58,7 @@ def main() -> None:
                 mask = select(scores[n], **rule)
                 with ablate(model, mask):
                     drops = {e: 100 * (base[e] - accuracy(model, test[e])) for e in names}
-                with ablate(model, mask.random_like(seed=0)):
+                with ablate(model, random_controls(mask, 1, seed=0)[0]):
                     random_drop = 100 * (base[n] - accuracy(model, test[n]))
                 other = max(drops[e] for e in names if e != n)
                 owns.append(drops[n])

@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from tl_capability import ablate, accuracy, attribute, zoo
+    from tl_capability import ablate, accuracy, attribute, random_controls, zoo
     from tl_capability.curves import erase_curve
     from tl_capability.experiments import mean_ci
     from tl_capability.localization import budget_mask, holdout, locate, rank_neurons
@@ -139,8 +139,8 @@ def main() -> None:
                 for n in names:
                     drops[n] = 100 * (base[n] - accuracy(model, test[n]))
             random = []
-            for seed in range(args.n_random):
-                with ablate(model, mask.random_like(seed)):
+            for control in random_controls(mask, args.n_random, seed=0):
+                with ablate(model, control):
                     random.append(100 * (base[target] - accuracy(model, test[target])))
             r_mean, r_half = mean_ci(random)
             worst = max(v for n, v in drops.items() if n != target) if len(names) > 1 else 0.0

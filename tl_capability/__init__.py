@@ -25,7 +25,7 @@ from tl_capability.localization import (
     locate,
     rank_neurons,
 )
-from tl_capability.masks import NeuronMask, coarse_masks, refine, select
+from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine, select
 from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.options import (
     AllPositionMethod,
@@ -93,6 +93,7 @@ __all__ = [
     "locate",
     "mean_activations",
     "neuron_site",
+    "random_controls",
     "rank_neurons",
     "refine",
     "require_eval",

@@ -34,7 +34,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tl_capability.localization import DEFAULT_LOCATE_METHOD, LOCATE_METHODS
+from tl_capability.localization import DEFAULT_LOCATE_METHOD
+from tl_capability.options import (
+    AttributionMethod,
+    DType,
+    LocateMethod,
+    Metric,
+    Side,
+    options,
+)
 
 
 def _positive_int(text: str) -> int:
@@ -322,7 +330,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "or a hub name",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default=None, choices=options(DType))
     parser.add_argument("--split", default="test", help="dataset split to use")
     parser.add_argument("--n", type=_positive_int, default=200, help="samples (default 200)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -363,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     locate.add_argument(
         "--method",
         default=DEFAULT_LOCATE_METHOD,
-        choices=[*LOCATE_METHODS, "ig", "grad_x_act", "neurgrad", "activation"],
+        choices=[*options(LocateMethod), *options(AttributionMethod)],
         help="a localization method of tl_capability.locate (default "
         f"{DEFAULT_LOCATE_METHOD}), or an attribution method for the papers' pipeline "
         "(scores, then --sigma/--top-k/--quantile)",
@@ -371,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     locate.add_argument("--budget", type=float, default=0.05, help="largest share of neurons")
     locate.add_argument("--target-drop", type=float, default=60.0, help="goal, in points")
     locate.add_argument("--tolerance", type=float, default=10.0, help="worst control drop")
-    locate.add_argument("--metric", default="prob", choices=["prob", "logprob"])
+    locate.add_argument("--metric", default="prob", choices=options(Metric))
     locate.add_argument("--steps", type=int, default=None, help="integrated-gradient steps")
     locate.add_argument("--batch-size", type=int, default=None)
     rule = locate.add_mutually_exclusive_group()
     rule.add_argument("--sigma", type=float, default=2.0, help="σ rule (default 2)")
     rule.add_argument("--top-k", type=int, default=None, help="keep the k largest |scores|")
     rule.add_argument("--quantile", type=float, default=None, help="keep |scores| ≥ quantile")
-    locate.add_argument("--side", default="positive", choices=["positive", "negative", "both"])
+    locate.add_argument("--side", default="positive", choices=options(Side))
     locate.add_argument("--seed", type=int, default=1, help="sampling seed of zoo datasets")
     locate.add_argument("--out", required=True, help="folder for mask.* and scores.*")
     locate.set_defaults(func=_locate, split="train")

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from tl_capability.attribution import neuron_order
 from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments._results import Table, mean_ci
 from tl_capability.interventions import ablate, mask_hooks
 from tl_capability.masks import NeuronMask, random_controls
 from tl_capability.sites import neuron_site, require_eval
+from tl_capability.tables import Table, mean_ci
 
 #: Default grid of sizes, as fractions of all the model's neurons.
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.10)

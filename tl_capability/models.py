@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from tl_capability.options import DType, check_option
 from tl_capability.sites import transformer_lens_has
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load_model(name: str, *, device: str | None = None, dtype: str | None = None) -> Any:
+def load_model(name: str, *, device: str | None = None, dtype: DType | None = None) -> Any:
     """Loads a zoo model, a local model directory or a hub name as a TransformerLens model.
 
     Args:
@@ -34,8 +35,8 @@ def load_model(name: str, *, device: str | None = None, dtype: str | None = None
         FileNotFoundError: For a path-like name that does not exist, or a zoo model whose
             weights are missing.
     """
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype is not None:
+        check_option(dtype, DType, "dtype")
     if name == "zoo" or name.startswith("zoo:"):
         from tl_capability import zoo
 

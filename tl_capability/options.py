@@ -51,6 +51,12 @@ Gate = Literal["hard_concrete", "sigmoid"]
 Suppression = Literal["unlikely", "uniform"]
 """The suppression loss of [`learn_mask`][tl_capability.learned.learn_mask]."""
 
+Split = Literal["train", "test"]
+"""A dataset split (the zoo's task generators, the hub loaders)."""
+
+DType = Literal["float32", "float16", "bfloat16"]
+"""A model's floating-point type when loading ([`load_model`][tl_capability.models.load_model])."""
+
 _T = TypeVar("_T")
 
 

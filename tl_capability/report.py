@@ -3,7 +3,7 @@
 This module only renders: every number comes from a result that
 [`tl_capability.experiments`][tl_capability.experiments] computed. Build a
 [`Report`][tl_capability.report.Report], add text, results (any
-[`Table`][tl_capability.experiments._results.Table]) and figures, then
+[`Table`][tl_capability.tables.Table]) and figures, then
 [`Report.save`][tl_capability.report.Report.save]. The figure helpers read the typed results' fields
 and draw what people would rather look at than read: where a capability's neurons are (Fig. 3 of the
 CNL paper), the cross-capability erase and amplify matrices (Fig. 4), accuracy against σ, erase
@@ -60,7 +60,7 @@ class Report:
         self.parts.append(markdown.strip() + "\n")
 
     def table(self, table: Table) -> None:
-        """Adds an experiment's result (any [`Table`][tl_capability.experiments._results.Table])."""
+        """Adds an experiment's result (any [`Table`][tl_capability.tables.Table])."""
         self.parts.append(table.to_markdown())
 
     def figure(self, name: str, figure: Figure, caption: str = "") -> None:

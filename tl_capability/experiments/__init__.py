@@ -1,7 +1,7 @@
 """The papers' experiments, on any model and dataset, each against random-neuron controls.
 
 Every experiment returns a frozen result dataclass derived from
-[`Table`][tl_capability.experiments._results.Table] (``.title``, ``.rows``, ``.to_frame()``,
+[`Table`][tl_capability.tables.Table] (``.title``, ``.rows``, ``.to_frame()``,
 ``.to_markdown()``, plus what its figures need), whose rows are typed records (``row.drop``;
 ``row["drop"]`` still works). Random controls come from
 [`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded explicitly.
@@ -23,7 +23,6 @@ Neuron empirical gradients:
 [`neg`][tl_capability.experiments.neg]).
 """
 
-from tl_capability.experiments._results import Row, Table, mean_ci
 from tl_capability.experiments.cnl import (
     SIGMAS,
     AccuracyResult,
@@ -71,6 +70,7 @@ from tl_capability.experiments.neg import (
     option_neg,
     skill_probe,
 )
+from tl_capability.tables import Row, Table, mean_ci
 
 __all__ = [
     "SIGMAS",

@@ -37,9 +37,9 @@ from tl_capability.attribution import NeuronScores, attribute
 from tl_capability.data import CapabilityDataset
 from tl_capability.edits import finetune_neurons
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments._results import Row, Table, mean_ci
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, random_controls, select
+from tl_capability.tables import Row, Table, mean_ci
 
 SIGMAS = (2.0, 3.0, 6.0, 12.0)
 
@@ -120,7 +120,7 @@ class EraseRow(Row):
         drop: ``base - erased`` (points).
         random_drop: Mean drop over the random control sets.
         random_ci95: Half-width of that mean's 95 % interval
-            ([`mean_ci`][tl_capability.experiments._results.mean_ci]).
+            ([`mean_ci`][tl_capability.tables.mean_ci]).
     """
 
     located: str
@@ -148,7 +148,7 @@ class AmplifyRow(Row):
         drop: ``base - amplified`` (points; negative: a gain).
         random_drop: Mean drop over the random control sets, scaled alike.
         random_ci95: Half-width of that mean's 95 % interval
-            ([`mean_ci`][tl_capability.experiments._results.mean_ci]).
+            ([`mean_ci`][tl_capability.tables.mean_ci]).
     """
 
     located: str

@@ -32,8 +32,8 @@ import torch
 from tl_capability.attribution import attribute
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import answer_probability
-from tl_capability.experiments._results import Row, Table, mean_ci
 from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine
+from tl_capability.tables import Row, Table, mean_ci
 
 
 @dataclass(frozen=True)

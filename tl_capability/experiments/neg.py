@@ -32,9 +32,9 @@ from torch import Tensor
 from tl_capability.attribution import attribute
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments._results import Row, Table, mean_ci
 from tl_capability.masks import NeuronMask, random_controls
 from tl_capability.neg import empirical_neg
+from tl_capability.tables import Row, Table, mean_ci
 
 
 @dataclass(frozen=True)

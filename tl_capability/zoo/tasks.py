@@ -19,11 +19,14 @@ import random
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import get_args
+
+from tl_capability.options import Split, check_option
 
 ALPHABET = string.ascii_lowercase + string.digits + " +=:?.,'"
 """Every character a zoo prompt or answer may contain."""
 
-SPLITS = ("train", "test")
+SPLITS = get_args(Split)
 
 
 @dataclass(frozen=True)
@@ -66,15 +69,14 @@ class Task:
     split_of: Callable[[Example], str] = _hash_split
     enumerate_all: Callable[[], list[Example]] | None = None
 
-    def sample(self, n: int, split: str, seed: int) -> list[Example]:
+    def sample(self, n: int, split: Split, seed: int) -> list[Example]:
         """Draws ``n`` distinct examples of one split, deterministically from ``seed``.
 
         Raises:
             ValueError: For an unknown split, or when the split has fewer than ``n``
                 distinct examples.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_option(split, Split, "split")
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
         rng = random.Random(f"{self.name}/{split}/{seed}")

@@ -1,9 +1,9 @@
 """Tidy experiment results: typed rows, a pandas frame, a markdown table, intervals.
 
 Every experiment returns a frozen dataclass derived from
-[`Table`][tl_capability.experiments._results.Table] (``.title``, ``.rows``, ``.to_frame()``,
+[`Table`][tl_capability.tables.Table] (``.title``, ``.rows``, ``.to_frame()``,
 ``.to_markdown()``) whose rows are small frozen dataclasses with named, typed fields;
-[`Row`][tl_capability.experiments._results.Row] lets them also be read like the dicts of earlier
+[`Row`][tl_capability.tables.Row] lets them also be read like the dicts of earlier
 versions (``row["drop"]``, ``dict(row)``).
 """
 
@@ -92,7 +92,7 @@ def _as_dict(row: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Table:
-    """Rows of one experiment, each a record (a [`Row`][tl_capability.experiments._results.Row] or a
+    """Rows of one experiment, each a record (a [`Row`][tl_capability.tables.Row] or a
     dict) with the same fields.
 
     The base of every experiment's result type; also usable on its own with dict rows.

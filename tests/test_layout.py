@@ -1,0 +1,62 @@
+"""The layout docs/architecture.md promises: the core never imports the layers above it, and
+every module stays small."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.core
+
+PACKAGE = Path(__file__).parent.parent / "tl_capability"
+CORE = [
+    "options",
+    "sites",
+    "data",
+    "evaluate",
+    "rows",
+    "stats",
+    "tables",
+    "attribution",
+    "all_positions",
+    "neg",
+    "masks",
+    "interventions",
+    "edits",
+    "curves",
+    "learned",
+    "localization",
+]
+ABOVE = ("experiments", "report", "cli", "zoo", "demo", "models")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_never_imports_the_layers_above_it(module):
+    bad = {
+        name
+        for name in _imports(PACKAGE / f"{module}.py")
+        if any(
+            name == f"tl_capability.{a}" or name.startswith(f"tl_capability.{a}.") for a in ABOVE
+        )
+    }
+    assert not bad, f"{module}.py imports {sorted(bad)}"
+
+
+def test_the_check_can_fail():
+    assert "tl_capability.experiments" in _imports(PACKAGE / "report.py")
+
+
+def test_every_core_module_is_listed_in_the_architecture_page():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    missing = [m for m in CORE if f"`{m}.py`" not in page]
+    assert not missing
