@@ -96,12 +96,17 @@ def test_accuracy_agrees_with_hf_greedy_generation(arch_model):
     assert accuracy(model, ds) == pytest.approx(sum(expected) / len(expected))
 
 
-@pytest.mark.parametrize("method", ["ig", "grad_x_act"])
-def test_cached_path_equals_the_general_path_and_the_reference(arch_model, method):
-    """The one-token cached rows give the same scores as re-running z_m, on every architecture."""
+@pytest.mark.parametrize(("method", "rows_per_pass"), [("ig", 128), ("ig", 1), ("grad_x_act", 128)])
+def test_cached_path_equals_the_general_path_and_the_reference(
+    arch_model, method, rows_per_pass, monkeypatch
+):
+    """The one-token cached rows give the same scores as re-running z_m, on every architecture,
+    with the IG rows of all layers in one pass or one layer per pass."""
+    import tl_capability.attribution as attribution
     from tests.test_attribution import reference_scores
     from tl_capability.attribution import attribute, supports_kv_cache
 
+    monkeypatch.setattr(attribution, "_ROWS_PER_PASS", rows_per_pass)
     _, _, model = arch_model
     assert supports_kv_cache(model)
     ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])

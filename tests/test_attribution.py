@@ -424,3 +424,16 @@ def test_top_refuses_impossible_counts(k):
     scores = NeuronScores(torch.zeros(2, 3), torch.zeros(2, 3), 1, "ig")
     with pytest.raises(ValueError, match="k must be an integer"):
         scores.top(k)
+
+
+@pytest.mark.parametrize("rows_per_pass", [1, 10**6])
+def test_layers_sharing_a_pass_give_the_same_scores(model, monkeypatch, rows_per_pass):
+    """Integrated-gradients rows of several layers in one pass (few rows per layer) equal one
+    layer per pass (many rows per layer)."""
+    import tl_capability.attribution as attribution
+
+    kwargs = {"steps": 3, "per_sample": True, "progress": False}
+    expected = reference_scores(model, DATA, "ig", steps=3)
+    monkeypatch.setattr(attribution, "_ROWS_PER_PASS", rows_per_pass)
+    scores = attribute(model, DATA, **kwargs)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-6)

@@ -406,3 +406,38 @@ def test_only_sites_knows_the_model_surface():
         if path.name != "sites.py" and (uses := _surface_uses(path.read_text()))
     }
     assert found == {}
+
+
+def test_the_width_check_runs_once_per_model_and_site_and_a_failure_is_not_remembered(model):
+    """The check costs a forward pass; attribute and accuracy call neuron_site every time."""
+    from tl_capability import sites
+
+    sites._WIDTHS_CHECKED.pop(model, None)
+    calls = []
+    original = sites._check_width
+
+    def counting(m, site):
+        calls.append(site.kind)
+        return original(m, site)
+
+    sites._check_width = counting
+    try:
+        first = neuron_site(model)
+        assert neuron_site(model) == first
+        neuron_site(model, "pre")
+        neuron_site(model, "pre")
+        assert calls == ["post", "pre"]
+        sites._WIDTHS_CHECKED.pop(model, None)
+
+        def failing(m, site):
+            calls.append("failed")
+            raise ValueError("not a dense MLP")
+
+        sites._check_width = failing
+        for _ in range(2):
+            with pytest.raises(ValueError, match="not a dense MLP"):
+                neuron_site(model)
+        assert calls[-2:] == ["failed", "failed"]
+    finally:
+        sites._check_width = original
+        sites._WIDTHS_CHECKED.pop(model, None)

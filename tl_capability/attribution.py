@@ -47,7 +47,7 @@ from tl_capability.options import (
     Site,
     check_option,
 )
-from tl_capability.rows import clean_pass, row_gradients, rows_for
+from tl_capability.rows import clean_pass, layer_row_gradients, row_gradients, rows_for
 from tl_capability.sites import (
     NeuronSite,
     model_device,
@@ -68,6 +68,9 @@ from tl_capability.stats import (
 )
 
 METHODS = get_args(AttributionMethod)
+# Below this many rows per layer, layers share an integrated-gradients pass (measured with
+# benchmarks/peers.py: on CPU a pass of a few dozen one-token rows costs streaming the weights).
+_ROWS_PER_PASS = 128
 METRICS = get_args(Metric)
 RULES = get_args(IGRule)
 POSITIONS = get_args(Positions)
@@ -233,22 +236,28 @@ def _target_scores(
             grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
         return g * acts if method == "grad_x_act" else g * acts.sign()
-    # Integrated gradients: one row per (target, step), one layer per pass, so the backward
-    # pass stops at that layer instead of running down to the embeddings.
+    # Integrated gradients: one row per (target, layer, step). A pass differentiates a few
+    # adjacent layers, so its backward pass stops at the lowest of them instead of running
+    # down to the embeddings; when the rows of one layer are few, several layers share a
+    # pass, because then a pass costs reading the weights, not the arithmetic on its rows.
     n_steps = len(alphas)
-    t_idx, k_idx = (
-        x.flatten().to(device)
-        for x in torch.meshgrid(torch.arange(n_targets), torch.arange(n_steps), indexing="ij")
-    )
+    per_layer = n_targets * n_steps
+    group = max(1, min(site.n_layers, _ROWS_PER_PASS // per_layer))
     alphas = alphas.to(device)
     grad_sum = torch.zeros(n_targets, site.n_layers, site.d_mlp, device=device)
-    for layer in range(site.n_layers):
+    for top in range(site.n_layers, 0, -group):
+        layers = torch.arange(max(0, top - group), top)
+        t_idx, l_idx, k_idx = (
+            x.flatten().to(device)
+            for x in torch.meshgrid(
+                torch.arange(n_targets), layers, torch.arange(n_steps), indexing="ij"
+            )
+        )
         for start in range(0, len(t_idx), max_rows):
-            t, k = t_idx[start : start + max_rows], k_idx[start : start + max_rows]
-            value = alphas[k, None] * acts[t, layer]
-            rows = rows_for(batch, t, cache)
-            g = row_gradients(model, site, rows, metric, layer, value)
-            grad_sum[:, layer].index_add_(0, t, g[:, 0])
+            t, lay, k = (x[start : start + max_rows] for x in (t_idx, l_idx, k_idx))
+            value = alphas[k, None] * acts[t, lay]
+            g = layer_row_gradients(model, site, rows_for(batch, t, cache), metric, lay, value)
+            grad_sum.index_put_((t, lay), g, accumulate=True)
     return acts * grad_sum / n_steps
 
 

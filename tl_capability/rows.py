@@ -264,3 +264,46 @@ def row_gradients(
         for g in grads
     ]
     return torch.stack(out, dim=1).float()
+
+
+def layer_row_gradients(
+    model: Any,
+    site: NeuronSite,
+    rows: Rows,
+    metric: Metric,
+    row_layer: Int[Tensor, " row"],
+    patch_value: Float[Tensor, "row d_mlp"],
+) -> Float[Tensor, "row d_mlp"]:
+    """Gradient of each row's metric at its own layer, its activation there first replaced by
+    its ``patch_value`` (integrated gradients' rows of several layers in one pass).
+
+    Rows are independent (each sees the clean prefix and itself), so a row patched at layer
+    ``l`` is unchanged below ``l`` and its gradient there is that of a pass patching ``l``
+    alone. The backward pass stops at the lowest layer in ``row_layer``.
+    """
+    layers = sorted(set(row_layer.tolist()))
+    outputs: list[Tensor] = []
+    chosen = {layer: (row_layer == layer).nonzero()[:, 0] for layer in layers}
+
+    def capture(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            new = act.clone()
+            r = chosen[layer]
+            new[rows.seq[r], rows.pos[r]] = patch_value[r].to(new.dtype)
+            if not new.requires_grad:  # frozen parameters: start the graph here
+                new.requires_grad_(True)
+            outputs.append(new)
+            return new
+
+        return hook
+
+    fwd = [(site.hook_name(layer), capture(layer)) for layer in layers]
+    with torch.enable_grad():
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd)
+        grads = torch.autograd.grad(surrogate, outputs, allow_unused=True)
+    out = torch.zeros(len(rows.seq), site.d_mlp, device=rows.seq.device)
+    for layer, g in zip(layers, grads, strict=True):
+        r = chosen[layer]
+        if g is not None:
+            out[r] = g[rows.seq[r], rows.pos[r]].float()
+    return out

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from jaxtyping import Float, Int
@@ -243,6 +244,13 @@ def supports_kv_cache(model: Any) -> bool:
     support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
     memory, is a model that cannot run and propagates instead of silently choosing the slow path.
     """
+    known = _KV_CACHE.get(model)
+    if known is None:
+        known = _KV_CACHE[model] = _probe_kv_cache(model)
+    return known
+
+
+def _probe_kv_cache(model: Any) -> bool:
     if (
         not is_bridge(model)
         or not _is_hf_model(model.original_model)
@@ -267,6 +275,13 @@ def _is_hf_model(module: Any) -> bool:
     return isinstance(module, PreTrainedModel)
 
 
+# What a forward pass found out about a model, once per model: the checks run on every call of
+# attribute / accuracy and each costs a pass (on CPU, streaming all weights) that a one-prompt
+# attribution would otherwise pay three times over. Keyed weakly, so a model is not kept alive.
+_WIDTHS_CHECKED: WeakKeyDictionary[Any, set[NeuronSite]] = WeakKeyDictionary()
+_KV_CACHE: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
 def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) -> NeuronSite:
     """Resolves the neuron hook point of every layer and checks that it is usable.
 
@@ -274,7 +289,8 @@ def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) ->
         model: A TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         site: ``"post"`` (post-activation, the default) or ``"pre"``.
         check_width: Run a one-token forward pass and check that every hook carries exactly
-            ``cfg.d_mlp`` neurons (catches mixture-of-experts layers and odd adapters).
+            ``cfg.d_mlp`` neurons (catches mixture-of-experts layers and odd adapters); done
+            once per model and site.
 
     Returns:
         The [`NeuronSite`][tl_capability.sites.NeuronSite].
@@ -308,8 +324,9 @@ def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) ->
             "models and adapters that do not expose MLP activations are not supported."
         )
     result = NeuronSite(site, n_layers, d_mlp, names)
-    if check_width:
+    if check_width and result not in _WIDTHS_CHECKED.get(model, ()):
         _check_width(model, result)
+        _WIDTHS_CHECKED.setdefault(model, set()).add(result)
     return result
 
 
