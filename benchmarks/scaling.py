@@ -3,9 +3,10 @@
 For each size (default 100, 1,000 and 10,000 samples of the zoo model's ``reverse`` capability,
 whose answers are several tokens long) a fresh process loads the zoo model and times
 ``tokenize``, ``accuracy``, ``attribute`` at the answer position and at all positions, and
-``ablate`` + ``accuracy`` (a fixed 1 % mask zeroed), then reports its peak resident memory.
-The table gives seconds per call, the growth ratio between consecutive sizes (10 for a linear
-cost at 10× the data) and the peak RSS of each process (model and data included).
+``ablate`` + ``accuracy`` (a fixed 1 % mask zeroed). The tables give seconds per call, the
+growth ratio between consecutive sizes (10 for a linear cost at 10x the data), the peak
+resident memory during each call above what the process held before it, and the peak of the
+whole process.
 
     python benchmarks/scaling.py [--sizes 100 1000 10000] [--steps 20] [--threads 1]
 """
@@ -31,17 +32,23 @@ def child(n: int, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     from tl_capability import NeuronMask, ablate, accuracy, attribute, tokenize, zoo
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _rss import PeakRSS
+
     model = zoo.load_model()
     data = zoo.dataset("reverse", n=n, seed=0)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shape = (model.cfg.n_layers, model.cfg.d_mlp)
     mask = NeuronMask(torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.01)
     seconds = {}
 
+    extra = {}
+
     def timed(name: str, fn) -> None:
         start = time.perf_counter()
-        fn()
+        with PeakRSS() as peak:
+            fn()
         seconds[name] = time.perf_counter() - start
+        extra[name] = peak.extra_mb
 
     timed("tokenize", lambda: tokenize(model, data))
     timed("accuracy", lambda: accuracy(model, data, progress=False))
@@ -57,7 +64,7 @@ def child(n: int, steps: int, threads: int) -> dict:
 
     timed("ablate + accuracy", erased)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "seconds": seconds, "base_mb": base_rss, "peak_mb": peak}
+    return {"n": n, "seconds": seconds, "extra_mb": extra, "peak_mb": peak}
 
 
 def main() -> None:
@@ -108,16 +115,15 @@ def main() -> None:
             + "".join(f" | {x:.1f}" for x in ratios)
             + " |"
         )
+    print("\nPeak RSS during each call, above the RSS before it (MiB):\n")
+    print("| call | " + " | ".join(f"{n:,} samples" for n in sizes) + " |")
+    print("|---" * (1 + len(sizes)) + "|")
+    for call in CALLS:
+        print(f"| {call} | " + " | ".join(f"{r['extra_mb'][call]:.0f}" for r in results) + " |")
     print(
-        "| peak RSS (MB) | "
+        "| whole process (model and data included) | "
         + " | ".join(f"{r['peak_mb']:.0f}" for r in results)
-        + "".join(f" | {b['peak_mb'] / a['peak_mb']:.2f}" for a, b in itertools.pairwise(results))
         + " |"
-    )
-    print(
-        "| RSS after loading model and data (MB) | "
-        + " | ".join(f"{r['base_mb']:.0f}" for r in results)
-        + " |" * (len(growth) + 1)
     )
 
 
