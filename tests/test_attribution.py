@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset, tokenize
 from tl_capability.attribution import NeuronScores, attribute, ig_alphas
+from tl_capability.stats import tensors_digest
 
 pytestmark = pytest.mark.core
 
@@ -315,6 +316,8 @@ def _saved_scores(model, tmp_path):
         ({}, dict(method="magic")),
         ({}, dict(params=[1, 2])),
         ({}, dict(method=None)),
+        ({}, dict(params={"n_layers": 7})),
+        ({}, dict(params={"d_mlp": 3})),
     ],
 )
 def test_scores_load_validates_the_files(model, tmp_path, tensors, meta):
@@ -331,13 +334,16 @@ def test_scores_load_validates_the_files(model, tmp_path, tensors, meta):
         header = f.metadata()
     for key, fn in tensors.items():
         state[key] = fn(state[key]).contiguous()
+    # Re-sign the tensors, so that the checks of their values, not the checksum, must notice.
+    header["sha256"] = tensors_digest(state)
     save_file(state, folder / "scores.safetensors", metadata=header)
     info = json.loads((folder / "scores.json").read_text())
     info.update(meta)
     (folder / "scores.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="does not hold valid scores") as err:
+    with pytest.raises(ValueError, match="does not hold valid scores:") as err:
         NeuronScores.load(folder)
     assert str(folder) in str(err.value)
+    assert "checksum" not in str(err.value)
 
 
 def test_scores_load_refuses_unreadable_files(model, tmp_path):

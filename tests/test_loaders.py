@@ -119,10 +119,13 @@ def test_schema_errors_and_registry(tmp_path):
     assert set(loaders.LOADERS) == {"gsm8k", "emotion", "imdb", "metamathqa", "code25k", "mceval8k"}
 
 
-def test_hub_names_fail_offline_with_the_hub_error():
-    """With HF_DATASETS_OFFLINE=1 a hub name is not fetched (the real code path is taken)."""
-    with pytest.raises(Exception):  # noqa: B017 - datasets raises ConnectionError or its own
+def test_hub_names_fail_offline_with_a_clear_error():
+    """With HF_DATASETS_OFFLINE=1 a hub name is not fetched (the real code path is taken): the
+    error names the dataset and says what to do without a network."""
+    with pytest.raises(ConnectionError, match=r"'openai/gsm8k' from the Hugging Face Hub .*local"):
         loaders.load_gsm8k("openai/gsm8k")
+    with pytest.raises(ConnectionError, match=r"'someone/prompts' from the Hugging Face Hub"):
+        loaders.resolve("someone/prompts", n=2)
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, True])

@@ -198,6 +198,9 @@ class NeuronScores:
                 f"values {tuple(values.shape)} and std {tuple(std.shape)} must share one "
                 "[layer, d_mlp] shape"
             )
+        for key, size in (("n_layers", values.shape[0]), ("d_mlp", values.shape[1])):
+            if key in params and params[key] != size:
+                raise bad(f"params say {key} = {params[key]!r} but the tensors have {size}")
         if per_sample is not None and per_sample.shape != (n, *values.shape):
             raise bad(
                 f"per_sample has shape {tuple(per_sample.shape)}, expected "
@@ -371,6 +374,9 @@ def attribute(
             model, dataset, method, params, batch_size, per_sample, rank, world
         )
         checkpoint = Path(checkpoint_dir) / f"attribution-rank{rank}-of-{world}.safetensors"
+        # No lock: a run reads the checkpoint only here, and every save replaces the file
+        # whole (save_atomic), so runs sharing the folder each end with their own exact
+        # result, and one that finds another run's checkpoint here is refused.
         if checkpoint.exists():
             state, meta = load_atomic(checkpoint)
             if meta.get("fingerprint") != fingerprint:
@@ -384,7 +390,7 @@ def attribute(
                 checkpoint, state, done, sizes, tuple(moments.total.shape), kept
             )
             if kept is not None:
-                kept = state["per_sample"].float()
+                kept = state["per_sample"]
     bar = tqdm(
         total=n_batches,
         initial=done,
@@ -471,7 +477,9 @@ def _checked_checkpoint(
     kept: Tensor | None,
 ) -> Moments:
     """The statistics of a loaded checkpoint, after checking that they can be those of its
-    first ``done`` batches (of ``sizes`` samples each) for neurons of ``shape``.
+    first ``done`` batches (of ``sizes`` samples each) for neurons of ``shape``, in the dtypes
+    a run saves (float64 sums; per-sample scores as ``kept``: fewer bits would resume to other
+    scores).
 
     Raises:
         ValueError: Naming ``path``, for anything out of place.
@@ -482,17 +490,21 @@ def _checked_checkpoint(
 
     if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(sizes):
         raise bad(f"batches_done is {done!r}, expected an integer in 0..{len(sizes)}")
-    expected = {"count": (1,), "total": shape, "total_sq": shape}
+    expected = {
+        "count": ((1,), torch.int64),
+        "total": (shape, torch.float64),
+        "total_sq": (shape, torch.float64),
+    }
     if kept is not None:
-        expected["per_sample"] = tuple(kept.shape)
-    for name, want in expected.items():
+        expected["per_sample"] = (tuple(kept.shape), kept.dtype)
+    for name, (want, dtype) in expected.items():
         t = state.get(name)
         if t is None:
             raise bad(f"no {name!r} tensor")
         if tuple(t.shape) != want:
             raise bad(f"{name} has shape {tuple(t.shape)}, expected {want}")
-        if name != "count" and (not t.is_floating_point() or not torch.isfinite(t).all()):
-            raise bad(f"{name} is not a finite float tensor")
+        if name != "count" and (t.dtype != dtype or not torch.isfinite(t).all()):
+            raise bad(f"{name} is not a finite {str(dtype).removeprefix('torch.')} tensor")
     count = state["count"]
     if count.dtype != torch.int64 or int(count[0]) != sum(sizes[:done]):
         want = sum(sizes[:done])

@@ -35,6 +35,8 @@ def load_raw(source: str | Path, split: str = "test", config: str | None = None)
             [`looks_local`][tl_capability.loaders.looks_local]) but does not exist, instead of
             asking the hub for it.
         ValueError: When a local directory has no data files.
+        ConnectionError: Naming the dataset, when the hub cannot be reached (offline, or
+            ``HF_DATASETS_OFFLINE=1``) and the dataset is not in the local cache.
     """
     path = Path(source)
     if not path.exists() and looks_local(source):
@@ -52,7 +54,13 @@ def load_raw(source: str | Path, split: str = "test", config: str | None = None)
         chosen = [f for f in files if split in f.stem] or files
         builder = _FILE_BUILDERS[chosen[0].suffix.lower()]
         return datasets.load_dataset(builder, data_files=[str(f) for f in chosen], split="train")
-    return datasets.load_dataset(str(source), config, split=split)
+    try:
+        return datasets.load_dataset(str(source), config, split=split)
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"cannot load the dataset {str(source)!r} from the Hugging Face Hub ({exc}); without "
+            "a network, pass a local file or directory with the same columns"
+        ) from exc
 
 
 def looks_local(source: str | Path) -> bool:

@@ -7,6 +7,10 @@ neuron, in float64. Two [`Moments`][tl_capability.stats.Moments] over disjoint s
 checkpoint ([`save_atomic`][tl_capability.stats.save_atomic]).
 [`save_pair`][tl_capability.stats.save_pair] writes the library's ``.safetensors`` + ``.json`` pairs
 so that an interrupted save never leaves a pair that loads.
+
+Every file is written under a temporary name of its own (random, so that two writers of one
+file, two threads or two hosts sharing a folder, never write the same temporary file) and
+renamed into place; the tensors carry a sha256 checksum, checked when they are read.
 """
 
 from __future__ import annotations
@@ -137,12 +141,21 @@ def tensor_bytes(tensor: Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
+def _temporary(path: Path) -> Path:
+    """A fresh name beside ``path`` for writing it: random, not the process id, which two
+    processes on two hosts (or in two containers) sharing the folder can have in common, and
+    which two threads share. (Not ``tempfile.mkstemp``: its files are private to the user, and
+    the renamed file would keep that mode.)"""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def save_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Writes ``path`` (safetensors, with ``meta`` as JSON in its header) atomically: a run
-    killed mid-write leaves the previous file intact. A checksum of the tensors goes into the
-    header, so that [`load_atomic`][tl_capability.stats.load_atomic] notices a damaged file."""
+    killed mid-write leaves the previous file intact, and concurrent writers leave one of
+    their files, whole. A checksum of the tensors goes into the header, so that
+    [`load_atomic`][tl_capability.stats.load_atomic] notices a damaged file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = _temporary(path)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     header = {"meta": json.dumps(meta), "sha256": tensors_digest(tensors)}
     try:
@@ -181,20 +194,21 @@ def save_pair(directory: Path, stem: str, tensors: dict[str, Tensor], meta: dict
     Both files are written under temporary names first, then renamed into place, and both
     carry the same random ``save_id``. A failure before the renames leaves the previous pair
     untouched; a crash between them leaves a pair that [`load_pair`][tl_capability.stats.load_pair]
-    refuses, never a mismatched pair that loads. (The JSON stays editable by hand, ``save_id``
+    refuses, never a mismatched pair that loads. The tensors' header also holds their sha256,
+    so that a damaged tensor file is refused. (The JSON stays editable by hand, ``save_id``
     aside.)
     """
     directory.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
     text = json.dumps({**meta, "save_id": save_id}, indent=2, default=str) + "\n"
-    suffix = f".tmp{os.getpid()}"
-    tmp_tensors = directory / f"{stem}.safetensors{suffix}"
-    tmp_json = directory / f"{stem}.json{suffix}"
+    tmp_tensors = _temporary(directory / f"{stem}.safetensors")
+    tmp_json = _temporary(directory / f"{stem}.json")
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     try:
         save_file(
-            {k: v.contiguous() for k, v in tensors.items()},
+            tensors,
             tmp_tensors,
-            metadata={"save_id": save_id},
+            metadata={"save_id": save_id, "sha256": tensors_digest(tensors)},
         )
         tmp_json.write_text(text)
         os.replace(tmp_tensors, directory / f"{stem}.safetensors")
@@ -206,12 +220,12 @@ def save_pair(directory: Path, stem: str, tensors: dict[str, Tensor], meta: dict
 
 def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Reads what [`save_pair`][tl_capability.stats.save_pair] wrote (and older pairs, written
-    without a ``save_id``).
+    without a ``save_id`` or a checksum).
 
     Raises:
         FileNotFoundError: When either file is missing.
-        ValueError: Naming the file, when one is unreadable, the JSON is not an object, or the
-            two files come from different saves.
+        ValueError: Naming the file, when one is unreadable, the JSON is not an object, the
+            two files come from different saves, or the tensors do not match their checksum.
     """
     tensors_path, json_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     for p in (tensors_path, json_path):
@@ -223,10 +237,9 @@ def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, 
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no iter
     except Exception as exc:
         raise ValueError(f"{tensors_path} is not a readable safetensors file ({exc})") from exc
-    text = json_path.read_text()
     try:
-        meta = json.loads(text)
-    except ValueError as exc:
+        meta = json.loads(json_path.read_bytes().decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ValueError(f"{json_path} is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{json_path} does not hold a JSON object")
@@ -234,5 +247,10 @@ def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, 
         raise ValueError(
             f"{tensors_path} and {json_path.name} do not belong together (their save_id "
             "differs: a save was interrupted, or one file was replaced); save again"
+        )
+    if "sha256" in header and header["sha256"] != tensors_digest(tensors):
+        raise ValueError(
+            f"{directory} does not hold valid {stem} files: {tensors_path.name} does not match "
+            "its checksum (it was damaged, or changed after it was saved); save again"
         )
     return tensors, meta
