@@ -231,3 +231,20 @@ def test_byte_level_tokenizers_without_an_unk_token_still_work():
     ds = CapabilityDataset.from_pairs(["Héllo wörld €"], [" ünïcode"])
     (sample,) = tokenize(gpt, ds)
     assert tok.decode(sample.prompt) == "Héllo wörld €"
+
+
+def test_tokenize_leaves_the_garbage_collector_as_it_found_it(model):
+    """tokenize pauses the collector while it builds samples; an error must not leave it off."""
+    import gc
+
+    bad = CapabilityDataset.from_pairs(["12+34=", "Héllo!"], ["46", " x"])
+    assert gc.isenabled()
+    with pytest.raises(ValueError, match="does not know"):
+        tokenize(model, bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        tokenize(model, CapabilityDataset.from_pairs(["1+1="], ["2"]))
+        assert not gc.isenabled()  # a caller who turned it off keeps it off
+    finally:
+        gc.enable()
