@@ -210,3 +210,44 @@ def test_answer_and_all_position_checkpoints_do_not_mix(model, tmp_path):
         attribute(
             model, DATA, "ig", steps=2, progress=False, checkpoint_dir=tmp_path, positions="all"
         )
+
+
+@pytest.mark.parametrize("arch", [None, "gpt2", "llama", "gpt_neox"])
+def test_rows_forked_after_the_scaled_block_equal_rows_forked_before_it(model, arch, monkeypatch):
+    """Sharing the scaled layer's own block (rows fork after it, adding (α a − a) W_out) gives
+    the scores of rows that run that block themselves."""
+    import tl_capability.all_positions as all_positions
+
+    if arch is not None:
+        if not HAS_BRIDGE:
+            pytest.skip("Hugging Face models load through the 4.x bridge")
+        from transformer_lens import TransformerBridge
+
+        path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
+        model = TransformerBridge.boot_transformers(str(path)).eval()
+    assert all_positions.mlp_output_adds_linearly(model)
+    kwargs = {"steps": 3, "positions": "all", "per_sample": True, "progress": False}
+    forked = attribute(model, DATA, "ig", **kwargs)
+    monkeypatch.setattr(all_positions, "mlp_output_adds_linearly", lambda m: False)
+    per_row = attribute(model, DATA, "ig", **kwargs)
+    torch.testing.assert_close(forked.per_sample, per_row.per_sample, rtol=1e-4, atol=1e-7)
+
+
+def test_a_block_whose_mlp_output_is_not_linear_keeps_rows_apart(model):
+    """A norm (here a tanh) after the MLP breaks ``δ W_out``: the probe must notice, and the
+    scores must still equal the plain reference."""
+    from tl_capability import sites
+
+    sites._MLP_ADDS_LINEARLY.pop(model, None)
+    hook = model.hook_dict["blocks.0.hook_mlp_out"]
+    hook.add_hook(lambda out, hook: torch.tanh(out))
+    try:
+        assert not sites.mlp_output_adds_linearly(model)
+        scores = attribute(
+            model, DATA, "ig", steps=2, positions="all", per_sample=True, progress=False
+        )
+        ref = reference(model, DATA, "ig", steps=2)
+        torch.testing.assert_close(scores.per_sample, ref, rtol=1e-4, atol=1e-6)
+    finally:
+        hook.remove_hooks()
+        sites._MLP_ADDS_LINEARLY.pop(model, None)

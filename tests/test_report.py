@@ -43,8 +43,15 @@ COMPUTING = {
         "localization", "split_overlap", "erase", "amplify", "overlap_matrix", "locate_scores",
     ),
     "tl_capability.experiments.cnl": (
-        "accuracy", "attribute", "ablate", "select", "random_controls", "localization",
-        "split_overlap", "erase", "amplify", "overlap_matrix", "locate_scores", "_matrix",
+        "attribute", "select", "split_overlap", "overlap_matrix", "locate_scores",
+    ),
+    "tl_capability.experiments.erase": (
+        "accuracy", "ablate", "select", "random_controls", "erase", "amplify", "locate_scores",
+        "_matrix",
+    ),
+    "tl_capability.experiments.suite": (
+        "accuracy", "select", "localization", "split_overlap", "overlap_matrix", "locate_scores",
+        "_matrix",
     ),
 }  # fmt: skip
 

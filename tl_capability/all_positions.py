@@ -39,6 +39,9 @@ from tl_capability.sites import (
     NeuronSite,
     is_bridge,
     is_masked_lm,
+    mlp_output_adds_linearly,
+    mlp_w_out,
+    resid_post_hook_name,
     resid_pre_hook_name,
     unembedding,
 )
@@ -103,6 +106,11 @@ def all_position_scores(
         return _grad_x_act(model, site, batch, metric, real, weight)
     expand = _expands(model)
     kwargs = _causal_mask(model, batch.tokens.shape[1], device) if expand else {}
+    # Rows can even share the scaled layer's own block when the post-activations reach the
+    # residual stream only through W_out: then a row's block output is the clean one plus
+    # (α a − a) W_out, and the attention, norm, input projection and activation function of
+    # that block run once per sample instead of once per (sample, α).
+    late = expand and site.kind == "post" and mlp_output_adds_linearly(model)
     alphas = alphas.to(device)
     n_steps = len(alphas)
     s_idx, k_idx = (
@@ -115,9 +123,12 @@ def all_position_scores(
             s, k = s_idx[start : start + max_rows], k_idx[start : start + max_rows]
             rows, t = _rows(batch, s, expand, kwargs)
             w = weight[batch.target_row[t]]
-            clean, grad = _scaled_gradient(
-                model, site, layer, rows, metric, s, alphas[k], expand, w
-            )
+            if late:
+                clean, grad = _forked_gradient(model, site, layer, rows, metric, s, alphas[k], w)
+            else:
+                clean, grad = _scaled_gradient(
+                    model, site, layer, rows, metric, s, alphas[k], expand, w
+                )
             per_row = (clean * grad * real[s, :, None]).sum(1)
             out[:, layer].index_add_(0, s, per_row)
     return out / n_steps
@@ -153,6 +164,38 @@ def _scaled_gradient(
         _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
         (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
     return held["clean"], grad.float()
+
+
+def _forked_gradient(
+    model: Any,
+    site: NeuronSite,
+    layer: int,
+    rows: Rows,
+    metric: Metric,
+    row_sample: Tensor,
+    alpha: Float[Tensor, " row"],
+    weight: Float[Tensor, " read"],
+) -> tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]:
+    """As [`_scaled_gradient`][tl_capability.all_positions._scaled_gradient], with the rows
+    forked after block ``layer``: each row's output of that block is the sample's clean output
+    plus ``(α a − a) W_out``."""
+    held: dict[str, Tensor] = {}
+    w_out = mlp_w_out(model, layer).detach()
+
+    def keep(act: Tensor, hook: Any) -> None:
+        held["clean"] = act.detach()
+
+    def fork(resid: Tensor, hook: Any) -> Tensor:
+        clean = held["clean"][row_sample]
+        scaled = (clean * alpha[:, None, None].to(clean.dtype)).requires_grad_(True)
+        held["scaled"] = scaled
+        return resid.detach()[row_sample] + (scaled - clean) @ w_out.to(scaled.dtype)
+
+    fwd = [(site.hook_name(layer), keep), (resid_post_hook_name(layer), fork)]
+    with torch.enable_grad():
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
+        (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
+    return held["clean"][row_sample].float(), grad.float()
 
 
 def _grad_x_act(

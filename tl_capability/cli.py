@@ -11,7 +11,7 @@
   ([`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded by
   ``--random-seed``).
 - ``report``: the capability-localization report for any model and datasets (computed by
-  [`tl_capability.experiments.localization`][tl_capability.experiments.cnl.localization], rendered
+  [`tl_capability.experiments.localization`][tl_capability.experiments.suite.localization], rendered
   by [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
 ``--model`` is ``zoo`` (or ``zoo:NAME`` for another zoo model: ``zoo:gpt2-dropout``,

@@ -2,12 +2,13 @@
 
 Capability localization (Huang et al., ICLR 2025) erases one located set per σ and reads the
 drop of its own capability and of the others
-([`tl_capability.experiments.erase`][tl_capability.experiments.cnl.erase]). An erase curve asks the
-same question at every budget: [`erase_curve`][tl_capability.curves.erase_curve] zeroes the ``k``
-best-ranked neurons for a grid of ``k`` and measures, at each, the own capability's drop, every
-other capability's drop, and the own drop for random sets with the same number of neurons in every
-layer (several seeds; mean and Student-t 95 % interval). Any method gives a ranking (scores, or an
-explicit order for iterative or learned methods), so methods compare at equal size.
+([`tl_capability.experiments.erase`][tl_capability.experiments.erase.erase]). An erase curve
+asks the same question at every budget: [`erase_curve`][tl_capability.curves.erase_curve]
+zeroes the ``k`` best-ranked neurons for a grid of ``k`` and measures, at each, the own
+capability's drop, every other capability's drop, and the own drop for random sets with the same
+number of neurons in every layer (several seeds; mean and Student-t 95 % interval). Any method
+gives a ranking (scores, or an explicit order for iterative or learned methods), so methods
+compare at equal size.
 [`EraseCurve.budget`][tl_capability.curves.EraseCurve.budget] picks the smallest set that reaches a
 target own drop while keeping the worst other drop under a tolerance.
 

@@ -8,13 +8,14 @@ undone last-made first: an out-of-order undo is refused
 ([`EditHandle.undo`][tl_capability.edits.EditHandle.undo]).
 
 - [`erase_weights`][tl_capability.edits.erase_weights]: zero the value slots — a permanent version
-of zero ablation. - [`edit_knowledge`][tl_capability.edits.edit_knowledge]: Dai et al.'s fact edit,
-``w ← w − λ1·e(old) + λ2·e(new)``, where
-  ``e(t)`` is the **unembedding** direction of the answer's first token (``W_U[:, t]``, the
-  direction the residual stream must point to for the model to say ``t``; earlier tools used the
-  input embedding), and each ``λ`` is scaled by ``‖w‖/‖e‖`` so the edit has the slot's size.
+  of zero ablation.
+- [`edit_knowledge`][tl_capability.edits.edit_knowledge]: Dai et al.'s fact edit,
+  ``w ← w − λ1·e(old) + λ2·e(new)``, where ``e(t)`` is the **unembedding** direction of the answer's
+  first token (``W_U[:, t]``, the direction the residual stream must point to for the model to say
+  ``t``; earlier tools used the input embedding), and each ``λ`` is scaled by ``‖w‖/‖e‖`` so the
+  edit has the slot's size.
 - [`finetune_neurons`][tl_capability.edits.finetune_neurons]: train only the masked neurons'
-parameters (CNL's enhancement).
+  parameters (CNL's enhancement).
 
 Edits go through ``model.blocks[l].mlp.W_out`` (and ``W_in``, ``b_in``, ``W_gate``), which are
 views of the underlying parameters on both TransformerLens generations, so they stick; the

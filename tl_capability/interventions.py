@@ -11,8 +11,9 @@ Modes (``a`` is the neuron's activation):
 - ``"zero"``: ``a ← 0`` (suppression, Dai et al.; erasure, Huang et al.)
 - ``"scale"``: ``a ← factor · a`` (amplification: ``factor=2``, Dai et al.)
 - ``"mean"``: ``a ← mean`` over a reference dataset
-([`mean_activations`][tl_capability.interventions.mean_activations]) - ``"add"``:
-``a ← a + shift · sign(a)`` (the NEG intervention, Zhao et al.) - ``"value"``: ``a ← value``
+  ([`mean_activations`][tl_capability.interventions.mean_activations])
+- ``"add"``: ``a ← a + shift · sign(a)`` (the NEG intervention, Zhao et al.)
+- ``"value"``: ``a ← value``
 
 By default every position is changed (the erasure the papers evaluate, and what generation
 needs); ``positions`` restricts the change to a boolean ``[batch, pos]`` selection, e.g. the

@@ -12,15 +12,15 @@ of several training regimes (``docs/findings.md`` has the measurements,
 - ``"all"``: IG of ``log P(answer)`` with the neuron scaled at every position at once
   ([`tl_capability.all_positions`][tl_capability.all_positions]), ranked by score.
 - ``"contrastive"``: the same, minus the controls' scores
-([`contrastive_scores`][tl_capability.localization.contrastive_scores]): a
-  neuron that the controls need as much as the target is not the target's.
+  ([`contrastive_scores`][tl_capability.localization.contrastive_scores]): a neuron that the
+  controls need as much as the target is not the target's.
 - ``"iterative"``: erasure has backup neurons. Erase a chunk of the contrastive ranking,
   re-attribute target and controls with it erased, repeat
   ([`iterative_ranking`][tl_capability.localization.iterative_ranking]).
-- ``"learned"`` (the default): a removal mask trained to suppress the target and keep the
-  controls ([`learn_mask`][tl_capability.learned.learn_mask]; Chang et al., NAACL 2024; Bayazit et
-  al., EMNLP 2024). On all three zoo models it erased more with fewer neurons and spared the
-  controls better than every ranking by scores.
+- ``"learned"`` (the default): a removal mask trained to suppress the target and keep the controls
+  ([`learn_mask`][tl_capability.learned.learn_mask]; Chang et al., NAACL 2024; Bayazit et al., EMNLP
+  2024). On all three zoo models it erased more with fewer neurons and spared the controls better
+  than every ranking by scores.
 
 Every ranked method ranks on two thirds of the data given and then takes the smallest prefix
 of its ranking that drops the target's accuracy by ``target_drop`` points while no control

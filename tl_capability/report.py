@@ -9,7 +9,7 @@ and draw what people would rather look at than read: where a capability's neuron
 CNL paper), the cross-capability erase and amplify matrices (Fig. 4), accuracy against σ, erase
 curves against the number of neurons, and NeurGrad against interventions.
 [`add_localization`][tl_capability.report.add_localization] renders a
-[`LocalizationResult`][tl_capability.experiments.cnl.LocalizationResult] as a report section.
+[`LocalizationResult`][tl_capability.experiments.suite.LocalizationResult] as a report section.
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: a notebook shows the one
 a cell returns, and nothing touches the global pyplot state or the user's backend.
@@ -125,8 +125,8 @@ def _grid_figure(
 def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None) -> Figure:
     """Accuracy drop of every evaluated capability (columns) when each capability's located
     neurons (rows) are erased or amplified, at one σ (default: the first), from
-    [`erase`][tl_capability.experiments.cnl.erase] or
-    [`amplify`][tl_capability.experiments.cnl.amplify]. Negative drops (gains) show in blue."""
+    [`erase`][tl_capability.experiments.erase.erase] or
+    [`amplify`][tl_capability.experiments.erase.amplify]. Negative drops (gains) show in blue."""
     sigma = result.sigmas[0] if sigma is None else sigma
     rows = result.at(sigma)
     located = list(dict.fromkeys(r.located for r in rows))
@@ -164,7 +164,7 @@ def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
 
 def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) -> Figure:
     """Every σ-dependent number against σ: the own-capability drop of located and random sets
-    (from [`erase`][tl_capability.experiments.cnl.erase]) and, when given, the overlap of sets
+    (from [`erase`][tl_capability.experiments.erase.erase]) and, when given, the overlap of sets
     located on two halves of the data (from
     [`split_overlap`][tl_capability.experiments.cnl.split_overlap])."""
     own = [r for r in erased.rows if r.located == r.evaluated]
@@ -198,7 +198,8 @@ def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) 
 
 def enhancement_curves(result: EnhancementResult) -> Figure:
     """Test accuracy against fine-tuning epochs for each neuron set (from
-    [`enhancement`][tl_capability.experiments.cnl.enhancement]), titled with the dataset's name."""
+    [`enhancement`][tl_capability.experiments.enhancement.enhancement]), titled with the
+    dataset's name."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
     for label in dict.fromkeys(r.neurons for r in result.rows):
@@ -331,7 +332,7 @@ def add_localization(
     Renders, in order: the accuracy table, where each capability's neurons are (first σ), the
     split-overlap table, the erase matrix (first σ), the σ curves, the erase table, the amplify
     matrix and the overlap between capabilities' sets. Compute the result with
-    [`tl_capability.experiments.localization`][tl_capability.experiments.cnl.localization]::
+    [`tl_capability.experiments.localization`][tl_capability.experiments.suite.localization]::
 
         found = localization(model, locate_on, evaluate_on, sigmas=(2, 3, 6), n_random=3)
         add_localization(report, found)

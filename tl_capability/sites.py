@@ -6,29 +6,27 @@ so it never subclasses a model class. This module is the only one that knows hoo
 weight names and what a model supports; the others call its functions:
 
 - the neuron hook of every layer ([`neuron_site`][tl_capability.sites.neuron_site],
-[`neuron_hook_name`][tl_capability.sites.neuron_hook_name]), and the
-  residual hooks rows stop or fork at
-  ([`resid_pre_hook_name`][tl_capability.sites.resid_pre_hook_name],
+  [`neuron_hook_name`][tl_capability.sites.neuron_hook_name]), and the residual hooks rows stop or
+  fork at ([`resid_pre_hook_name`][tl_capability.sites.resid_pre_hook_name],
   [`final_resid_hook_name`][tl_capability.sites.final_resid_hook_name],
   [`unembed_input_hook`][tl_capability.sites.unembed_input_hook]);
 - the head: [`final_norm`][tl_capability.sites.final_norm],
-[`unembed`][tl_capability.sites.unembed], [`unembedding`][tl_capability.sites.unembedding] (``W_U``,
-``b_U``); - the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
-[`mlp_parameters`][tl_capability.sites.mlp_parameters]; - what a model supports:
-[`is_masked_lm`][tl_capability.sites.is_masked_lm], [`is_bridge`][tl_capability.sites.is_bridge],
-[`supports_kv_cache`][tl_capability.sites.supports_kv_cache]
-  and [`kv_cache_forward`][tl_capability.sites.kv_cache_forward];
+  [`unembed`][tl_capability.sites.unembed], [`unembedding`][tl_capability.sites.unembedding]
+  (``W_U``, ``b_U``); - the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
+  [`mlp_parameters`][tl_capability.sites.mlp_parameters]; - what a model supports:
+  [`is_masked_lm`][tl_capability.sites.is_masked_lm], [`is_bridge`][tl_capability.sites.is_bridge],
+  [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] and
+  [`kv_cache_forward`][tl_capability.sites.kv_cache_forward];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
-[`model_device`][tl_capability.sites.model_device],
+  [`model_device`][tl_capability.sites.model_device],
   [`model_name`][tl_capability.sites.model_name].
 
 Sites:
 
-- ``"post"`` (default): ``blocks.{l}.mlp.hook_post``, the input of ``W_out``. For GELU/ReLU
-  MLPs that is act(pre); for gated MLPs (Llama, Mistral, Qwen) it is act(gate) * up, the vector
-  that the down projection reads. This is the neuron of knowledge-neuron and CNL work. (Prior
-  tools differ on gated models: EasyEdit reads the gate's output, the NEG code the up
-  projection.)
+- ``"post"`` (default): ``blocks.{l}.mlp.hook_post``, the input of ``W_out``. For GELU/ReLU MLPs
+  that is act(pre); for gated MLPs (Llama, Mistral, Qwen) it is act(gate) * up, the vector that the
+  down projection reads. This is the neuron of knowledge-neuron and CNL work. (Prior tools differ on
+  gated models: EasyEdit reads the gate's output, the NEG code the up projection.)
 - ``"pre"``: ``blocks.{l}.mlp.hook_pre``, the pre-activation (for gated MLPs the gate's
   pre-activation).
 
@@ -153,6 +151,11 @@ def neuron_hook_name(layer: int, site: Site = "post") -> str:
 def resid_pre_hook_name(layer: int) -> str:
     """The hook point of the residual stream entering block ``layer``."""
     return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_post_hook_name(layer: int) -> str:
+    """The hook point of the residual stream leaving block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
 
 
 def final_resid_hook_name(model: Any) -> str:
@@ -280,6 +283,52 @@ def _is_hf_model(module: Any) -> bool:
 # attribution would otherwise pay three times over. Keyed weakly, so a model is not kept alive.
 _WIDTHS_CHECKED: WeakKeyDictionary[Any, set[NeuronSite]] = WeakKeyDictionary()
 _KV_CACHE: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
+_MLP_ADDS_LINEARLY: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
+def mlp_output_adds_linearly(model: Any) -> bool:
+    """Whether each block adds ``hook_post · W_out`` (plus a constant) to the residual stream,
+    so that changing the post-activations by ``δ`` changes the block's output by exactly
+    ``δ W_out`` (sequential and parallel blocks; not a norm after the MLP).
+
+    Checked once per model with a short pass that perturbs layer 0's post-activations.
+    """
+    known = _MLP_ADDS_LINEARLY.get(model)
+    if known is None:
+        known = _MLP_ADDS_LINEARLY[model] = _probe_mlp_output(model)
+    return known
+
+
+def _probe_mlp_output(model: Any) -> bool:
+    post, out = neuron_hook_name(0), resid_post_hook_name(0)
+    if post not in model.hook_dict or out not in model.hook_dict:
+        return False
+    w_out = mlp_w_out(model, 0).detach()
+    gen = torch.Generator().manual_seed(0)
+    delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen).to(w_out.device, w_out.dtype)
+    seen: dict[str, Tensor] = {}
+
+    def shift(act: Tensor, hook: Any) -> Tensor:
+        return act + delta
+
+    def grab(key: str):
+        def hook(resid: Tensor, hook: Any) -> None:
+            seen[key] = resid.detach().float()
+
+        return hook
+
+    tokens = torch.zeros(1, 3, dtype=torch.long, device=w_out.device)
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=[(out, grab("clean"))]):
+            model(tokens)
+        with model.hooks(fwd_hooks=[(post, shift), (out, grab("shifted"))]):
+            model(tokens)
+    change = seen["shifted"] - seen["clean"]
+    expected = (delta @ w_out).float()
+    scale = float(expected.abs().max())
+    return bool(torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale))
 
 
 def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) -> NeuronSite:

@@ -7,10 +7,11 @@ Every experiment returns a frozen result dataclass derived from
 [`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded explicitly.
 
 Capability localization: [`split_overlap`][tl_capability.experiments.cnl.split_overlap],
-[`erase`][tl_capability.experiments.cnl.erase], [`amplify`][tl_capability.experiments.cnl.amplify],
+[`erase`][tl_capability.experiments.erase.erase],
+[`amplify`][tl_capability.experiments.erase.amplify],
 [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix],
-[`enhancement`][tl_capability.experiments.cnl.enhancement], and
-[`localization`][tl_capability.experiments.cnl.localization] (all of them at once, for
+[`enhancement`][tl_capability.experiments.enhancement.enhancement], and
+[`localization`][tl_capability.experiments.suite.localization] (all of them at once, for
 [`tl_capability.report.add_localization`][tl_capability.report.add_localization]) (see
 [`cnl`][tl_capability.experiments.cnl]). Knowledge neurons:
 [`fidelity`][tl_capability.experiments.kn.fidelity],
@@ -25,26 +26,22 @@ Neuron empirical gradients:
 
 from tl_capability.experiments.cnl import (
     SIGMAS,
-    AccuracyResult,
-    AccuracyRow,
-    AmplifyResult,
-    AmplifyRow,
-    EnhancementResult,
-    EnhancementRow,
-    EraseResult,
-    EraseRow,
-    LocalizationResult,
     OverlapMatrixResult,
     OverlapRow,
     SplitOverlapResult,
     SplitOverlapRow,
-    amplify,
-    enhancement,
-    erase,
-    localization,
     locate_scores,
     overlap_matrix,
     split_overlap,
+)
+from tl_capability.experiments.enhancement import EnhancementResult, EnhancementRow, enhancement
+from tl_capability.experiments.erase import (
+    AmplifyResult,
+    AmplifyRow,
+    EraseResult,
+    EraseRow,
+    amplify,
+    erase,
 )
 from tl_capability.experiments.kn import (
     DecouplingResult,
@@ -69,6 +66,12 @@ from tl_capability.experiments.neg import (
     neurgrad_agreement,
     option_neg,
     skill_probe,
+)
+from tl_capability.experiments.suite import (
+    AccuracyResult,
+    AccuracyRow,
+    LocalizationResult,
+    localization,
 )
 from tl_capability.tables import Row, Table, mean_ci
 

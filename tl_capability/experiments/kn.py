@@ -1,20 +1,18 @@
 """Knowledge-neuron experiments (Dai et al., ACL 2022; evaluated by Huang et al., ICLR 2025).
 
 - [`fidelity`][tl_capability.experiments.kn.fidelity]: are the knowledge neurons of a fact the same
-whichever paraphrase asks for
-  it? Coarse neurons (``s > t · max s`` on one prompt's IG) are located from every paraphrase
-  separately and compared pairwise (overlap, IoU). The control compares the first paraphrases of
-  two *different* facts: fidelity means something only if it beats that.
+  whichever paraphrase asks for it? Coarse neurons (``s > t · max s`` on one prompt's IG) are
+  located from every paraphrase separately and compared pairwise (overlap, IoU). The control
+  compares the first paraphrases of two *different* facts: fidelity means something only if it beats
+  that.
 - [`reliability`][tl_capability.experiments.kn.reliability]: the IPP of the CNL poster — does
-suppressing a located set lower the
-  answer's probability more than the *best* of ``n`` random sets of the same size per layer?
+  suppressing a located set lower the answer's probability more than the *best* of ``n`` random sets
+  of the same size per layer?
 - [`decoupling`][tl_capability.experiments.kn.decoupling]: the poster's coincidence rate between the
-knowledge neurons of paired
-  samples that share their main part and differ in a replaceable part.
+  knowledge neurons of paired samples that share their main part and differ in a replaceable part.
 - [`knowledge_neurons`][tl_capability.experiments.kn.knowledge_neurons]: the refined knowledge
-neurons of each fact (coarse + refine);
-  [`fidelity`][tl_capability.experiments.kn.fidelity] returns them too (``result.masks``), so both
-  need not be run.
+  neurons of each fact (coarse + refine); [`fidelity`][tl_capability.experiments.kn.fidelity]
+  returns them too (``result.masks``), so both need not be run.
 
 Random sets come from [`random_controls`][tl_capability.masks.random_controls] (set ``i`` seeded
 ``seed + i``).

@@ -1,13 +1,13 @@
 """Neuron-empirical-gradient experiments (Zhao et al., ACL 2025), with random controls.
 
 - [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement]: NeurGrad against
-interventions on the top neurons — sign
-  agreement, correlation, error — and how linear the interventions are (Pearson r).
+  interventions on the top neurons — sign agreement, correlation, error — and how linear the
+  interventions are (Pearson r).
 - [`linearity`][tl_capability.experiments.neg.linearity]: the distribution over neurons of the
-Pearson r between activation shift
-  and answer-probability change, for the top neurons by NeurGrad and for random neurons.
+  Pearson r between activation shift and answer-probability change, for the top neurons by NeurGrad
+  and for random neurons.
 - [`skill_probe`][tl_capability.experiments.neg.skill_probe]: the skill-neuron probe on a
-multiple-choice dataset.
+  multiple-choice dataset.
 
 The skill-neuron probe, as implemented here: for every sample and answer option ``o``, NeurGrad
 gives each neuron's NEG for ``P(o)``; the neuron *votes* for the option it pushes up most

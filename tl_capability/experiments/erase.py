@@ -1,0 +1,336 @@
+"""The erase and amplify matrices (Huang et al., ICLR 2025: Table 3 and Fig. 4), with random
+controls.
+
+- [`erase`][tl_capability.experiments.erase.erase]: zero the neurons located for capability A
+  and measure every capability B, against random sets with the same number of neurons in every
+  layer (several seeds; mean and 95 % interval).
+- [`amplify`][tl_capability.experiments.erase.amplify]: the same matrix with the located neurons
+  scaled by a factor instead of zeroed (the other half of Fig. 4).
+
+Random sets come from [`random_controls`][tl_capability.masks.random_controls] (set ``i`` seeded
+``seed + i``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tl_capability.attribution import NeuronScores
+from tl_capability.data import CapabilityDataset
+from tl_capability.evaluate import accuracy
+from tl_capability.experiments.cnl import SIGMAS, locate_scores
+from tl_capability.interventions import ablate
+from tl_capability.masks import random_controls, select
+from tl_capability.tables import Row, Table, mean_ci
+
+
+@dataclass(frozen=True)
+class EraseRow(Row):
+    """One cell of the erase matrix.
+
+    Attributes:
+        located: The capability whose located neurons were zeroed.
+        sigma: σ of the selection rule.
+        neurons: Size of the located set.
+        evaluated: The capability measured.
+        base: Accuracy with nothing erased (percent).
+        erased: Accuracy with the located set erased (percent).
+        drop: ``base - erased`` (points).
+        random_drop: Mean drop over the random control sets.
+        random_ci95: Half-width of that mean's 95 % interval
+            ([`mean_ci`][tl_capability.tables.mean_ci]).
+    """
+
+    located: str
+    sigma: float
+    neurons: int
+    evaluated: str
+    base: float
+    erased: float
+    drop: float
+    random_drop: float
+    random_ci95: float
+
+
+@dataclass(frozen=True)
+class AmplifyRow(Row):
+    """One cell of the amplify matrix.
+
+    Attributes:
+        located: The capability whose located neurons were scaled.
+        sigma: σ of the selection rule.
+        neurons: Size of the located set.
+        evaluated: The capability measured.
+        base: Accuracy with nothing changed (percent).
+        amplified: Accuracy with the located set scaled by the factor (percent).
+        drop: ``base - amplified`` (points; negative: a gain).
+        random_drop: Mean drop over the random control sets, scaled alike.
+        random_ci95: Half-width of that mean's 95 % interval
+            ([`mean_ci`][tl_capability.tables.mean_ci]).
+    """
+
+    located: str
+    sigma: float
+    neurons: int
+    evaluated: str
+    base: float
+    amplified: float
+    drop: float
+    random_drop: float
+    random_ci95: float
+
+
+class _Matrix:
+    """Lookups shared by the erase and amplify matrices (rows with located / evaluated / σ)."""
+
+    rows: tuple[Any, ...]
+
+    @property
+    def located(self) -> list[str]:
+        """The located capabilities (matrix rows), in order."""
+        return list(dict.fromkeys(r.located for r in self.rows))
+
+    @property
+    def evaluated(self) -> list[str]:
+        """The evaluated capabilities (matrix columns), in order."""
+        return list(dict.fromkeys(r.evaluated for r in self.rows))
+
+    def at(self, sigma: float) -> tuple[Any, ...]:
+        """The rows at one σ."""
+        return tuple(r for r in self.rows if r.sigma == sigma)
+
+    def cell(self, located: str, evaluated: str, sigma: float) -> Any:
+        """The row of one (located, evaluated, σ) cell; ``KeyError`` when there is none."""
+        for r in self.rows:
+            if (r.located, r.evaluated, r.sigma) == (located, evaluated, sigma):
+                return r
+        raise KeyError((located, evaluated, sigma))
+
+
+@dataclass(frozen=True)
+class EraseResult(_Matrix, Table):
+    """What [`erase`][tl_capability.experiments.erase.erase] measured.
+
+    Attributes:
+        rows: One row per (located capability, σ, evaluated capability).
+        sigmas: The σ values, in the order given.
+        n_random: Random control sets per located set.
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+        mode: ``"zero"``; ``"scale"`` only from the deprecated ``erase(mode="scale")``.
+        factor: The scale factor of ``mode="scale"`` (else ``None``).
+    """
+
+    rows: tuple[EraseRow, ...]
+    sigmas: tuple[float, ...]
+    n_random: int
+    seed: int
+    mode: str = "zero"
+    factor: float | None = None
+
+
+@dataclass(frozen=True)
+class AmplifyResult(_Matrix, Table):
+    """What [`amplify`][tl_capability.experiments.erase.amplify] measured.
+
+    Attributes:
+        rows: One row per (located capability, σ, evaluated capability).
+        sigmas: The σ values, in the order given.
+        n_random: Random control sets per located set.
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+        factor: The scale factor applied to the located neurons.
+    """
+
+    rows: tuple[AmplifyRow, ...]
+    sigmas: tuple[float, ...]
+    n_random: int
+    seed: int
+    factor: float
+
+
+_Cell = tuple[str, float, int, str, float, float, float, float, float]
+
+
+def _matrix(
+    model: Any,
+    locate_on: Mapping[str, CapabilityDataset],
+    evaluate_on: Mapping[str, CapabilityDataset],
+    scores: Mapping[str, NeuronScores],
+    sigmas: Sequence[float],
+    n_random: int,
+    seed: int,
+    mode: str,
+    hook_kwargs: Mapping[str, Any],
+    base: Mapping[str, float] | None = None,
+) -> list[_Cell]:
+    """Every (located, σ, evaluated) cell: located, σ, neurons, evaluated, base %, after %,
+    drop, random mean drop and its 95 % half-width."""
+    if n_random < 1:
+        raise ValueError("n_random must be at least 1")
+    if base is None:
+        base = {name: accuracy(model, data) for name, data in evaluate_on.items()}
+    cells = []
+    for located in locate_on:
+        for sigma in sigmas:
+            mask = select(scores[located], sigma=sigma)
+            controls = random_controls(mask, n_random, seed=seed)
+            for name, data in evaluate_on.items():
+                if len(mask):
+                    with ablate(model, mask, mode, **hook_kwargs):
+                        after = accuracy(model, data)
+                    random_drops = []
+                    for control in controls:
+                        with ablate(model, control, mode, **hook_kwargs):
+                            random_drops.append(100 * (base[name] - accuracy(model, data)))
+                else:
+                    after, random_drops = base[name], [0.0]
+                mean, half = mean_ci(random_drops)
+                cells.append(
+                    (
+                        located,
+                        sigma,
+                        len(mask),
+                        name,
+                        100 * base[name],
+                        100 * after,
+                        100 * (base[name] - after),
+                        mean,
+                        half,
+                    )
+                )
+    return cells
+
+
+def erase(
+    model: Any,
+    locate_on: Mapping[str, CapabilityDataset],
+    evaluate_on: Mapping[str, CapabilityDataset],
+    *,
+    sigmas: Sequence[float] = SIGMAS,
+    n_random: int = 5,
+    seed: int = 0,
+    scores: Mapping[str, NeuronScores] | None = None,
+    mode: str = "zero",
+    factor: float = 2.0,
+    **attribute_kwargs: Any,
+) -> EraseResult:
+    """Accuracy of every capability with each capability's located neurons zeroed.
+
+    Args:
+        model: The model (restored after every measurement).
+        locate_on: Data to locate each capability's neurons on.
+        evaluate_on: Held-out data of every capability to measure (may include others).
+        sigmas: σ values of the selection rule.
+        n_random: Random placebo sets per located set (same count per layer; from
+            [`random_controls`][tl_capability.masks.random_controls]).
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+        scores: Precomputed attribution scores per capability (else computed here).
+        mode: ``"zero"``. ``"scale"`` (amplify by ``factor``) is deprecated: use
+            [`amplify`][tl_capability.experiments.erase.amplify].
+        factor: The scale factor of the deprecated ``mode="scale"``.
+
+    Returns:
+        One row per (located capability, σ, evaluated capability): the number of neurons,
+        base and erased accuracy, the drop, and the random sets' mean drop with its 95 %
+        interval. Drops are in accuracy points (0-100).
+
+    Raises:
+        ValueError: For ``n_random < 1`` or a mode other than ``"zero"`` / ``"scale"``.
+    """
+    if mode not in ("zero", "scale"):
+        raise ValueError(f"mode must be 'zero' (or the deprecated 'scale'), got {mode!r}")
+    if mode == "scale":
+        warnings.warn(
+            "erase(mode='scale') is deprecated and will be removed in the next version: use "
+            "tl_capability.experiments.amplify(model, locate_on, evaluate_on, factor=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    if n_random < 1:
+        raise ValueError("n_random must be at least 1")
+    if scores is None:
+        scores = locate_scores(model, locate_on, **attribute_kwargs)
+    hook_kwargs = {"factor": factor} if mode == "scale" else {}
+    cells = _matrix(
+        model, locate_on, evaluate_on, scores, sigmas, n_random, seed, mode, hook_kwargs
+    )
+    return _erase_result(cells, sigmas, n_random, seed, mode, factor)
+
+
+def _erase_result(
+    cells: list[_Cell],
+    sigmas: Sequence[float],
+    n_random: int,
+    seed: int,
+    mode: str = "zero",
+    factor: float = 2.0,
+) -> EraseResult:
+    what = "erased (zeroed" if mode == "zero" else f"amplified (×{factor:g}"
+    return EraseResult(
+        f"Accuracy with located neurons {what} at every position)",
+        tuple(EraseRow(*cell) for cell in cells),
+        tuple(sigmas),
+        n_random,
+        seed,
+        mode,
+        factor if mode == "scale" else None,
+    )
+
+
+def amplify(
+    model: Any,
+    locate_on: Mapping[str, CapabilityDataset],
+    evaluate_on: Mapping[str, CapabilityDataset],
+    *,
+    factor: float = 2.0,
+    sigmas: Sequence[float] = SIGMAS,
+    n_random: int = 5,
+    seed: int = 0,
+    scores: Mapping[str, NeuronScores] | None = None,
+    **attribute_kwargs: Any,
+) -> AmplifyResult:
+    """Accuracy of every capability with each capability's located neurons scaled by
+    ``factor`` at every position (the other half of the CNL paper's Fig. 4).
+
+    Args:
+        model: The model (restored after every measurement).
+        locate_on: Data to locate each capability's neurons on.
+        evaluate_on: Held-out data of every capability to measure (may include others).
+        factor: What the located neurons' activations are multiplied by.
+        sigmas: σ values of the selection rule.
+        n_random: Random placebo sets per located set (same count per layer; from
+            [`random_controls`][tl_capability.masks.random_controls]), scaled alike.
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+        scores: Precomputed attribution scores per capability (else computed here).
+
+    Returns:
+        One row per (located capability, σ, evaluated capability): the number of neurons,
+        base and amplified accuracy, the drop (negative: a gain), and the random sets' mean
+        drop with its 95 % interval, in accuracy points.
+
+    Raises:
+        ValueError: For ``n_random < 1``.
+    """
+    if n_random < 1:
+        raise ValueError("n_random must be at least 1")
+    if scores is None:
+        scores = locate_scores(model, locate_on, **attribute_kwargs)
+    cells = _matrix(
+        model, locate_on, evaluate_on, scores, sigmas, n_random, seed, "scale", {"factor": factor}
+    )
+    return _amplify_result(cells, sigmas, n_random, seed, factor)
+
+
+def _amplify_result(
+    cells: list[_Cell], sigmas: Sequence[float], n_random: int, seed: int, factor: float
+) -> AmplifyResult:
+    return AmplifyResult(
+        f"Accuracy with located neurons amplified (×{factor:g} at every position)",
+        tuple(AmplifyRow(*cell) for cell in cells),
+        tuple(sigmas),
+        n_random,
+        seed,
+        factor,
+    )
