@@ -8,7 +8,7 @@ growth ratio between consecutive sizes (10 for a linear cost at 10x the data), t
 resident memory during each call above what the process held before it, and the peak of the
 whole process.
 
-    python benchmarks/scaling.py [--sizes 100 1000 10000] [--steps 20] [--threads 1]
+    python benchmarks/scaling.py [--sizes 100 1000 10000] [--steps 20] [--threads 1] [--calls ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 CALLS = ("tokenize", "accuracy", "attribute answer", "attribute all", "ablate + accuracy")
 
 
-def child(n: int, steps: int, threads: int) -> dict:
+def child(n: int, steps: int, threads: int, calls: list[str]) -> dict:
     """Times every call on ``n`` samples in this process; returns seconds and peak RSS."""
     import torch
 
@@ -44,6 +44,8 @@ def child(n: int, steps: int, threads: int) -> dict:
     extra = {}
 
     def timed(name: str, fn) -> None:
+        if name not in calls:
+            return
         start = time.perf_counter()
         with PeakRSS() as peak:
             fn()
@@ -72,10 +74,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", nargs="+", choices=CALLS, default=list(CALLS))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.steps, args.threads)))
+        print(json.dumps(child(args.child, args.steps, args.threads, args.calls)))
         return
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = []
@@ -90,6 +93,8 @@ def main() -> None:
                 str(args.steps),
                 "--threads",
                 str(args.threads),
+                "--calls",
+                *args.calls,
             ],
             capture_output=True,
             text=True,
@@ -106,7 +111,7 @@ def main() -> None:
     )
     print(head + "".join(f" | {g}" for g in growth) + " |")
     print("|---" * (1 + len(sizes) + len(growth)) + "|")
-    for call in CALLS:
+    for call in args.calls:
         t = [r["seconds"][call] for r in results]
         ratios = [b / a for a, b in itertools.pairwise(t)]
         print(
@@ -118,7 +123,7 @@ def main() -> None:
     print("\nPeak RSS during each call, above the RSS before it (MiB):\n")
     print("| call | " + " | ".join(f"{n:,} samples" for n in sizes) + " |")
     print("|---" * (1 + len(sizes)) + "|")
-    for call in CALLS:
+    for call in args.calls:
         print(f"| {call} | " + " | ".join(f"{r['extra_mb'][call]:.0f}" for r in results) + " |")
     print(
         "| whole process (model and data included) | "
