@@ -234,12 +234,14 @@ def test_rows_forked_after_the_scaled_block_equal_rows_forked_before_it(model, a
 
 
 def test_a_block_whose_mlp_output_is_not_linear_keeps_rows_apart(model):
-    """A norm (here a tanh) after the MLP breaks ``δ W_out``: the probe must notice, and the
-    scores must still equal the plain reference."""
+    """A norm (here a tanh, hooked on the last block after the answer was first kept) after the
+    MLP breaks ``δ W_out``: the probe must notice, and the scores must still equal the plain
+    reference."""
     from tl_capability import sites
 
-    sites._MLP_ADDS_LINEARLY.pop(model, None)
-    hook = model.hook_dict["blocks.0.hook_mlp_out"]
+    assert sites.mlp_output_adds_linearly(model)  # kept for this model from now on
+    last = model.cfg.n_layers - 1
+    hook = model.hook_dict[f"blocks.{last}.hook_mlp_out"]
     hook.add_hook(lambda out, hook: torch.tanh(out))
     try:
         assert not sites.mlp_output_adds_linearly(model)
@@ -250,4 +252,4 @@ def test_a_block_whose_mlp_output_is_not_linear_keeps_rows_apart(model):
         torch.testing.assert_close(scores.per_sample, ref, rtol=1e-4, atol=1e-6)
     finally:
         hook.remove_hooks()
-        sites._MLP_ADDS_LINEARLY.pop(model, None)
+    assert sites.mlp_output_adds_linearly(model)

@@ -285,33 +285,39 @@ _WIDTHS_CHECKED: WeakKeyDictionary[Any, set[NeuronSite]] = WeakKeyDictionary()
 _KV_CACHE: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
 
 
-_MLP_ADDS_LINEARLY: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+_MLP_ADDS_LINEARLY: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
 
 
 def mlp_output_adds_linearly(model: Any) -> bool:
-    """Whether each block adds ``hook_post · W_out`` (plus a constant) to the residual stream,
-    so that changing the post-activations by ``δ`` changes the block's output by exactly
-    ``δ W_out`` (sequential and parallel blocks; not a norm after the MLP).
+    """Whether every block adds ``hook_post · W_out`` (plus a constant) to the residual stream,
+    so that changing layer ``l``'s post-activations by ``δ`` changes block ``l``'s output by
+    exactly ``δ W_out`` (sequential and parallel blocks; not a norm after the MLP, nor a hook
+    that bends the MLP's output).
 
-    Checked once per model with a short pass that perturbs layer 0's post-activations.
+    Probed with a short pass per layer that perturbs that layer's post-activations; the answer
+    is kept per model until the hooks attached to it change.
     """
+    signature = _hook_signature(model)
     known = _MLP_ADDS_LINEARLY.get(model)
-    if known is None:
-        known = _MLP_ADDS_LINEARLY[model] = _probe_mlp_output(model)
-    return known
+    if known is None or known[0] != signature:
+        known = _MLP_ADDS_LINEARLY[model] = (signature, _probe_mlp_output(model))
+    return known[1]
+
+
+def _hook_signature(model: Any) -> tuple[int, ...]:
+    """How many forward hooks each hook point holds (what a user's hooks can change)."""
+    return tuple(len(getattr(hp, "_forward_hooks", ())) for hp in model.hook_dict.values())
 
 
 def _probe_mlp_output(model: Any) -> bool:
-    post, out = neuron_hook_name(0), resid_post_hook_name(0)
-    if post not in model.hook_dict or out not in model.hook_dict:
+    n_layers = model.cfg.n_layers
+    names = [(neuron_hook_name(layer), resid_post_hook_name(layer)) for layer in range(n_layers)]
+    if any(post not in model.hook_dict or out not in model.hook_dict for post, out in names):
         return False
-    w_out = mlp_w_out(model, 0).detach()
+    device = model_device(model)
+    tokens = torch.zeros(1, 3, dtype=torch.long, device=device)
     gen = torch.Generator().manual_seed(0)
-    delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen).to(w_out.device, w_out.dtype)
     seen: dict[str, Tensor] = {}
-
-    def shift(act: Tensor, hook: Any) -> Tensor:
-        return act + delta
 
     def grab(key: str):
         def hook(resid: Tensor, hook: Any) -> None:
@@ -319,16 +325,26 @@ def _probe_mlp_output(model: Any) -> bool:
 
         return hook
 
-    tokens = torch.zeros(1, 3, dtype=torch.long, device=w_out.device)
     with torch.no_grad():
-        with model.hooks(fwd_hooks=[(out, grab("clean"))]):
+        clean = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names)]
+        with model.hooks(fwd_hooks=clean):
             model(tokens)
-        with model.hooks(fwd_hooks=[(post, shift), (out, grab("shifted"))]):
-            model(tokens)
-    change = seen["shifted"] - seen["clean"]
-    expected = (delta @ w_out).float()
-    scale = float(expected.abs().max())
-    return bool(torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale))
+        for layer, (post, out) in enumerate(names):
+            w_out = mlp_w_out(model, layer).detach()
+            delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen)
+            delta = delta.to(w_out.device, w_out.dtype)
+
+            def shift(act: Tensor, hook: Any, delta: Tensor = delta) -> Tensor:
+                return act + delta
+
+            with model.hooks(fwd_hooks=[(post, shift), (out, grab("shifted"))]):
+                model(tokens)
+            change = seen["shifted"] - seen[f"clean{layer}"]
+            expected = (delta @ w_out).float()
+            scale = float(expected.abs().max())
+            if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
+                return False
+    return True
 
 
 def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) -> NeuronSite:
