@@ -25,7 +25,7 @@ from tl_capability.sites import (
     NeuronSite,
     final_norm,
     final_resid_hook_name,
-    kv_cache_forward,
+    new_kv_cache,
     unembed,
     unembed_input_hook,
     unembedding,
@@ -213,13 +213,12 @@ def clean_pass(
         return hook
 
     fwd = [(site.hook_name(layer), grab(layer)) for layer in range(site.n_layers)]
-    cache = None
+    # The pass stops after the last block: no logits are needed, and a cache passed in is
+    # filled in place.
+    cache = new_kv_cache(model) if use_cache else None
+    kwargs = {"past_key_values": cache, "use_cache": True} if use_cache else {}
     with torch.no_grad():
-        if use_cache:
-            with model.hooks(fwd_hooks=fwd):
-                _, cache = kv_cache_forward(model, batch.tokens)
-        else:
-            final_residual(model, batch.tokens, fwd)
+        final_residual(model, batch.tokens, fwd, **kwargs)
     return torch.stack(acts, dim=1), cache
 
 

@@ -12,11 +12,14 @@ weight names and what a model supports; the others call its functions:
   [`unembed_input_hook`][tl_capability.sites.unembed_input_hook]);
 - the head: [`final_norm`][tl_capability.sites.final_norm],
   [`unembed`][tl_capability.sites.unembed], [`unembedding`][tl_capability.sites.unembedding]
-  (``W_U``, ``b_U``); - the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
-  [`mlp_parameters`][tl_capability.sites.mlp_parameters]; - what a model supports:
-  [`is_masked_lm`][tl_capability.sites.is_masked_lm], [`is_bridge`][tl_capability.sites.is_bridge],
-  [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] and
-  [`kv_cache_forward`][tl_capability.sites.kv_cache_forward];
+  (``W_U``, ``b_U``);
+- the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
+  [`mlp_parameters`][tl_capability.sites.mlp_parameters];
+- what a model supports: [`is_masked_lm`][tl_capability.sites.is_masked_lm],
+  [`is_bridge`][tl_capability.sites.is_bridge],
+  [`supports_kv_cache`][tl_capability.sites.supports_kv_cache],
+  [`kv_cache_forward`][tl_capability.sites.kv_cache_forward] and
+  [`new_kv_cache`][tl_capability.sites.new_kv_cache];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
   [`model_device`][tl_capability.sites.model_device],
   [`model_name`][tl_capability.sites.model_name].
@@ -229,6 +232,16 @@ def kv_cache_forward(
     """One forward pass that also returns the Hugging Face key/value cache it filled
     (``None`` for a model that filled none)."""
     return model(tokens, use_cache=True, return_type="logits_and_cache")
+
+
+def new_kv_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model``'s Hugging Face decoder, of the kind its own
+    forward pass would create (sliding-window layers where its config asks for them). Passed as
+    ``past_key_values``, it is filled in place, so a pass stopped after the last block leaves it
+    complete without computing the logits."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.original_model.config)
 
 
 def supports_kv_cache(model: Any) -> bool:
