@@ -96,22 +96,24 @@ def test_accuracy_agrees_with_hf_greedy_generation(arch_model):
     assert accuracy(model, ds) == pytest.approx(sum(expected) / len(expected))
 
 
-@pytest.mark.parametrize(("method", "rows_per_pass"), [("ig", 128), ("ig", 1), ("grad_x_act", 128)])
-def test_cached_path_equals_the_general_path_and_the_reference(
-    arch_model, method, rows_per_pass, monkeypatch
-):
-    """The one-token cached rows give the same scores as re-running z_m, on every architecture,
-    with the IG rows of all layers in one pass or one layer per pass."""
-    import tl_capability.attribution as attribution
+@pytest.mark.parametrize(
+    ("method", "max_rows"), [("ig", 1024), ("ig", 7), ("ig", 1), ("grad_x_act", 1024)]
+)
+def test_cached_path_equals_the_general_path_and_the_reference(arch_model, method, max_rows):
+    """The one-token cached rows give the same scores as re-running z_m, on every architecture.
+    IG rows enter at their own layer (layered rows): all layers and steps in one pass, steps
+    split over sequences with a padded last chunk (7 rows), one layer per pass (1 row)."""
     from tests.test_attribution import reference_scores
     from tl_capability.attribution import attribute, supports_kv_cache
+    from tl_capability.layered_rows import layered_rows_exact
 
-    monkeypatch.setattr(attribution, "_ROWS_PER_PASS", rows_per_pass)
     _, _, model = arch_model
     assert supports_kv_cache(model)
+    assert layered_rows_exact(model, neuron_site(model))
     ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
-    fast = attribute(model, ds, method, steps=3, per_sample=True, progress=False, use_cache=True)
-    slow = attribute(model, ds, method, steps=3, per_sample=True, progress=False, use_cache=False)
+    kw = {"steps": 3, "per_sample": True, "progress": False, "max_rows": max_rows}
+    fast = attribute(model, ds, method, use_cache=True, **kw)
+    slow = attribute(model, ds, method, use_cache=False, **kw)
     assert fast.params["kv_cache"] and not slow.params["kv_cache"]
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
     ref = reference_scores(model, ds, method, steps=3)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from tl_capability.all_positions import all_position_scores, check_all_position_method
 from tl_capability.data import Batch, CapabilityDataset, batch_sizes, batches, tokenize
+from tl_capability.layered_rows import layered_ig_grad_sum, layered_rows_exact
 from tl_capability.options import (
     AttributionMethod,
     IGRule,
@@ -239,6 +240,11 @@ def _target_scores(
             grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
         return g * acts if method == "grad_x_act" else g * acts.sign()
+    if cache is not None and layered_rows_exact(model, site):
+        grad_sum = layered_ig_grad_sum(
+            model, site, batch, cache, acts, alphas.to(device), metric, max_rows
+        )
+        return acts * grad_sum / len(alphas)
     # Integrated gradients: one row per (target, layer, step). A pass differentiates a few
     # adjacent layers, so its backward pass stops at the lowest of them instead of running
     # down to the embeddings; when the rows of one layer are few, several layers share a

@@ -310,16 +310,22 @@ def mlp_output_adds_linearly(model: Any) -> bool:
     Probed with a short pass per layer that perturbs that layer's post-activations; the answer
     is kept per model until the hooks attached to it change.
     """
-    signature = _hook_signature(model)
+    signature = hook_signature(model)
     known = _MLP_ADDS_LINEARLY.get(model)
     if known is None or known[0] != signature:
         known = _MLP_ADDS_LINEARLY[model] = (signature, _probe_mlp_output(model))
     return known[1]
 
 
-def _hook_signature(model: Any) -> tuple[int, ...]:
-    """How many forward hooks each hook point holds (what a user's hooks can change)."""
+def hook_signature(model: Any) -> tuple[int, ...]:
+    """How many forward hooks each hook point holds (what a user's hooks can change): facts
+    probed once per model are probed again when it changes."""
     return tuple(len(getattr(hp, "_forward_hooks", ())) for hp in model.hook_dict.values())
+
+
+def block_modules(model: Any) -> list[Any]:
+    """The model's transformer blocks, in order (the modules its forward pass calls)."""
+    return list(model.blocks)
 
 
 def _probe_mlp_output(model: Any) -> bool:

@@ -1,0 +1,100 @@
+"""Layered rows: IG rows that enter a Hugging Face decoder at their own layer."""
+
+from weakref import WeakKeyDictionary
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.models import HAS_BRIDGE, save_hf_model
+from tl_capability import CapabilityDataset, attribute, neuron_site
+from tl_capability import layered_rows as lr
+
+DS = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+KW = {"steps": 3, "per_sample": True, "progress": False}
+CUT = lr._cut
+
+
+@given(n_layers=st.integers(1, 40), n_steps=st.integers(1, 60), max_rows=st.integers(1, 3000))
+def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
+    group, chunk, per_pass = lr.plan(n_layers, n_steps, max_rows)
+    assert 1 <= group <= n_layers and 1 <= chunk <= n_steps and per_pass >= 1
+    assert group * chunk * per_pass <= max_rows
+    if max_rows >= n_layers * n_steps:  # one sequence holds a target's every row
+        assert (group, chunk) == (n_layers, n_steps)
+
+
+needs_bridge = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
+
+
+@pytest.fixture
+def gpt2(tmp_path, monkeypatch):
+    from transformer_lens import TransformerBridge
+
+    monkeypatch.setattr(lr, "_EXACT", WeakKeyDictionary())
+    model = TransformerBridge.boot_transformers(str(save_hf_model("gpt2", tmp_path / "m")))
+    return model.eval()
+
+
+@needs_bridge
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda value, n_max, n, width: value,  # nothing cut: shapes disagree, the pass fails
+        # a mask cut from the wrong end: the pass runs, its numbers are wrong
+        lambda value, n_max, n, width: (
+            value[..., :n, -(width + n) :]
+            if isinstance(value, torch.Tensor) and value.dim() == 4
+            else CUT(value, n_max, n, width)
+        ),
+    ],
+)
+def test_probe_refuses_a_wrong_cut_and_attribution_keeps_the_plain_rows(gpt2, monkeypatch, cut):
+    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    monkeypatch.setattr(lr, "_cut", cut)
+    assert not lr.layered_rows_exact(gpt2, neuron_site(gpt2))
+    cached = attribute(gpt2, DS, use_cache=True, **KW)
+    torch.testing.assert_close(cached.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
+
+
+@needs_bridge
+def test_user_hooks_compose_with_layered_rows(gpt2):
+    """A steering vector added to the residual stream of block 1, and a neuron zeroed at layer
+    0, reach layered rows as they reach the re-run sequences."""
+    gen = torch.Generator().manual_seed(0)
+    steer = torch.randn(gpt2.cfg.d_model, generator=gen)
+
+    def add(resid, hook):
+        return resid + steer
+
+    def zero(act, hook):
+        act[..., 3] = 0
+        return act
+
+    hooks = [("blocks.1.hook_resid_pre", add), ("blocks.0.mlp.hook_post", zero)]
+    with gpt2.hooks(fwd_hooks=hooks):
+        assert lr.layered_rows_exact(gpt2, neuron_site(gpt2))
+        fast = attribute(gpt2, DS, use_cache=True, **KW)
+        slow = attribute(gpt2, DS, use_cache=False, **KW)
+    torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
+    assert fast.per_sample[:, 0, 3].abs().max() == 0
+    clean = attribute(gpt2, DS, use_cache=True, **KW)
+    assert not torch.allclose(clean.per_sample, fast.per_sample)
+
+
+@needs_bridge
+def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
+    site = neuron_site(gpt2)
+    assert lr.layered_rows_exact(gpt2, site)
+    blocks = lr.block_modules(gpt2)
+    before = [len(b._forward_pre_hooks) for b in blocks]
+
+    def fail(act, hook):
+        raise RuntimeError("user hook failed")
+
+    with gpt2.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", fail)]):
+        lr._EXACT[gpt2] = ((site, lr.hook_signature(gpt2)), True)  # skip the probe
+        with pytest.raises(RuntimeError, match="user hook failed"):
+            attribute(gpt2, DS, use_cache=True, **KW)
+    assert [len(b._forward_pre_hooks) for b in blocks] == before

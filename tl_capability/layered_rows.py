@@ -1,0 +1,293 @@
+"""Integrated-gradient rows that enter the model at their own layer (the cached path).
+
+An answer-position IG row of layer ``l`` (Dai et al., ACL 2022) replaces one neuron vector at
+layer ``l`` of the last position of ``z_m``; below ``l`` it is the clean run. On the cached path
+([`tl_capability.rows`][tl_capability.rows]) a row is one token over the clean run's keys and
+values, but it still runs every block, forward and backward, though only the blocks from ``l`` up
+see anything but the clean run. Here the rows of a pass share sequences that grow along the way:
+
+- position 0 of each sequence, the *carrier*, runs the clean token through every block;
+- at the input of block ``l`` the rows of layer ``l`` are appended as copies of the carrier's
+  residual (detached), so a row runs the blocks from its own layer up, forward and backward
+  (about half the block work of a model's depth, and the backward pass stops at the row's own
+  layer);
+- a 4-D mask lets every position see the cached prefix and itself only, as on the cached path.
+
+The model's forward pass builds one attention mask, one set of position ids and rotary tables
+for the longest sequence; a forward pre-hook on every block cuts those to the positions alive
+there. Whether that cut is exact depends on what a Hugging Face block reads, so
+[`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact] checks it once per model
+against the plain cached rows; where it differs or fails, attribution keeps the plain rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_capability.data import Batch
+from tl_capability.options import Metric
+from tl_capability.rows import Rows, _metric_surrogate, cached_rows, layer_row_gradients
+from tl_capability.sites import NeuronSite, block_modules, hook_signature, model_device
+
+
+@dataclass(frozen=True)
+class LayeredRows:
+    """One pass of rows for layers ``lo .. hi - 1`` and ``chunk`` steps per sequence.
+
+    Sequence ``s`` reads target ``owner[s]``; its row of layer ``l`` and step ``first[s] + j``
+    sits at position ``1 + (l - lo) * chunk + j``. ``rows`` lists the real rows (a last chunk
+    may be padded) with ``layer`` and ``step`` of each.
+    """
+
+    rows: Rows
+    layer: Int[Tensor, " row"]
+    step: Int[Tensor, " row"]
+    lo: int
+    hi: int
+    chunk: int
+    width: int
+
+    def alive(self, layer: int) -> int:
+        """Positions of each sequence at the input of block ``layer``."""
+        return 1 + self.chunk * min(max(layer - self.lo + 1, 0), self.hi - self.lo)
+
+
+def layered_rows(
+    batch: Batch,
+    cache: Any,
+    owner: Int[Tensor, " seq"],
+    first: Int[Tensor, " seq"],
+    n_steps: int,
+    lo: int,
+    hi: int,
+    chunk: int,
+) -> LayeredRows:
+    """The layout of one pass: sequences of targets ``owner``, steps from ``first``."""
+    from transformers import DynamicCache
+
+    device = owner.device
+    n_seq, n_layers = len(owner), hi - lo
+    n_max = 1 + n_layers * chunk
+    source, q = batch.target_row[owner], batch.target_pos[owner]
+    width = int(q.max())
+    past = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        past.update(layer.keys[source, :, :width], layer.values[source, :, :width], index)
+    tokens = batch.tokens[source, q][:, None].expand(-1, n_max).contiguous()
+    allowed = torch.zeros(n_seq, n_max, width + n_max, dtype=torch.bool, device=device)
+    allowed[:, :, :width] = (torch.arange(width, device=device) < q[:, None])[:, None, :]
+    own = torch.arange(n_max, device=device)
+    allowed[:, own, width + own] = True
+    dtype = cache.layers[0].keys.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    kwargs = {
+        "past_key_values": past,
+        "attention_mask": mask[:, None],
+        "position_ids": q[:, None].expand(-1, n_max),
+    }
+    s, lay, j = (
+        x.flatten()
+        for x in torch.meshgrid(
+            torch.arange(n_seq, device=device),
+            torch.arange(lo, hi, device=device),
+            torch.arange(chunk, device=device),
+            indexing="ij",
+        )
+    )
+    step = first[s] + j
+    real = step < n_steps
+    s, lay, j, step = s[real], lay[real], j[real], step[real]
+    pos = 1 + (lay - lo) * chunk + j
+    rows = Rows(tokens, s, pos, batch.target_token[owner[s]], kwargs)
+    return LayeredRows(rows, lay, step, lo, hi, chunk, width)
+
+
+def _cut(value: Any, n_max: int, n: int, width: int) -> Any:
+    """``value`` (a block's argument) cut from ``n_max`` query positions to the first ``n``."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(v, n_max, n, width) for v in value)
+    if not isinstance(value, Tensor) or n == n_max:
+        return value
+    if value.dim() == 4 and value.shape[-2] == n_max:  # attention mask [seq, 1, query, key]
+        return value[..., :n, : width + n]
+    if value.dim() in (2, 3) and value.shape[1] == n_max:  # position ids, rotary tables
+        return value[:, :n]
+    if value.dim() == 1 and value.shape[0] == n_max:  # cache positions
+        return value[:n]
+    return value
+
+
+@contextlib.contextmanager
+def entering_at_layers(model: Any, layout: LayeredRows) -> Iterator[None]:
+    """Forward pre-hooks that grow every sequence at the blocks where its rows enter."""
+    n_max = layout.alive(layout.hi - 1)
+
+    def enter(layer: int):
+        n = layout.alive(layer)
+
+        def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            have = hidden.shape[1]
+            if have > n:
+                hidden = hidden[:, :n]
+            elif have < n:
+                carrier = hidden[:, :1].detach().expand(-1, n - have, -1)
+                hidden = torch.cat([hidden, carrier], dim=1)
+            cut = [_cut(a, n_max, n, layout.width) for a in args[1:]]
+            new_args = (hidden, *cut) if args else args
+            new_kwargs = {
+                key: hidden if key == "hidden_states" else _cut(v, n_max, n, layout.width)
+                for key, v in kwargs.items()
+            }
+            return new_args, new_kwargs
+
+        return pre
+
+    handles = [
+        block.register_forward_pre_hook(enter(layer), with_kwargs=True)
+        for layer, block in enumerate(block_modules(model))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layered_gradients(
+    model: Any,
+    site: NeuronSite,
+    layout: LayeredRows,
+    metric: Metric,
+    patch_value: Float[Tensor, "row d_mlp"],
+) -> Float[Tensor, "row d_mlp"]:
+    """Gradient of each row's metric at its own layer, its activation there first replaced by
+    its ``patch_value``; the same numbers as
+    [`layer_row_gradients`][tl_capability.rows.layer_row_gradients] on the plain cached rows."""
+    rows = layout.rows
+    layers = list(range(layout.lo, layout.hi))
+    chosen = {layer: (layout.layer == layer).nonzero()[:, 0] for layer in layers}
+    outputs: dict[int, Tensor] = {}
+
+    def capture(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            new = act.clone()
+            r = chosen[layer]
+            new[rows.seq[r], rows.pos[r]] = patch_value[r].to(new.dtype)
+            if not new.requires_grad:  # frozen parameters: start the graph here
+                new.requires_grad_(True)
+            outputs[layer] = new
+            return new
+
+        return hook
+
+    fwd = [(site.hook_name(layer), capture(layer)) for layer in layers]
+    with entering_at_layers(model, layout), torch.enable_grad():
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd)
+        grads = torch.autograd.grad(surrogate, [outputs[k] for k in layers], allow_unused=True)
+    out = torch.zeros(len(rows.seq), site.d_mlp, device=rows.seq.device)
+    for layer, g in zip(layers, grads, strict=True):
+        r = chosen[layer]
+        if g is not None:
+            out[r] = g[rows.seq[r], rows.pos[r]].float()
+    return out
+
+
+def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
+    """``(layers per pass, steps per sequence, sequences per pass)`` within ``max_rows`` rows."""
+    group = min(n_layers, max_rows)
+    chunk = max(1, min(n_steps, max_rows // group))
+    return group, chunk, max(1, max_rows // (group * chunk))
+
+
+def layered_ig_grad_sum(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    cache: Any,
+    acts: Float[Tensor, "target layer d_mlp"],
+    alphas: Float[Tensor, " step"],
+    metric: Metric,
+    max_rows: int,
+) -> Float[Tensor, "target layer d_mlp"]:
+    """``Σ_k ∂P/∂a (α_k a)`` of every target and layer, rows entering at their own layer."""
+    device = batch.tokens.device
+    n_targets, n_steps = len(batch.target_row), len(alphas)
+    group, chunk, per_pass = plan(site.n_layers, n_steps, max_rows)
+    n_chunks = math.ceil(n_steps / chunk)
+    owner = torch.arange(n_targets, device=device).repeat_interleave(n_chunks)
+    first = (torch.arange(n_chunks, device=device) * chunk).repeat(n_targets)
+    grad_sum = torch.zeros(n_targets, site.n_layers, site.d_mlp, device=device)
+    for top in range(site.n_layers, 0, -group):
+        lo = max(0, top - group)
+        for start in range(0, len(owner), per_pass):
+            part = slice(start, start + per_pass)
+            layout = layered_rows(batch, cache, owner[part], first[part], n_steps, lo, top, chunk)
+            t = owner[part][layout.rows.seq]
+            value = alphas[layout.step, None] * acts[t, layout.layer]
+            g = layered_gradients(model, site, layout, metric, value)
+            grad_sum.index_put_((t, layout.layer), g, accumulate=True)
+    return grad_sum
+
+
+_EXACT: WeakKeyDictionary[Any, tuple[tuple, bool]] = WeakKeyDictionary()
+
+
+def layered_rows_exact(model: Any, site: NeuronSite) -> bool:
+    """Whether layered rows give the plain cached rows' gradients on ``model`` (a two-token
+    prompt, three steps, every layer; relative difference below 1e-4, or 2e-2 in half
+    precision). Kept per model and site until the hooks attached to the model change."""
+    key = (site, hook_signature(model))
+    known = _EXACT.get(model)
+    if known is None or known[0] != key:
+        known = _EXACT[model] = (key, _probe(model, site))
+    return known[1]
+
+
+def _probe(model: Any, site: NeuronSite) -> bool:
+    from tl_capability.rows import clean_pass
+
+    device = model_device(model)
+    tokens = torch.tensor([[0, 1, 2, 0]], device=device) % model.cfg.d_vocab
+    one = torch.zeros(1, dtype=torch.long, device=device)
+    batch = Batch(
+        tokens,
+        torch.ones_like(tokens, dtype=torch.bool),
+        one,
+        torch.zeros(2, dtype=torch.long, device=device),
+        torch.tensor([1, 2], device=device),
+        tokens[0, 2:4].clone(),
+        torch.tensor([0, 1], device=device),
+    )
+    alphas = torch.tensor([1 / 6, 1 / 2, 5 / 6], device=device)
+    try:
+        acts, cache = clean_pass(model, site, batch, True)
+        fast = layered_ig_grad_sum(model, site, batch, cache, acts, alphas, "prob", 1024)
+        slow = torch.zeros_like(fast)
+        t, lay, k = (
+            x.flatten().to(device)
+            for x in torch.meshgrid(
+                torch.arange(2), torch.arange(site.n_layers), torch.arange(3), indexing="ij"
+            )
+        )
+        value = alphas[k, None] * acts[t, lay]
+        g = layer_row_gradients(model, site, cached_rows(batch, cache, t), "prob", lay, value)
+        slow.index_put_((t, lay), g, accumulate=True)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError):
+        return False  # a block that reads the cut arguments otherwise: keep the plain rows
+    half = cache.layers[0].keys.dtype in (torch.float16, torch.bfloat16)
+    scale = float(slow.abs().max())
+    tol = (2e-2 if half else 1e-4) * scale
+    return bool(torch.isfinite(fast).all()) and float((fast - slow).abs().max()) <= tol
