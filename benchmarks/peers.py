@@ -19,15 +19,16 @@ threads:
 - ``grad_x_act`` and ``neurgrad``: one gradient per row (compared with the reference's
   gradient at α = 1).
 
-Columns: prompts, seconds, ratio (reference seconds / row seconds, so > 1 is faster than the
-reference), and agreement: the largest |difference| over the largest |score| against the row
-named in ``against``. The FLOP floor line counts the multiply-adds the answer-position IG rows
-must do (forward of the blocks from the scaled layer up and of the unembedding, for one token
-per row, and the backward pass down to the scaled layer), at the machine's measured matmul
-rate.
+Columns: prompts, seconds (the best of ``--repeat`` runs, for every row alike), ratio (reference
+seconds / row seconds, so > 1 is faster than the reference), and agreement: the largest
+|difference| over the largest |score| against the row named in ``against``. The FLOP floor
+line counts the multiply-adds the answer-position IG rows must do (forward of the blocks from
+the scaled layer up and of the unembedding, for one token per row, and the backward pass down
+to the scaled layer, input gradients only), at the machine's measured matmul rate.
 
     pip install -e ".[bench]"
-    python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--skip-peers] [--out FILE]
+    python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--repeat 3] [--skip-peers]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -163,10 +164,11 @@ HEAD = D_MODEL * VOCAB  # one token through the unembedding
 
 def floor_macs(n_layers: int, prompts: int, steps: int) -> float:
     """Multiply-adds the answer-position IG rows must do: per (prompt, layer l, step), one token
-    from layer l's MLP output up (forward, and backward at twice that), and the unembedding's
-    forward and gradient. (Attention over the cached prefix is negligible here.)"""
+    from layer l's MLP output up, forward and backward (the weights are frozen, so the backward
+    pass of a matmul is one matmul: the input's gradient), and the unembedding's forward and
+    gradient. (Attention over the cached prefix is negligible here.)"""
     per_step = sum(
-        3 * ((n_layers - 1 - layer) * BLOCK + D_MLP * D_MODEL) + 2 * HEAD
+        2 * ((n_layers - 1 - layer) * BLOCK + D_MLP * D_MODEL) + 2 * HEAD
         for layer in range(n_layers)
     )
     return prompts * steps * per_step
@@ -178,9 +180,7 @@ def reference_macs(n_layers: int, prompts: int, steps: int) -> float:
     backward from the logits (every position's unembedding input) down to layer l."""
     t = PROMPT_TOKENS
     per_layer = [
-        steps
-        * t
-        * (n_layers * BLOCK + HEAD + HEAD + 2 * ((n_layers - 1 - layer) * BLOCK + D_MLP * D_MODEL))
+        steps * t * (n_layers * BLOCK + 2 * HEAD + (n_layers - 1 - layer) * BLOCK + D_MLP * D_MODEL)
         for layer in range(n_layers)
     ]
     return prompts * sum(per_layer)
@@ -190,10 +190,15 @@ def agreement(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours - ref).abs().max() / ref.abs().max())
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    """The best of ``repeat`` wall-clock times of ``fn()`` (the least disturbed by other load on
+    the machine), and its result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
 
 
 def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer: Any) -> list:
@@ -219,19 +224,27 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
             }
         )
 
-    t_ref, ref = timed(lambda: torch.stack([reference_ig(model, t, y, alphas) for t, y in seqs]))
+    t_ref, ref = timed(
+        lambda: torch.stack([reference_ig(model, t, y, alphas) for t, y in seqs]), args.repeat
+    )
     row("reference (per-layer re-run)", t_ref, None, "")
     at_one = [reference_grads(model, t, y, torch.ones(1)) for t, y in seqs]
     clean, grad = (torch.stack(x) for x in zip(*at_one, strict=True))
     if not args.skip_peers:
-        t_kn, _ = timed(lambda: knowledge_neurons_scores(hf, tokenizer, prompts, steps))
+        t_kn, _ = timed(
+            lambda: knowledge_neurons_scores(hf, tokenizer, prompts, steps), args.repeat
+        )
         row("knowledge-neurons 0.0.2 (c_fc)", t_kn, None, "time only")
-        t_cap, cap = timed(lambda: torch.stack([captum_all(model, t, y, steps) for t, y in seqs]))
+        t_cap, cap = timed(
+            lambda: torch.stack([captum_all(model, t, y, steps) for t, y in seqs]), args.repeat
+        )
         row("captum 0.9.0, all positions", t_cap, None, "")
     kw = {"progress": False, "per_sample": True}
-    t_ig, ig = timed(lambda: attribute(model, data, "ig", steps=steps, **kw))
+    t_ig, ig = timed(lambda: attribute(model, data, "ig", steps=steps, **kw), args.repeat)
     row("tl_capability ig, answer", t_ig, agreement(ig.per_sample, ref), "reference")
-    t_all, all_pos = timed(lambda: attribute(model, data, "ig", steps=steps, positions="all", **kw))
+    t_all, all_pos = timed(
+        lambda: attribute(model, data, "ig", steps=steps, positions="all", **kw), args.repeat
+    )
     row(
         "tl_capability ig, all positions",
         t_all,
@@ -239,7 +252,7 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
         "" if args.skip_peers else "captum",
     )
     for method in ("grad_x_act", "neurgrad"):
-        t, scores = timed(lambda method=method: attribute(model, data, method, **kw))
+        t, scores = timed(lambda method=method: attribute(model, data, method, **kw), args.repeat)
         expect = grad * (clean if method == "grad_x_act" else clean.sign())
         row(f"tl_capability {method}", t, agreement(scores.per_sample, expect), "α = 1 gradient")
     for r in rows:
@@ -293,6 +306,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="best of this many runs, for every row alike"
+    )
     parser.add_argument("--skip-peers", action="store_true", help="no Captum / knowledge-neurons")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
