@@ -16,10 +16,15 @@ With ``S → ∞`` the scores of one layer sum to ``f(1) − f(0)``: the effect 
 layer at every position (completeness). ``"grad_x_act"`` is ``Σ_p a_pj ∂f/∂a_pj`` at the clean
 run (all layers in one pass); ``"activation"`` is the mean ``|a_pj|`` over real positions.
 
-How it is computed: the model runs the batch's ``B`` sequences once up to layer ``l``; a hook on
-``blocks.{l}.hook_resid_pre`` then copies each sequence into its ``(sample, α)`` rows, so the
-layers below ``l`` run once, not ``S`` times, and the backward pass stops at layer ``l``. Causal
-models need an explicit ``[1, 1, T, T]`` causal mask for that (the mask a Hugging Face model
+How it is computed: the model runs the batch's ``B`` sequences clean, once. Where every block
+adds its MLP's output linearly
+([`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]), the batch
+grows at the output of each block ``l``: one row per ``(sample, α)``, the clean output plus
+``(α a − a) W_out``. A row then runs only the blocks above its layer, the rows of every layer
+share the unembedding and one backward pass, and the layers below ``l`` and block ``l`` itself run
+once per sample, not once per ``(sample, α)``. Otherwise a hook on ``blocks.{l}.hook_resid_pre``
+copies each sequence into its rows, one layer per pass, and the row's activation is scaled. Causal
+models need an explicit ``[1, 1, T, T]`` causal mask for either (the mask a Hugging Face model
 builds has the batch of the input); masked LMs take the plain path, one full sequence per row.
 Sequences are right padded and end at their last answer token, so no position after it is run.
 """
@@ -33,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_capability.data import Batch
+from tl_capability.layered_rows import plan
 from tl_capability.options import AllPositionMethod, Metric, check_option
 from tl_capability.rows import Rows, _metric_surrogate, final_residual
 from tl_capability.sites import (
@@ -113,22 +119,37 @@ def all_position_scores(
     late = expand and site.kind == "post" and mlp_output_adds_linearly(model)
     alphas = alphas.to(device)
     n_steps = len(alphas)
+    out = torch.zeros(n_samples, site.n_layers, site.d_mlp, device=device)
+    if late:
+        # Every layer in one pass: the batch grows at each scaled block's output, so rows of
+        # all layers share the blocks above theirs, the unembedding and one backward pass.
+        group, chunk, per_pass = plan(site.n_layers, n_steps, max_rows)
+        for top in range(site.n_layers, 0, -group):
+            layers = range(max(0, top - group), top)
+            for first in range(0, n_steps, chunk):
+                k = torch.arange(first, min(first + chunk, n_steps), device=device)
+                for start in range(0, n_samples, per_pass):
+                    s = torch.arange(start, min(start + per_pass, n_samples), device=device)
+                    grown = _grown_gradients(
+                        model, site, batch, metric, layers, s, alphas[k], weight, kwargs
+                    )
+                    row_sample = s.repeat_interleave(len(k))
+                    for layer, (clean, grad) in zip(layers, grown, strict=True):
+                        per_row = (clean * grad * real[row_sample, :, None]).sum(1)
+                        out[:, layer].index_add_(0, row_sample, per_row)
+        return out / n_steps
     s_idx, k_idx = (
         x.flatten().to(device)
         for x in torch.meshgrid(torch.arange(n_samples), torch.arange(n_steps), indexing="ij")
     )
-    out = torch.zeros(n_samples, site.n_layers, site.d_mlp, device=device)
     for layer in range(site.n_layers):
         for start in range(0, len(s_idx), max_rows):
             s, k = s_idx[start : start + max_rows], k_idx[start : start + max_rows]
             rows, t = _rows(batch, s, expand, kwargs)
             w = weight[batch.target_row[t]]
-            if late:
-                clean, grad = _forked_gradient(model, site, layer, rows, metric, s, alphas[k], w)
-            else:
-                clean, grad = _scaled_gradient(
-                    model, site, layer, rows, metric, s, alphas[k], expand, w
-                )
+            clean, grad = _scaled_gradient(
+                model, site, layer, rows, metric, s, alphas[k], expand, w
+            )
             per_row = (clean * grad * real[s, :, None]).sum(1)
             out[:, layer].index_add_(0, s, per_row)
     return out / n_steps
@@ -166,36 +187,63 @@ def _scaled_gradient(
     return held["clean"], grad.float()
 
 
-def _forked_gradient(
+def _grown_gradients(
     model: Any,
     site: NeuronSite,
-    layer: int,
-    rows: Rows,
+    batch: Batch,
     metric: Metric,
-    row_sample: Tensor,
-    alpha: Float[Tensor, " row"],
-    weight: Float[Tensor, " read"],
-) -> tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]:
-    """As [`_scaled_gradient`][tl_capability.all_positions._scaled_gradient], with the rows
-    forked after block ``layer``: each row's output of that block is the sample's clean output
-    plus ``(α a − a) W_out``."""
-    held: dict[str, Tensor] = {}
-    w_out = mlp_w_out(model, layer).detach()
+    layers: range,
+    samples: Tensor,
+    alpha: Float[Tensor, " step"],
+    weight: Float[Tensor, " target"],
+    kwargs: dict[str, Any],
+) -> list[tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]]:
+    """For each of ``layers``, the clean activations and the gradient of each (sample, step)
+    row's metric at ``α·a``, all layers in one pass.
 
-    def keep(act: Tensor, hook: Any) -> None:
-        held["clean"] = act.detach()
+    The pass runs the ``samples`` clean; at the output of each block ``l`` of ``layers`` the
+    batch grows by one row per (sample, step), the sample's clean output plus
+    ``(α a − a) W_out`` (exact when
+    [`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]), so a row runs
+    only the blocks above its layer, and all rows share the unembedding and one backward pass.
+    """
+    b, c = len(samples), len(alpha)
+    local = torch.arange(b, device=samples.device).repeat_interleave(c)
+    alpha_rows = alpha.repeat(b)[:, None, None]
+    clean: dict[int, Tensor] = {}
+    scaled: dict[int, Tensor] = {}
 
-    def fork(resid: Tensor, hook: Any) -> Tensor:
-        clean = held["clean"][row_sample]
-        scaled = (clean * alpha[:, None, None].to(clean.dtype)).requires_grad_(True)
-        held["scaled"] = scaled
-        return resid.detach()[row_sample] + (scaled - clean) @ w_out.to(scaled.dtype)
+    def keep(layer: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            clean[layer] = act[:b].detach()
 
-    fwd = [(site.hook_name(layer), keep), (resid_post_hook_name(layer), fork)]
+        return hook
+
+    def fork(layer: int):
+        w_out = mlp_w_out(model, layer).detach()
+
+        def hook(resid: Tensor, hook: Any) -> Tensor:
+            a = clean[layer][local]
+            scaled[layer] = (a * alpha_rows.to(a.dtype)).requires_grad_(True)
+            rows = resid[:b].detach()[local] + (scaled[layer] - a) @ w_out.to(a.dtype)
+            return torch.cat([resid, rows])
+
+        return hook
+
+    fwd = []
+    for layer in layers:
+        fwd += [(site.hook_name(layer), keep(layer)), (resid_post_hook_name(layer), fork(layer))]
+    row_sample = samples[local].repeat(len(layers))
+    hit = row_sample[:, None] == batch.target_row[None, :]
+    r, t = hit.nonzero(as_tuple=True)
+    rows = Rows(batch.tokens[samples], b + r, batch.target_pos[t], batch.target_token[t], kwargs)
     with torch.enable_grad():
-        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
-        (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
-    return held["clean"][row_sample].float(), grad.float()
+        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
+        grads = torch.autograd.grad(surrogate, [scaled[layer] for layer in layers])
+    return [
+        (clean[layer][local].float(), grad.float())
+        for layer, grad in zip(layers, grads, strict=True)
+    ]
 
 
 def _grad_x_act(
