@@ -213,3 +213,36 @@ def test_without_controls_only_suppression_and_sparsity_are_learned(zoo_model, z
                         progress=False)  # fmt: skip
     assert all(h["maintain"] == 0.0 and h["control"] is None for h in result.history)
     assert result.mask.selection["controls"] == []
+
+
+def test_learn_gates_is_the_training_of_learn_mask(zoo_model, zoo_data, learned):
+    """Same seed and data: learn_gates' logits are learn_mask's, without the binarisation."""
+    from tl_capability.learned import learn_gates
+
+    train, _ = zoo_data
+    controls = {"addition": train["addition"], "sort": train["sort"]}
+    logits, history = learn_gates(
+        zoo_model, train["sentiment"], controls, steps=30, max_fraction=0.02, progress=False
+    )
+    assert torch.equal(logits, learned.logits)
+    assert history == learned.history
+
+
+def test_clean_log_probs_kept_equal_those_computed_each_step(zoo_model, zoo_data):
+    """The maintenance term's reference, kept per sample, is the clean pass of that step's
+    batch (also when it does not fit the memory budget and is computed afresh)."""
+    from tl_capability.data import collate, tokenize
+    from tl_capability.learned import _CleanLogProbs
+
+    train, _ = zoo_data
+    samples = {n: tokenize(zoo_model, train[n]) for n in ("addition", "sort")}
+    kept = _CleanLogProbs(zoo_model, samples, 8, 0)
+    fresh = _CleanLogProbs(zoo_model, samples, 8, 0, budget=0)
+    assert kept.keep and not fresh.keep
+    picked = [5, 0, 17, 3]
+    batch = collate([samples["sort"][i] for i in picked], range(4), 0)
+    with torch.no_grad():
+        logits = zoo_model(batch.tokens)[batch.target_row, batch.target_pos]
+    expected = logits.float().log_softmax(-1)
+    torch.testing.assert_close(kept("sort", picked), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fresh("sort", picked), expected, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batche
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
 from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
-from tl_capability.learned import LearnedMask, learn_mask
+from tl_capability.learned import LearnedMask, learn_gates, learn_mask
 from tl_capability.localization import (
     budget_mask,
     contrastive_scores,
@@ -89,6 +89,7 @@ __all__ = [
     "holdout",
     "ig_alphas",
     "iterative_ranking",
+    "learn_gates",
     "learn_mask",
     "locate",
     "mean_activations",

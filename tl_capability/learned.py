@@ -195,6 +195,47 @@ def _check_controls(
             )
 
 
+class _CleanLogProbs:
+    """The clean model's log-probabilities at the control samples' answer positions, the
+    maintenance term's reference. They do not change while the gates train, so each sample's are
+    computed once (in batches of ``batch_size``, on first use of its dataset) and kept while they
+    fit in ``budget`` bytes; past that, each step's are computed afresh."""
+
+    def __init__(
+        self,
+        model: Any,
+        samples: Mapping[str, list],
+        batch_size: int,
+        pad: int,
+        budget: int = 256 * 2**20,
+    ) -> None:
+        self.model, self.samples, self.batch_size, self.pad = model, samples, batch_size, pad
+        vocab = int(model.cfg.d_vocab)
+        answers = sum(len(s.answer) for data in samples.values() for s in data)
+        self.keep = answers * vocab * 4 <= budget
+        self.kept: dict[str, list[Tensor]] = {}
+
+    def _run(self, chosen: list) -> list[Tensor]:
+        device = model_device(self.model)
+        batch = collate(chosen, range(len(chosen)), self.pad).to(device)
+        with torch.no_grad():
+            logits = self.model(batch.tokens)[batch.target_row, batch.target_pos]
+        logp = logits.float().log_softmax(-1)
+        return list(logp.split(batch.n_targets.tolist()))
+
+    def __call__(self, name: str, indices: list[int]) -> Float[Tensor, "target vocab"]:
+        data = self.samples[name]
+        if not self.keep:
+            return torch.cat(self._run([data[i] for i in indices]))
+        if name not in self.kept:
+            self.kept[name] = [
+                t
+                for start in range(0, len(data), self.batch_size)
+                for t in self._run(data[start : start + self.batch_size])
+            ]
+        return torch.cat([self.kept[name][i] for i in indices])
+
+
 def _measure_drops(
     model: Any,
     target: CapabilityDataset,
@@ -234,6 +275,113 @@ def _measure_drops(
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if drop(mid) >= target_drop else (mid, hi)
     return hi, drops
+
+
+def learn_gates(
+    model: Any,
+    target: CapabilityDataset,
+    controls: Mapping[str, CapabilityDataset] | None,
+    *,
+    init: Float[Tensor, "layer d_mlp"] | NeuronScores | None = None,
+    max_fraction: float = 0.05,
+    steps: int = 150,
+    lr: float = 0.1,
+    sparsity: float = 3.0,
+    maintain: float = 1.0,
+    gate: Gate = "sigmoid",
+    suppression: Suppression = "unlikely",
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+    site: Site = "post",
+) -> tuple[Float[Tensor, "layer d_mlp"], list[dict[str, Any]]]:
+    """The training part of [`learn_mask`][tl_capability.learned.learn_mask]: the gate logits
+    ``θ`` (higher: more surely removed) and the per-step history, without binarising them (what
+    [`locate`][tl_capability.localization.locate] ranks by; it picks the set size itself).
+    Arguments and errors as for [`learn_mask`][tl_capability.learned.learn_mask]."""
+    require_eval(model)
+    if is_masked_lm(model):
+        raise ValueError("learn_mask supports causal LMs only (masked LMs would attend to padding)")
+    _check_controls(target, controls)
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+    check_option(gate, Gate, "gate")
+    check_option(suppression, Suppression, "suppression")
+    if steps < 1 or batch_size < 1 or lr <= 0 or sparsity < 0 or maintain < 0:
+        raise ValueError("steps, batch_size and lr must be positive; sparsity, maintain >= 0")
+    resolved = neuron_site(model, site)
+    shape = (resolved.n_layers, resolved.d_mlp)
+    device = model_device(model)
+    theta = _init_logits(init, shape, gate).to(device).requires_grad_(True)
+    target_samples = tokenize(model, target)
+    controls = dict(controls or {})
+    control_samples = {key: tokenize(model, data) for key, data in controls.items()}
+    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
+
+    gen = torch.Generator().manual_seed(seed)
+    draw_target = _Sampler(len(target_samples), batch_size, gen)
+    draw_control = {k: _Sampler(len(s), batch_size, gen) for k, s in control_samples.items()}
+    names = list(controls)
+    optimizer = torch.optim.Adam([theta], lr=lr)
+    budget = max(1, math.floor(max_fraction * theta.numel()))
+    removal: list[Tensor] = []
+
+    def gated(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            return act * (1 - removal[0][layer]).to(act.dtype)
+
+        return hook
+
+    fwd = [(resolved.hook_name(layer), gated(layer)) for layer in range(shape[0])]
+    clean_logp = _CleanLogProbs(model, control_samples, batch_size, pad)
+    history: list[dict[str, Any]] = []
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        bar = tqdm(range(steps), disable=not progress, desc=f"learn_mask {target.name or ''}")
+        for step in bar:
+            name = names[step % len(names)] if names else None
+            rows = [target_samples[i] for i in draw_target()]
+            drawn = draw_control[name]() if name else []
+            ctrl = [control_samples[name][i] for i in drawn]
+            both = collate([*rows, *ctrl], range(len(rows) + len(ctrl)), pad).to(device)
+            if ctrl:
+                clean = clean_logp(name, drawn)
+            with torch.enable_grad():
+                removal[:] = [_removal(theta, gate, gen)]
+                with model.hooks(fwd_hooks=fwd):
+                    logits = model(both.tokens)[both.target_row, both.target_pos]
+                suppress = _suppression(logits, both, len(rows), suppression)
+                logp = logits.float().log_softmax(-1)
+                if ctrl:
+                    kept = logp[both.target_row >= len(rows)]
+                    kl = (clean.exp() * (clean - kept)).sum(-1).mean()
+                else:
+                    kl = logp.new_zeros(())
+                removed = _expected_removed(theta, gate).sum() / budget
+                loss = suppress + maintain * kl + sparsity * removed
+                optimizer.zero_grad()
+                loss.backward()
+            optimizer.step()
+            history.append(
+                {
+                    "loss": loss.item(),
+                    "suppress": suppress.item(),
+                    "maintain": kl.item(),
+                    "sparsity": removed.item(),
+                    "control": name,
+                }
+            )
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(suppress=f"{suppress.item():.3f}", kl=f"{kl.item():.3f}")
+    finally:
+        removal.clear()
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+    return theta.detach().cpu(), history
 
 
 def learn_mask(
@@ -305,92 +453,28 @@ def learn_mask(
             shape or with non-finite values, a sample that does not fit the context, or a
             parameter out of range.
     """
-    require_eval(model)
-    if is_masked_lm(model):
-        raise ValueError("learn_mask supports causal LMs only (masked LMs would attend to padding)")
-    _check_controls(target, controls)
-    if not 0 < max_fraction <= 1:
-        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
     if not 0 < target_drop <= 100:
         raise ValueError(f"target_drop must be in (0, 100] points, got {target_drop}")
-    check_option(gate, Gate, "gate")
-    check_option(suppression, Suppression, "suppression")
-    if steps < 1 or batch_size < 1 or lr <= 0 or sparsity < 0 or maintain < 0:
-        raise ValueError("steps, batch_size and lr must be positive; sparsity, maintain >= 0")
+    logits, history = learn_gates(
+        model,
+        target,
+        controls,
+        init=init,
+        max_fraction=max_fraction,
+        steps=steps,
+        lr=lr,
+        sparsity=sparsity,
+        maintain=maintain,
+        gate=gate,
+        suppression=suppression,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        site=site,
+    )
+    names = list(controls or {})
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
-    device = model_device(model)
-    theta = _init_logits(init, shape, gate).to(device).requires_grad_(True)
-    target_samples = tokenize(model, target)
-    controls = dict(controls or {})
-    control_samples = {key: tokenize(model, data) for key, data in controls.items()}
-    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
-
-    gen = torch.Generator().manual_seed(seed)
-    draw_target = _Sampler(len(target_samples), batch_size, gen)
-    draw_control = {k: _Sampler(len(s), batch_size, gen) for k, s in control_samples.items()}
-    names = list(controls)
-    optimizer = torch.optim.Adam([theta], lr=lr)
-    budget = max(1, math.floor(max_fraction * theta.numel()))
-    removal: list[Tensor] = []
-
-    def gated(layer: int):
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            return act * (1 - removal[0][layer]).to(act.dtype)
-
-        return hook
-
-    fwd = [(resolved.hook_name(layer), gated(layer)) for layer in range(shape[0])]
-    history: list[dict[str, Any]] = []
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        bar = tqdm(range(steps), disable=not progress, desc=f"learn_mask {target.name or ''}")
-        for step in bar:
-            name = names[step % len(names)] if names else None
-            rows = [target_samples[i] for i in draw_target()]
-            ctrl = [control_samples[name][i] for i in draw_control[name]()] if name else []
-            both = collate([*rows, *ctrl], range(len(rows) + len(ctrl)), pad).to(device)
-            if ctrl:
-                alone = collate(ctrl, range(len(ctrl)), pad).to(device)
-                with torch.no_grad():
-                    clean = model(alone.tokens)[alone.target_row, alone.target_pos]
-                    clean = clean.float().log_softmax(-1)
-            with torch.enable_grad():
-                removal[:] = [_removal(theta, gate, gen)]
-                with model.hooks(fwd_hooks=fwd):
-                    logits = model(both.tokens)[both.target_row, both.target_pos]
-                suppress = _suppression(logits, both, len(rows), suppression)
-                logp = logits.float().log_softmax(-1)
-                if ctrl:
-                    kept = logp[both.target_row >= len(rows)]
-                    kl = (clean.exp() * (clean - kept)).sum(-1).mean()
-                else:
-                    kl = logp.new_zeros(())
-                removed = _expected_removed(theta, gate).sum() / budget
-                loss = suppress + maintain * kl + sparsity * removed
-                optimizer.zero_grad()
-                loss.backward()
-            optimizer.step()
-            history.append(
-                {
-                    "loss": loss.item(),
-                    "suppress": suppress.item(),
-                    "maintain": kl.item(),
-                    "sparsity": removed.item(),
-                    "control": name,
-                }
-            )
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(suppress=f"{suppress.item():.3f}", kl=f"{kl.item():.3f}")
-    finally:
-        removal.clear()
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-
-    logits = theta.detach().cpu()
     order = logits.flatten().argsort(descending=True, stable=True)
     max_k = max(1, math.floor(max_fraction * logits.numel()))
     clean_acc = accuracy(model, target, batch_size=batch_size, progress=False)

@@ -238,9 +238,9 @@ def rank_neurons(
             batch_size=batch_size,
             progress=progress,
         )[:budget]
-    from tl_capability.learned import learn_mask
+    from tl_capability.learned import learn_gates
 
-    learned = learn_mask(
+    logits, _ = learn_gates(
         model,
         target,
         controls or None,
@@ -249,7 +249,7 @@ def rank_neurons(
         progress=progress,
         **learn_kwargs,
     )
-    return neuron_order(learned.logits)[:budget]
+    return neuron_order(logits)[:budget]
 
 
 def locate(
@@ -306,7 +306,8 @@ def locate(
         scores: Precomputed all-position scores by dataset name (see
             [`rank_neurons`][tl_capability.localization.rank_neurons]), used as given: compute them
             on the ranking part of the split.
-        **learn_kwargs: Passed to [`learn_mask`][tl_capability.learned.learn_mask].
+        **learn_kwargs: Passed to [`learn_gates`][tl_capability.learned.learn_gates]
+            (the training of [`learn_mask`][tl_capability.learned.learn_mask]).
 
     Returns:
         A [`NeuronMask`][tl_capability.masks.NeuronMask]; its ``selection`` records the method, the
