@@ -12,6 +12,7 @@ per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other,
 
     python benchmarks/localization.py --model gpt2 [--out DIR] [--methods answer,all,...]
         [--locate 64] [--evaluate 150] [--steps 8] [--budget 0.05] [--threads 2]
+        [--learn-steps N] [--learn-lr LR] [--no-curves]
 
 Methods: ``answer`` (the papers' pipeline: answer-position IG, σ = 2; its curve ranks by the
 same scores), ``all`` (all-position IG of log P), ``contrastive``, ``iterative``, ``learned``
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--n-random", type=int, default=3)
     parser.add_argument("--chunk", type=float, default=0.01, help="share per iterative round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--learn-steps", type=int, default=None, help="learned: Adam steps")
+    parser.add_argument("--learn-lr", type=float, default=None, help="learned: learning rate")
+    parser.add_argument("--no-curves", action="store_true", help="skip the erase curves")
     parser.add_argument("--out", type=Path, default=Path("localization-results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,6 +96,9 @@ def main() -> None:
         }
     per_capability_scoring = (time.perf_counter() - start) / len(names)
 
+    learn_kwargs = {
+        k: v for k, v in (("steps", args.learn_steps), ("lr", args.learn_lr)) if v is not None
+    }
     rows, curves = [], {n: [] for n in names}
     for target in names:
         controls = {o: train[o] for o in names if o != target}
@@ -121,6 +128,7 @@ def main() -> None:
                     progress=False,
                     scores=shared,
                     chunk_fraction=args.chunk,
+                    **(learn_kwargs if method == "learned" else {}),
                 )
                 seconds = time.perf_counter() - start
                 if method in ("all", "contrastive"):
@@ -158,6 +166,8 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+            if args.no_curves:
+                continue
             curves[target].append(
                 erase_curve(
                     model,
@@ -195,12 +205,13 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
     report.text("## Mean over capabilities\n\n" + summary.to_markdown(floatfmt=".1f"))
     report.text("## Every capability\n\n" + frame.to_markdown(index=False, floatfmt=".1f"))
     every = [c for n in names for c in curves[n]]
-    report.figure(
-        "curves",
-        erase_curves_figure(every, title=f"zoo model {args.model}"),
-        "Erase curves of every method, one panel per capability (test samples).",
-    )
-    for n in names:
+    if every:
+        report.figure(
+            "curves",
+            erase_curves_figure(every, title=f"zoo model {args.model}"),
+            "Erase curves of every method, one panel per capability (test samples).",
+        )
+    for n in names if every else []:
         report.figure(
             f"curves-{n}",
             erase_curves_figure(curves[n], title=f"{args.model}: {n}"),

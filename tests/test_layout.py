@@ -15,6 +15,7 @@ CORE = [
     "data",
     "evaluate",
     "rows",
+    "layered_rows",
     "stats",
     "tables",
     "attribution",
