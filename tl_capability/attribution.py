@@ -282,7 +282,7 @@ def attribute(
     progress: bool = True,
     rule: IGRule = "midpoint",
     per_sample: bool = False,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
     use_cache: bool | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 10,
@@ -303,7 +303,9 @@ def attribute(
         rule: Integrated-gradients quadrature, see
             [`ig_alphas`][tl_capability.attribution.ig_alphas].
         per_sample: Also keep every sample's score (needed by knowledge-neuron refinement).
-        max_rows: Rows per forward/backward pass (bounds memory).
+        max_rows: Rows per forward/backward pass (bounds memory); default 1,024 at the answer
+            position and 64 with ``positions="all"`` (where a row is a whole sequence: on a
+            CPU larger passes there are slower, not faster; ``docs/speed.md``).
         use_cache: Run each row as one token attending to the clean run's cached keys and
             values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
             [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]; ``False`` forces the
@@ -342,6 +344,8 @@ def attribute(
     samples = tokenize(model, dataset)
     if batch_size is None:
         batch_size = 16 if method == "ig" else 32
+    if max_rows is None:
+        max_rows = 64 if positions == "all" else 1024
     for label, value in (
         ("batch_size", batch_size),
         ("max_rows", max_rows),
