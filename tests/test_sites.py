@@ -274,7 +274,9 @@ class _Probed:
 
         config = GPT2Config(n_positions=8, n_embd=8, n_layer=1, n_head=2, vocab_size=11)
         self.original_model = original_model or GPT2LMHeadModel(config)
-        self.cfg = SimpleNamespace(architecture="GPT2LMHeadModel", is_encoder_decoder=False)
+        self.cfg = SimpleNamespace(
+            architecture="GPT2LMHeadModel", is_encoder_decoder=False, d_vocab=11
+        )
         self.outcome, self.calls = outcome, []
 
     def parameters(self):
@@ -284,18 +286,43 @@ class _Probed:
         self.calls.append(kwargs)
         if isinstance(self.outcome, Exception):
             raise self.outcome
-        return torch.zeros(*tokens.shape, 11), self.outcome
+        logits = torch.zeros(*tokens.shape, 11)
+        return (logits, self.outcome) if kwargs.get("return_type") == "logits_and_cache" else logits
+
+
+def _filled_cache(n_tokens=2):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, n_tokens, 4), torch.zeros(1, 2, n_tokens, 4), 0)
+    return cache
 
 
 def test_supports_kv_cache_is_decided_by_the_cache_a_hugging_face_decoder_fills():
-    from transformers import DynamicCache
-
-    yes = _Probed(DynamicCache())
+    yes = _Probed(_filled_cache())
     assert supports_kv_cache(yes)
-    assert yes.calls == [{"use_cache": True, "return_type": "logits_and_cache"}]
+    assert yes.calls[0] == {"use_cache": True, "return_type": "logits_and_cache"}
     assert not supports_kv_cache(_Probed(None))
     assert not supports_kv_cache(_Probed(TypeError("unexpected keyword argument 'use_cache'")))
     assert not supports_kv_cache(_Probed(NotImplementedError("no cache")))
+
+
+def test_a_cache_left_empty_or_inexact_is_refused_with_a_warning():
+    """transformer-lens 4.3 under transformers 5.24+ leaves the cache it is handed empty (its
+    attention reads ``past_key_values``; the blocks pass ``cache``): cached rows would see no
+    prefix, so such a model takes the general path, and says why."""
+    from transformers import DynamicCache
+
+    with pytest.warns(UserWarning, match="does not reproduce its full forward pass"):
+        assert not supports_kv_cache(_Probed(DynamicCache()))
+
+    class _Inexact(_Probed):
+        def __call__(self, tokens, **kwargs):
+            out = super().__call__(tokens, **kwargs)
+            return out + 1.0 if "past_key_values" in kwargs else out
+
+    with pytest.warns(UserWarning, match="does not reproduce its full forward pass"):
+        assert not supports_kv_cache(_Inexact(_filled_cache()))
 
 
 def test_supports_kv_cache_lets_real_failures_through():

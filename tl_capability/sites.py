@@ -40,6 +40,7 @@ parsing names.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -255,7 +256,8 @@ def supports_kv_cache(model: Any) -> bool:
     row's change reaches every position). Which cache class a Hugging Face model fills is decided
     inside its forward pass (linear attention, state-space and hybrid models fill their own; no
     public attribute says which), so a two-token pass
-    ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]) looks. Only a ``TypeError`` (a
+    ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]) looks, and a third token run over
+    that cache must give the logits of the full pass (else a warning, and the general path). Only a ``TypeError`` (a
     forward that takes no ``use_cache``) or ``NotImplementedError`` (an adapter without cache
     support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
     memory, is a model that cannot run and propagates instead of silently choosing the slow path.
@@ -274,14 +276,34 @@ def _probe_kv_cache(model: Any) -> bool:
         or is_masked_lm(model)
     ):
         return False
-    tokens = torch.zeros(1, 2, dtype=torch.long, device=model_device(model))
+    tokens = torch.tensor([[0, 1, 2]], device=model_device(model)) % model.cfg.d_vocab
     try:
         with torch.no_grad():
-            out = kv_cache_forward(model, tokens)
+            out = kv_cache_forward(model, tokens[:, :2])
     except (TypeError, NotImplementedError):
         return False
     cache = out[1] if isinstance(out, tuple) else None
-    return type(cache).__name__ == "DynamicCache" and hasattr(cache, "layers")
+    if type(cache).__name__ != "DynamicCache" or not hasattr(cache, "layers"):
+        return False
+    # The cache must also be *used*: a bridge whose attention does not read the cache argument
+    # the Hugging Face blocks pass (transformer-lens 4.3 under transformers >= 5.24, which
+    # renamed it) leaves it empty, and cached rows would then silently see no prefix.
+    with torch.no_grad():
+        filled = all(layer.keys is not None for layer in cache.layers)
+        if filled and cache.get_seq_length() == 2:
+            step = model(tokens[:, 2:], past_key_values=cache, use_cache=True)[:, -1].float()
+            full = model(tokens)[:, -1].float()
+            scale = float(full.abs().max())
+            half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+            if float((step - full).abs().max()) <= (2e-2 if half else 1e-4) * max(scale, 1.0):
+                return True
+    warnings.warn(
+        "this model's key/value cache does not reproduce its full forward pass (a "
+        "transformer-lens / transformers version mismatch? transformer-lens 4.3 needs "
+        "transformers < 5.24); rows take the general path: the same numbers, more slowly",
+        stacklevel=3,
+    )
+    return False
 
 
 def _is_hf_model(module: Any) -> bool:
