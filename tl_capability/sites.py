@@ -257,10 +257,11 @@ def supports_kv_cache(model: Any) -> bool:
     inside its forward pass (linear attention, state-space and hybrid models fill their own; no
     public attribute says which), so a two-token pass
     ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]) looks, and a third token run over
-    that cache must give the logits of the full pass (else a warning, and the general path). Only a ``TypeError`` (a
-    forward that takes no ``use_cache``) or ``NotImplementedError`` (an adapter without cache
-    support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as running out of
-    memory, is a model that cannot run and propagates instead of silently choosing the slow path.
+    that cache must give the logits of the full pass (else a warning, and the general path). Only
+    a ``TypeError`` (a forward that takes no ``use_cache``) or ``NotImplementedError`` (an adapter
+    without cache support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as
+    running out of memory, is a model that cannot run and propagates instead of silently choosing
+    the slow path.
     """
     known = _KV_CACHE.get(model)
     if known is None:
