@@ -132,14 +132,18 @@ def masked_lm_tokenizer() -> Any:
     return tok
 
 
-def save_hf_model(arch: str, directory: Path, seed: int = 0) -> Path:
-    """Writes a random-weight model of ``arch`` and the character tokenizer to ``directory``."""
+def save_hf_model(arch: str, directory: Path, seed: int = 0, **config: Any) -> Path:
+    """Writes a random-weight model of ``arch`` (its tiny config, changed by ``config``) and the
+    character tokenizer to ``directory``."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     tok = masked_lm_tokenizer() if arch == "bert" else char_tokenizer()
     torch.manual_seed(seed)
     auto = AutoModelForMaskedLM if arch == "bert" else AutoModelForCausalLM
-    model = auto.from_config(hf_config(arch, len(tok))).eval()
+    settings = hf_config(arch, len(tok))
+    for key, value in config.items():
+        setattr(settings, key, value)
+    model = auto.from_config(settings).eval()
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

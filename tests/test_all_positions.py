@@ -253,3 +253,21 @@ def test_a_block_whose_mlp_output_is_not_linear_keeps_rows_apart(model):
     finally:
         hook.remove_hooks()
     assert sites.mlp_output_adds_linearly(model)
+
+
+def test_swapping_a_hook_for_another_is_probed_again(model):
+    """The memo used to count hooks per hook point: an identity hook swapped for a tanh (same
+    count) kept the stale "linear" answer, and grown rows gave wrong scores silently."""
+    from tl_capability import sites
+
+    hook = model.hook_dict["blocks.0.hook_mlp_out"]
+    hook.add_hook(lambda out, hook: out)
+    try:
+        assert sites.mlp_output_adds_linearly(model)
+        hook.remove_hooks()
+        hook.add_hook(lambda out, hook: torch.tanh(3 * out))
+        assert not sites.mlp_output_adds_linearly(model)
+    finally:
+        hook.remove_hooks()
+    model.blocks[0].register_forward_pre_hook(lambda module, args: None).remove()
+    assert sites.mlp_output_adds_linearly(model)

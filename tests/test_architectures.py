@@ -313,3 +313,25 @@ def test_masked_lm_end_to_end(bert):
     with edit_knowledge(model, mask, "fr", "it"), torch.no_grad():
         assert not torch.allclose(model(ids), clean)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_sliding_window_shorter_than_the_prompt_takes_the_general_path(tmp_path):
+    """A sliding-window cache keeps only the last positions of a long prompt: cached rows would
+    read the wrong keys, so such a batch re-runs ``z_m``; the scores are the general path's."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability import attribute
+    from tl_capability.data import collate
+    from tl_capability.rows import clean_pass
+
+    directory = save_hf_model("mistral", tmp_path / "m", sliding_window=4)
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"])
+    samples = tokenize(model, data)
+    batch = collate(samples, range(len(samples)), 1)
+    _, cache = clean_pass(model, neuron_site(model), batch, True)
+    assert cache is None
+    kw = {"steps": 3, "per_sample": True, "progress": False}
+    fast = attribute(model, data, **kw)
+    slow = attribute(model, data, use_cache=False, **kw)
+    torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)

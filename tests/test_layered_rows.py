@@ -21,8 +21,9 @@ def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
     group, chunk, per_pass = lr.plan(n_layers, n_steps, max_rows)
     assert 1 <= group <= n_layers and 1 <= chunk <= n_steps and per_pass >= 1
     assert group * chunk * per_pass <= max_rows
-    if max_rows >= n_layers * n_steps:  # one sequence holds a target's every row
-        assert (group, chunk) == (n_layers, n_steps)
+    assert group * chunk <= max(lr.SEQUENCE_ROWS, group)  # attention stays small
+    if max_rows >= n_layers * n_steps and n_layers * n_steps <= lr.SEQUENCE_ROWS:
+        assert (group, chunk) == (n_layers, n_steps)  # one sequence holds a target's every row
 
 
 needs_bridge = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
@@ -54,8 +55,44 @@ def test_probe_refuses_a_wrong_cut_and_attribution_keeps_the_plain_rows(gpt2, mo
     plain = attribute(gpt2, DS, use_cache=False, **KW)
     monkeypatch.setattr(lr, "_cut", cut)
     assert not lr.layered_rows_exact(gpt2, neuron_site(gpt2))
+    calls = _count_layered(monkeypatch)
     cached = attribute(gpt2, DS, use_cache=True, **KW)
     torch.testing.assert_close(cached.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
+    assert calls == []
+
+
+def _count_layered(monkeypatch) -> list:
+    from tl_capability import attribution
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return lr.layered_ig_grad_sum(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "layered_ig_grad_sum", counted)
+    return calls
+
+
+@needs_bridge
+def test_attribution_takes_layered_rows_where_the_probe_accepts_them(gpt2, monkeypatch):
+    calls = _count_layered(monkeypatch)
+    fast = attribute(gpt2, DS, use_cache=True, **KW)
+    assert calls == [1]
+    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    torch.testing.assert_close(fast.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
+    attribute(gpt2, DS, "grad_x_act", use_cache=True, progress=False)
+    assert calls == [1]  # IG only
+
+
+@needs_bridge
+def test_the_probe_is_kept_per_site(gpt2, monkeypatch):
+    probes = []
+    real = lr._probe
+    monkeypatch.setattr(lr, "_probe", lambda m, s: probes.append(s.kind) or real(m, s))
+    for name in ("post", "pre", "post", "pre"):
+        assert lr.layered_rows_exact(gpt2, neuron_site(gpt2, name))
+    assert probes == ["post", "pre"]
 
 
 @needs_bridge
@@ -94,7 +131,7 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
         raise RuntimeError("user hook failed")
 
     with gpt2.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", fail)]):
-        lr._EXACT[gpt2] = ((site, lr.hook_signature(gpt2)), True)  # skip the probe
+        lr._EXACT[gpt2] = {site: (lr.hook_signature(gpt2), True)}  # skip the probe
         with pytest.raises(RuntimeError, match="user hook failed"):
             attribute(gpt2, DS, use_cache=True, **KW)
     assert [len(b._forward_pre_hooks) for b in blocks] == before

@@ -246,3 +246,36 @@ def test_clean_log_probs_kept_equal_those_computed_each_step(zoo_model, zoo_data
     expected = logits.float().log_softmax(-1)
     torch.testing.assert_close(kept("sort", picked), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fresh("sort", picked), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_maintenance_reference_is_taken_for_the_controls_in_the_batch(
+    zoo_model, zoo_data, monkeypatch
+):
+    """Every step's clean reference is computed for the very control samples, in the order,
+    that follow the target rows in that step's batch."""
+    from tl_capability import learned
+
+    train, _ = zoo_data
+    events = []
+    real_collate, real_call = learned.collate, learned._CleanLogProbs.__call__
+
+    def spy_collate(samples, *args, **kwargs):
+        events.append(("batch", list(samples)))
+        return real_collate(samples, *args, **kwargs)
+
+    def spy_call(self, name, indices):
+        events.append(("reference", [self.samples[name][i] for i in indices]))
+        return real_call(self, name, indices)
+
+    monkeypatch.setattr(learned, "collate", spy_collate)
+    monkeypatch.setattr(learned._CleanLogProbs, "__call__", spy_call)
+    controls = {"addition": train["addition"], "sort": train["sort"]}
+    learned.learn_gates(zoo_model, train["sentiment"], controls, steps=4, progress=False)
+    pairs = [
+        (events[k - 1][1], ref)
+        for k, (kind, ref) in enumerate(events)
+        if kind == "reference" and events[k - 1][0] == "batch"
+    ]
+    assert len(pairs) == 4
+    for batch, ref in pairs:
+        assert len(ref) > 1 and batch[-len(ref) :] == ref

@@ -198,8 +198,8 @@ def _check_controls(
 class _CleanLogProbs:
     """The clean model's log-probabilities at the control samples' answer positions, the
     maintenance term's reference. They do not change while the gates train, so each sample's are
-    computed once (in batches of ``batch_size``, on first use of its dataset) and kept while they
-    fit in ``budget`` bytes; past that, each step's are computed afresh."""
+    computed once, when first drawn, and kept while the whole control set would fit in
+    ``budget`` bytes; past that, each step's are computed afresh."""
 
     def __init__(
         self,
@@ -213,7 +213,7 @@ class _CleanLogProbs:
         vocab = int(model.cfg.d_vocab)
         answers = sum(len(s.answer) for data in samples.values() for s in data)
         self.keep = answers * vocab * 4 <= budget
-        self.kept: dict[str, list[Tensor]] = {}
+        self.kept: dict[tuple[str, int], Tensor] = {}
 
     def _run(self, chosen: list) -> list[Tensor]:
         device = model_device(self.model)
@@ -227,13 +227,12 @@ class _CleanLogProbs:
         data = self.samples[name]
         if not self.keep:
             return torch.cat(self._run([data[i] for i in indices]))
-        if name not in self.kept:
-            self.kept[name] = [
-                t
-                for start in range(0, len(data), self.batch_size)
-                for t in self._run(data[start : start + self.batch_size])
-            ]
-        return torch.cat([self.kept[name][i] for i in indices])
+        missing = list(dict.fromkeys(i for i in indices if (name, i) not in self.kept))
+        for start in range(0, len(missing), self.batch_size):
+            part = missing[start : start + self.batch_size]
+            for i, logp in zip(part, self._run([data[i] for i in part]), strict=True):
+                self.kept[name, i] = logp
+        return torch.cat([self.kept[name, i] for i in indices])
 
 
 def _measure_drops(

@@ -74,8 +74,6 @@ def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = 64) -> R
     share one sequence and one copy of the cache; a 4-D mask lets each see the cache and itself
     only (bigger groups would make attention quadratic in the number of rows).
     """
-    from transformers import DynamicCache
-
     device = targets.device
     if (targets[1:] < targets[:-1]).any():
         raise ValueError("cached rows need their targets sorted")
@@ -89,12 +87,28 @@ def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = 64) -> R
     pos = rank % group
     owner = targets[new_seq]  # the target of each sequence
     source, q = batch.target_row[owner], batch.target_pos[owner]
-    width, n_rows = int(q.max()), int(pos.max()) + 1
+    n_rows = int(pos.max()) + 1
+    tokens = torch.zeros(len(owner), n_rows, dtype=torch.long, device=device)
+    tokens[seq, pos] = batch.tokens[source[seq], q[seq]]
+    kwargs = over_cached_prefix(batch, cache, owner, n_rows)
+    return Rows(tokens, seq, pos, batch.target_token[targets], kwargs)
+
+
+def over_cached_prefix(
+    batch: Batch, cache: Any, owner: Int[Tensor, " seq"], n_rows: int
+) -> dict[str, Any]:
+    """Forward arguments for sequences of ``n_rows`` one-token rows, sequence ``s`` over the
+    clean run's keys and values of target ``owner[s]``'s prefix ``z_m[:-1]``: a copy of the cache
+    cut to the longest prefix, a 4-D mask letting each row see its prefix and itself only, and
+    the position of ``z_m``'s last token for every row."""
+    from transformers import DynamicCache
+
+    device = owner.device
+    source, q = batch.target_row[owner], batch.target_pos[owner]
+    width = int(q.max())
     past = DynamicCache()
     for index, layer in enumerate(cache.layers):
         past.update(layer.keys[source, :, :width], layer.values[source, :, :width], index)
-    tokens = torch.zeros(len(owner), n_rows, dtype=torch.long, device=device)
-    tokens[seq, pos] = batch.tokens[source[seq], q[seq]]
     allowed = torch.zeros(len(owner), n_rows, width + n_rows, dtype=torch.bool, device=device)
     allowed[:, :, :width] = (torch.arange(width, device=device) < q[:, None])[:, None, :]
     own = torch.arange(n_rows, device=device)
@@ -102,12 +116,11 @@ def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = 64) -> R
     dtype = cache.layers[0].keys.dtype
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    kwargs = {
+    return {
         "past_key_values": past,
         "attention_mask": mask[:, None],
         "position_ids": q[:, None].expand(-1, n_rows),
     }
-    return Rows(tokens, seq, pos, batch.target_token[targets], kwargs)
 
 
 def rows_for(batch: Batch, targets: Tensor, cache: Any = None) -> Rows:
@@ -203,7 +216,8 @@ def _metric_surrogate(
 def clean_pass(
     model: Any, site: NeuronSite, batch: Batch, use_cache: bool
 ) -> tuple[Float[Tensor, "target layer d_mlp"], Any]:
-    """Each target's clean activation at every layer, and the key/value cache when asked."""
+    """Each target's clean activation at every layer, and the key/value cache when asked and
+    complete (``None`` where a sliding-window layer kept only its last positions)."""
     acts: list[Tensor] = [torch.empty(0)] * site.n_layers
 
     def grab(layer: int):
@@ -219,6 +233,11 @@ def clean_pass(
     kwargs = {"past_key_values": cache, "use_cache": True} if use_cache else {}
     with torch.no_grad():
         final_residual(model, batch.tokens, fwd, **kwargs)
+    width = batch.tokens.shape[1]
+    if cache is not None and any(
+        layer.keys is None or layer.keys.shape[-2] != width for layer in cache.layers
+    ):
+        cache = None  # a sliding-window layer kept its window only: rows re-run z_m instead
     return torch.stack(acts, dim=1), cache
 
 

@@ -341,9 +341,15 @@ def mlp_output_adds_linearly(model: Any) -> bool:
 
 
 def hook_signature(model: Any) -> tuple[int, ...]:
-    """How many forward hooks each hook point holds (what a user's hooks can change): facts
-    probed once per model are probed again when it changes."""
-    return tuple(len(getattr(hp, "_forward_hooks", ())) for hp in model.hook_dict.values())
+    """The ids of every forward and forward-pre hook registered on the model's modules: facts
+    probed once per model are probed again when they change. Ids are unique per registration,
+    so swapping one hook for another (same count, other function) is seen too."""
+    return tuple(
+        key
+        for module in model.modules()
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+        for key in hooks
+    )
 
 
 def block_modules(model: Any) -> list[Any]:
