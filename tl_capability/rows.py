@@ -199,13 +199,18 @@ def _metric_surrogate(
     w_u, b_u = unembedding(model)
     with torch.no_grad():
         xf, w = x.float(), w_u.float()
-        # Vocabulary-major first (W_Uᵀ xᵀ, then one copy): on CPU the GEMM whose output rows are
-        # a vocabulary long runs about 1.3x slower (benchmarks/peers.py, 120 rows of GPT-2's head).
-        t = w.T @ xf.T if b_u is None else torch.addmm(b_u.float()[:, None], w.T, xf.T)
-        logits = t.T.contiguous()
-        logp_all = logits.log_softmax(-1)
-        logp = logp_all.gather(1, rows.target[:, None])[:, 0]
-        grad = w[:, rows.target].T - logp_all.exp_() @ w.T
+        # One [vocab, row] buffer, vocabulary-major (W_Uᵀ xᵀ): on CPU the GEMM whose output rows
+        # are a vocabulary long runs ~1.3x slower, and softmax is done in place along it with
+        # the normaliser folded into the gradient: no [row, vocab] copies (benchmarks/peers.py).
+        if b_u is not None and not b_u.any():
+            b_u = None  # bridges expose a zero b_U; adding it costs a pass over the buffer
+        z = w.T @ xf.T if b_u is None else torch.addmm(b_u.float()[:, None], w.T, xf.T)
+        top = z.amax(0)
+        z_y = z.gather(0, rows.target[None])[0]
+        e = z.sub_(top).exp_()  # exp(z - max), in place
+        total = e.sum(0)
+        logp = z_y - top - total.log()
+        grad = w[:, rows.target].T - (e.T @ w.T) / total[:, None]
         if metric == "prob":
             value = logp.exp()
             grad *= value[:, None]
