@@ -5,7 +5,7 @@ Each setting runs in a fresh process (so its peak resident memory is its own): t
 16 tokens with 4-token answers, integrated gradients (20 steps) at the answer position and at
 all positions. The table gives seconds and the peak RSS above what loading the model took.
 
-    python benchmarks/memory.py [--prompts 32] [--threads 1]
+    python benchmarks/memory.py [--prompts 32] [--threads 1] [--positions answer all]
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--positions", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="rows"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -79,7 +82,7 @@ def main() -> None:
     print("| positions | batch_size | max_rows | seconds | peak RSS during the call (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for positions, (batch_size, max_rows) in itertools.chain.from_iterable(
-        ((p, s) for s in settings) for p, settings in SETTINGS.items()
+        ((p, s) for s in SETTINGS[p]) for p in args.positions
     ):
         out = subprocess.run(
             [
