@@ -22,6 +22,8 @@ def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
     assert 1 <= group <= n_layers and 1 <= chunk <= n_steps and per_pass >= 1
     assert group * chunk * per_pass <= max_rows
     assert group * chunk <= max(lr.SEQUENCE_ROWS, group)  # attention stays small
+    n_chunks = -(-n_steps // chunk)
+    assert n_chunks * chunk - n_steps < n_chunks  # equal chunks: padding under a row each
     if max_rows >= n_layers * n_steps and n_layers * n_steps <= lr.SEQUENCE_ROWS:
         assert (group, chunk) == (n_layers, n_steps)  # one sequence holds a target's every row
 

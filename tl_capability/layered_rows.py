@@ -170,7 +170,10 @@ def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
     a sequence holding at most about ``SEQUENCE_ROWS`` rows (every layer's of a pass, one step
     at least)."""
     group = min(n_layers, max_rows)
-    chunk = max(1, min(n_steps, max_rows // group, SEQUENCE_ROWS // group))
+    cap = max(1, min(n_steps, max_rows // group, SEQUENCE_ROWS // group))
+    # Equal chunks: a sequence is as long as its longest chunk, so 20 steps in chunks of
+    # 16 + 4 would run 32 positions for 20 rows; 10 + 10 runs 20.
+    chunk = math.ceil(n_steps / math.ceil(n_steps / cap))
     return group, chunk, max(1, max_rows // (group * chunk))
 
 
