@@ -1,4 +1,5 @@
 import ast
+import contextlib
 import io
 import tokenize
 from pathlib import Path
@@ -275,18 +276,32 @@ class _Probed:
         config = GPT2Config(n_positions=8, n_embd=8, n_layer=1, n_head=2, vocab_size=11)
         self.original_model = original_model or GPT2LMHeadModel(config)
         self.cfg = SimpleNamespace(
-            architecture="GPT2LMHeadModel", is_encoder_decoder=False, d_vocab=11
+            architecture="GPT2LMHeadModel", is_encoder_decoder=False, d_vocab=11, n_layers=1
         )
-        self.outcome, self.calls = outcome, []
+        self.outcome, self.calls, self.fwd_hooks = outcome, [], []
 
     def parameters(self):
         return self.original_model.parameters()
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks):
+        self.fwd_hooks = list(fwd_hooks)
+        try:
+            yield
+        finally:
+            self.fwd_hooks = []
+
+    def _output(self, tokens, kwargs, width):
+        return torch.zeros(*tokens.shape, width)
 
     def __call__(self, tokens, **kwargs):
         self.calls.append(kwargs)
         if isinstance(self.outcome, Exception):
             raise self.outcome
-        logits = torch.zeros(*tokens.shape, 11)
+        for name, hook in self.fwd_hooks:  # the residual leaving the (only) block
+            if name == "blocks.0.hook_resid_post":
+                hook(self._output(tokens, kwargs, 8), None)
+        logits = self._output(tokens, kwargs, 11)
         return (logits, self.outcome) if kwargs.get("return_type") == "logits_and_cache" else logits
 
 
@@ -317,8 +332,8 @@ def test_a_cache_left_empty_or_inexact_is_refused_with_a_warning():
         assert not supports_kv_cache(_Probed(DynamicCache()))
 
     class _Inexact(_Probed):
-        def __call__(self, tokens, **kwargs):
-            out = super().__call__(tokens, **kwargs)
+        def _output(self, tokens, kwargs, width):
+            out = super()._output(tokens, kwargs, width)
             return out + 1.0 if "past_key_values" in kwargs else out
 
     with pytest.warns(UserWarning, match="does not reproduce its full forward pass"):

@@ -35,7 +35,13 @@ from torch import Tensor
 
 from tl_capability.data import Batch
 from tl_capability.options import Metric
-from tl_capability.rows import Rows, cached_rows, layer_row_gradients, over_cached_prefix
+from tl_capability.rows import (
+    Rows,
+    cached_rows,
+    layer_row_gradients,
+    over_cached_prefix,
+    probe_head,
+)
 from tl_capability.sites import NeuronSite, block_modules, hook_signature, model_device
 
 
@@ -186,11 +192,13 @@ def layered_ig_grad_sum(
     alphas: Float[Tensor, " step"],
     metric: Metric,
     max_rows: int,
+    passes: tuple[int, int, int] | None = None,
 ) -> Float[Tensor, "target layer d_mlp"]:
-    """``Σ_k ∂P/∂a (α_k a)`` of every target and layer, rows entering at their own layer."""
+    """``Σ_k ∂P/∂a (α_k a)`` of every target and layer, rows entering at their own layer, in
+    passes of ``plan(…, max_rows)`` (or of ``passes``: layers, steps per sequence, sequences)."""
     device = batch.tokens.device
     n_targets, n_steps = len(batch.target_row), len(alphas)
-    group, chunk, per_pass = plan(site.n_layers, n_steps, max_rows)
+    group, chunk, per_pass = passes or plan(site.n_layers, n_steps, max_rows)
     n_chunks = math.ceil(n_steps / chunk)
     owner = torch.arange(n_targets, device=device).repeat_interleave(n_chunks)
     first = (torch.arange(n_chunks, device=device) * chunk).repeat(n_targets)
@@ -218,7 +226,8 @@ def layered_rows_exact(model: Any, site: NeuronSite) -> bool:
     signature = hook_signature(model)
     known = _EXACT.setdefault(model, {})
     if site not in known or known[site][0] != signature:
-        known[site] = (signature, _probe(model, site))
+        with probe_head():  # the head is the same on both paths; a small one is cheaper
+            known[site] = (signature, _probe(model, site))
     return known[site][1]
 
 
@@ -240,9 +249,12 @@ def _probe(model: Any, site: NeuronSite) -> bool:
     alphas = torch.tensor([1 / 6, 1 / 2, 5 / 6], device=device)
     try:
         acts, cache = clean_pass(model, site, batch, True)
+        # Every layer in one pass, then passes of half the layers (whose sequences start with
+        # the carrier alone at the lower pass's top): one pass each, the blocks' weights being
+        # what a small pass spends its time reading.
         fast = [
-            layered_ig_grad_sum(model, site, batch, cache, acts, alphas, "prob", max_rows)
-            for max_rows in (1024, max(1, site.n_layers // 2))
+            layered_ig_grad_sum(model, site, batch, cache, acts, alphas, "prob", 1024, passes)
+            for passes in ((site.n_layers, 3, 2), (max(1, site.n_layers // 2), 3, 2))
         ]
         slow = torch.zeros_like(fast[0])
         t, lay, k = (

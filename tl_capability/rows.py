@@ -12,6 +12,9 @@ Two ways to build rows give identical numbers:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +29,12 @@ from tl_capability.sites import (
     final_norm,
     final_resid_hook_name,
     new_kv_cache,
+    run_until,
     unembed,
     unembed_input_hook,
     unembedding,
 )
 from tl_capability.sites import supports_kv_cache as supports_kv_cache  # moved; re-exported
-
-
-class StopForward(Exception):
-    """Raised by a hook to end a forward pass once the final residual is captured."""
 
 
 @dataclass(frozen=True)
@@ -137,25 +137,7 @@ def final_residual(
     ``ln_final`` and ``unembed`` to the positions they read.
     """
     last = final_resid_hook_name(model)
-    return _run_until(model, last, tokens, fwd_hooks, **forward_kwargs)
-
-
-def _run_until(
-    model: Any, name: str, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
-) -> Tensor:
-    """Runs the model until hook point ``name`` and returns what it carried."""
-    captured: dict[str, Tensor] = {}
-
-    def grab(value: Tensor, hook: Any) -> None:
-        captured["value"] = value
-        raise StopForward
-
-    try:
-        with model.hooks(fwd_hooks=[*fwd_hooks, (name, grab)]):
-            model(tokens, **forward_kwargs)
-    except StopForward:
-        pass
-    return captured["value"]
+    return run_until(model, last, tokens, fwd_hooks, **forward_kwargs)
 
 
 def unembed_input(
@@ -169,7 +151,7 @@ def unembed_input(
     """
     hook = unembed_input_hook(model)
     if hook is not None:
-        x = _run_until(model, hook, tokens, fwd_hooks, **forward_kwargs)
+        x = run_until(model, hook, tokens, fwd_hooks, **forward_kwargs)
         return x[seq, pos]
     resid = final_residual(model, tokens, fwd_hooks, **forward_kwargs)
     return final_norm(model, resid[seq, pos])
@@ -181,6 +163,22 @@ def row_metric(model: Any, rows: Rows, metric: Metric, fwd_hooks: list) -> Float
     logits = unembed(model, x)
     logp = logits.float().log_softmax(-1).gather(1, rows.target[:, None])[:, 0]
     return logp if metric == "logprob" else logp.exp()
+
+
+_HEAD_VOCAB: ContextVar[int | None] = ContextVar("_HEAD_VOCAB", default=None)
+
+
+@contextlib.contextmanager
+def probe_head(n_vocab: int = 64) -> Iterator[None]:
+    """Within: the rows' metric reads only the first ``n_vocab`` logits. For probes that compare
+    two ways of running the same rows (the head is the same on both, so a small one tests them
+    as well), where the whole vocabulary's weights, read again by every small pass, cost more
+    than the blocks (50,257 × 768 floats: 0.06 s a pass on a CPU)."""
+    token = _HEAD_VOCAB.set(n_vocab)
+    try:
+        yield
+    finally:
+        _HEAD_VOCAB.reset(token)
 
 
 def _metric_surrogate(
@@ -197,6 +195,9 @@ def _metric_surrogate(
     """
     x = unembed_input(model, rows.tokens, fwd_hooks, rows.seq, rows.pos, **rows.forward_kwargs)
     w_u, b_u = unembedding(model)
+    limit = _HEAD_VOCAB.get()
+    if limit is not None:
+        w_u, b_u = w_u[:, :limit], None if b_u is None else b_u[:limit]
     with torch.no_grad():
         xf, w = x.float(), w_u.float()
         # One [vocab, row] buffer, vocabulary-major (W_Uᵀ xᵀ): on CPU the GEMM whose output rows

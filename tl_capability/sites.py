@@ -40,6 +40,7 @@ parsing names.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,6 +161,29 @@ def resid_pre_hook_name(layer: int) -> str:
 def resid_post_hook_name(layer: int) -> str:
     """The hook point of the residual stream leaving block ``layer``."""
     return f"blocks.{layer}.hook_resid_post"
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once what it needs is captured."""
+
+
+def run_until(
+    model: Any, name: str, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
+) -> Tensor:
+    """Runs the model until hook point ``name`` and returns what it carried (the layers above
+    and the unembedding, a vocabulary-sized read of weights, never run)."""
+    captured: dict[str, Tensor] = {}
+
+    def grab(value: Tensor, hook: Any) -> None:
+        captured["value"] = value
+        raise StopForward
+
+    try:
+        with model.hooks(fwd_hooks=[*fwd_hooks, (name, grab)]):
+            model(tokens, **forward_kwargs)
+    except StopForward:
+        pass
+    return captured["value"]
 
 
 def final_resid_hook_name(model: Any) -> str:
@@ -292,8 +316,11 @@ def _probe_kv_cache(model: Any) -> bool:
     with torch.no_grad():
         filled = all(layer.keys is not None for layer in cache.layers)
         if filled and cache.get_seq_length() == 2:
-            step = model(tokens[:, 2:], past_key_values=cache, use_cache=True)[:, -1].float()
-            full = model(tokens)[:, -1].float()
+            # Final residuals, not logits: the unembedding would read a vocabulary of weights.
+            last = final_resid_hook_name(model)
+            kwargs = {"past_key_values": cache, "use_cache": True}
+            step = run_until(model, last, tokens[:, 2:], [], **kwargs)[:, -1].float()
+            full = run_until(model, last, tokens, [])[:, -1].float()
             scale = float(full.abs().max())
             half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
             if float((step - full).abs().max()) <= (2e-2 if half else 1e-4) * max(scale, 1.0):
@@ -373,10 +400,10 @@ def _probe_mlp_output(model: Any) -> bool:
 
         return hook
 
+    # Each pass stops at the block it reads: the blocks above and the unembedding never run.
     with torch.no_grad():
         clean = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names)]
-        with model.hooks(fwd_hooks=clean):
-            model(tokens)
+        seen[f"clean{n_layers - 1}"] = run_until(model, names[-1][1], tokens, clean[:-1]).float()
         for layer, (post, out) in enumerate(names):
             w_out = mlp_w_out(model, layer).detach()
             delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen)
@@ -385,9 +412,8 @@ def _probe_mlp_output(model: Any) -> bool:
             def shift(act: Tensor, hook: Any, delta: Tensor = delta) -> Tensor:
                 return act + delta
 
-            with model.hooks(fwd_hooks=[(post, shift), (out, grab("shifted"))]):
-                model(tokens)
-            change = seen["shifted"] - seen[f"clean{layer}"]
+            shifted = run_until(model, out, tokens, [(post, shift)]).float()
+            change = shifted - seen[f"clean{layer}"]
             expected = (delta @ w_out).float()
             scale = float(expected.abs().max())
             if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
@@ -449,6 +475,8 @@ def _check_width(model: Any, site: NeuronSite) -> None:
     def record(layer: int):
         def hook(act: torch.Tensor, hook: Any) -> None:
             widths[layer] = act.shape[-1]
+            if len(widths) == site.n_layers:
+                raise StopForward  # the unembedding (a vocabulary-sized read) is not needed
 
         return hook
 
@@ -456,7 +484,7 @@ def _check_width(model: Any, site: NeuronSite) -> None:
     token = getattr(tokenizer, "bos_token_id", None) or 0
     tokens = torch.tensor([[token]], device=model_device(model))
     fwd = [(site.hook_name(layer), record(layer)) for layer in range(site.n_layers)]
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+    with contextlib.suppress(StopForward), torch.no_grad(), model.hooks(fwd_hooks=fwd):
         model(tokens)
     for layer in range(site.n_layers):
         width = widths.get(layer)
