@@ -170,6 +170,42 @@ def test_tokenize_reads_each_column_a_constant_number_of_times(model, monkeypatc
         assert reads == {"prompts": 1, "answers": 1}
 
 
+def test_a_dataset_is_tokenized_once_until_what_its_tokens_depend_on_changes(model, monkeypatch):
+    from tl_capability import data as data_module
+
+    encoded = []
+    real = data_module._encode
+    monkeypatch.setattr(
+        data_module, "_encode", lambda tok, texts: encoded.append(1) or real(tok, texts)
+    )
+    ds = CapabilityDataset.from_pairs(["ab", "abc"], ["cd", "d"])
+    first = tokenize(model, ds)
+    first.append("the caller's list is its own")
+    again = tokenize(model, ds)
+    assert again == first[:-1] and len(encoded) == 2  # prompts and answers, once
+
+    class OtherTokenizer:  # same ids, another object: tokenized again
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    class Other:
+        cfg = model.cfg
+        tokenizer = OtherTokenizer(model.tokenizer)
+
+    assert tokenize(Other(), ds) == again and len(encoded) == 4
+    monkeypatch.setattr(model.cfg, "default_prepend_bos", False, raising=False)
+    no_bos = tokenize(model, ds)
+    assert len(encoded) == 6 and no_bos[0].prompt == again[0].prompt[1:]
+    ds.data = ds.data.select([1])
+    assert len(tokenize(model, ds)) == 1 and len(encoded) == 8
+
+
 def test_count_batches_matches_batches_for_causal_and_masked_samples():
     """Masked-LM batches hold equal lengths only, so the count is per length run."""
     from tl_capability.data import TokenizedSample, count_batches

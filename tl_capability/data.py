@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import gc
 import json
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -261,10 +262,35 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     Masked (BERT-style) LMs read the answer at mask tokens instead (see
     ``_tokenize_masked``).
     """
+    tokenizer = model_tokenizer(model)
+    key = (
+        id(dataset.data),
+        getattr(dataset.data, "_fingerprint", None),
+        prepends_bos(model),
+        getattr(model.cfg, "n_ctx", None),
+        is_masked_lm(model),
+    )
+    known = _TOKENIZED.get(dataset)
+    if known is not None and known[0] == key and known[1]() is tokenizer:
+        return list(known[2])
     if is_masked_lm(model):
-        return _tokenize_masked(model, dataset)
-    with _no_gc():
-        return _tokenize_causal(model, dataset)
+        samples = _tokenize_masked(model, dataset)
+    else:
+        with _no_gc():
+            samples = _tokenize_causal(model, dataset)
+    with suppress(TypeError):  # a tokenizer that cannot be referenced weakly: not kept
+        _TOKENIZED[dataset] = (key, weakref.ref(tokenizer), samples)
+    return list(samples)
+
+
+# The last tokenization of each dataset (for the tokenizer, BOS rule, context and kind of model
+# it was made for): experiments and user loops measure the same data hundreds of times
+# (`with ablate(...): accuracy(model, data)`), and tokenizing is most of such a call on small
+# models. Keyed weakly by the dataset, whose rows never change (`select`, `shuffle` make new
+# ones); its `data` replaced or a different tokenizer means tokenizing again.
+_TOKENIZED: weakref.WeakKeyDictionary[CapabilityDataset, tuple[tuple, Any, list]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @contextmanager
