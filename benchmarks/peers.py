@@ -72,14 +72,14 @@ def build_model(
     from tl_capability.zoo.train import build_tokenizer
 
     torch.manual_seed(0)
-    heads = max(1, d_model // 64)
+    heads = max(h for h in range(1, max(1, d_model // 64) + 1) if d_model % h == 0)
     if arch == "llama":
         config = LlamaConfig(
             hidden_size=d_model,
             intermediate_size=d_mlp,
             num_hidden_layers=n_layers,
             num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
+            num_key_value_heads=heads // 2 if heads % 2 == 0 else heads,
             vocab_size=vocab,
             max_position_embeddings=128,
         )
@@ -371,7 +371,8 @@ def main() -> None:
             def call(p: str = positions) -> Any:
                 return attribute(model, warm, steps=2, positions=p, progress=False)
 
-            args.once[positions] = timed(call)[0] - timed(call)[0]
+            first = timed(call)[0]
+            args.once[positions] = max(0.0, first - timed(call, 3)[0])
         args.rate = matmul_rate()
         rows = [r for n in args.prompts for r in run(args, n, model, hf, tokenizer)]
     head = (

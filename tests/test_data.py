@@ -206,6 +206,26 @@ def test_a_dataset_is_tokenized_once_until_what_its_tokens_depend_on_changes(mod
     assert len(tokenize(model, ds)) == 1 and len(encoded) == 8
 
 
+def test_a_tokenizer_edited_in_place_tokenizes_again(zoo_model):
+    """Adding tokens or changing a special token after loading is common; the ids kept from
+    before the edit would be silently wrong."""
+    import copy
+
+    class Model:  # the zoo model's config with a tokenizer of its own to edit
+        cfg = zoo_model.cfg
+        tokenizer = copy.deepcopy(zoo_model.tokenizer)
+
+    model = Model()
+    ds = CapabilityDataset.from_pairs(["ab"], ["c"])
+    before = tokenize(model, ds)[0].prompt
+    model.tokenizer.add_tokens(["ab"])
+    after = tokenize(model, ds)[0].prompt
+    assert after == tokenize(model, CapabilityDataset.from_pairs(["ab"], ["c"]))[0].prompt
+    assert len(after) == len(before) - 1  # "ab" is one token now
+    model.tokenizer.add_special_tokens({"bos_token": "<s2>"})
+    assert tokenize(model, ds)[0].prompt[0] == model.tokenizer.bos_token_id != before[0]
+
+
 def test_count_batches_matches_batches_for_causal_and_masked_samples():
     """Masked-LM batches hold equal lengths only, so the count is per length run."""
     from tl_capability.data import TokenizedSample, count_batches

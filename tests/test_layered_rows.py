@@ -24,6 +24,8 @@ def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
     assert group * chunk <= max(lr.SEQUENCE_ROWS, group)  # attention stays small
     n_chunks = -(-n_steps // chunk)
     assert n_chunks * chunk - n_steps < n_chunks  # equal chunks: padding under a row each
+    cap = max(1, min(n_steps, max_rows // group, lr.SEQUENCE_ROWS // group))
+    assert n_chunks == -(-n_steps // cap)  # and no more of them than the cap needs
     if max_rows >= n_layers * n_steps and n_layers * n_steps <= lr.SEQUENCE_ROWS:
         assert (group, chunk) == (n_layers, n_steps)  # one sequence holds a target's every row
 

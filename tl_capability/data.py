@@ -269,6 +269,7 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
         prepends_bos(model),
         getattr(model.cfg, "n_ctx", None),
         is_masked_lm(model),
+        _tokenizer_state(tokenizer),
     )
     known = _TOKENIZED.get(dataset)
     if known is not None and known[0] == key and known[1]() is tokenizer:
@@ -283,11 +284,24 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     return list(samples)
 
 
+def _tokenizer_state(tokenizer: Any) -> tuple:
+    """What of a tokenizer edited in place changes token ids: its size (added tokens split text
+    differently) and its special tokens. Edits to a backend's normaliser or pre-tokenizer are not
+    seen: tokenize a new dataset object after such an edit."""
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = None
+    names = ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
+    return (size, *(getattr(tokenizer, f"{name}_token_id", None) for name in names))
+
+
 # The last tokenization of each dataset (for the tokenizer, BOS rule, context and kind of model
 # it was made for): experiments and user loops measure the same data hundreds of times
 # (`with ablate(...): accuracy(model, data)`), and tokenizing is most of such a call on small
 # models. Keyed weakly by the dataset, whose rows never change (`select`, `shuffle` make new
-# ones); its `data` replaced or a different tokenizer means tokenizing again.
+# ones); its `data` replaced, another tokenizer, or one whose size or special tokens were
+# changed in place means tokenizing again.
 _TOKENIZED: weakref.WeakKeyDictionary[CapabilityDataset, tuple[tuple, Any, list]] = (
     weakref.WeakKeyDictionary()
 )
