@@ -306,8 +306,9 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
                 "against": "captum seconds / ours",
             }
         )
-    need = floor_macs(sizes(hf), model.cfg.n_layers, prompts_n, steps)
-    ref_macs = reference_macs(sizes(hf), model.cfg.n_layers, prompts_n, steps)
+    size = sizes(hf)
+    need = floor_macs(size, model.cfg.n_layers, prompts_n, steps)
+    ref_macs = reference_macs(size, model.cfg.n_layers, prompts_n, steps)
     rows.append(
         {
             "method": "  FLOP floor of answer IG rows",

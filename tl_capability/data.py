@@ -262,19 +262,19 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
     Masked (BERT-style) LMs read the answer at mask tokens instead (see
     ``_tokenize_masked``).
     """
-    tokenizer = model_tokenizer(model)
+    tokenizer, masked = model_tokenizer(model), is_masked_lm(model)
     key = (
         id(dataset.data),
         getattr(dataset.data, "_fingerprint", None),
         prepends_bos(model),
         getattr(model.cfg, "n_ctx", None),
-        is_masked_lm(model),
+        masked,
         _tokenizer_state(tokenizer),
     )
     known = _TOKENIZED.get(dataset)
     if known is not None and known[0] == key and known[1]() is tokenizer:
         return list(known[2])
-    if is_masked_lm(model):
+    if masked:
         samples = _tokenize_masked(model, dataset)
     else:
         with _no_gc():

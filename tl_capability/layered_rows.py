@@ -38,6 +38,7 @@ from tl_capability.options import Metric
 from tl_capability.rows import (
     Rows,
     cached_rows,
+    clean_pass,
     layer_row_gradients,
     over_cached_prefix,
     probe_head,
@@ -232,8 +233,6 @@ def layered_rows_exact(model: Any, site: NeuronSite) -> bool:
 
 
 def _probe(model: Any, site: NeuronSite) -> bool:
-    from tl_capability.rows import clean_pass
-
     device = model_device(model)
     tokens = torch.tensor([[0, 1, 2, 0]], device=device) % model.cfg.d_vocab
     one = torch.zeros(1, dtype=torch.long, device=device)

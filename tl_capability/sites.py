@@ -402,8 +402,8 @@ def _probe_mlp_output(model: Any) -> bool:
 
     # Each pass stops at the block it reads: the blocks above and the unembedding never run.
     with torch.no_grad():
-        clean = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names)]
-        seen[f"clean{n_layers - 1}"] = run_until(model, names[-1][1], tokens, clean[:-1]).float()
+        below = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names[:-1])]
+        seen[f"clean{n_layers - 1}"] = run_until(model, names[-1][1], tokens, below).float()
         for layer, (post, out) in enumerate(names):
             w_out = mlp_w_out(model, layer).detach()
             delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen)
