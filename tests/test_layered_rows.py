@@ -25,9 +25,29 @@ def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
     n_chunks = -(-n_steps // chunk)
     assert n_chunks * chunk - n_steps < n_chunks  # equal chunks: padding under a row each
     cap = max(1, min(n_steps, max_rows // group, lr.SEQUENCE_ROWS // group))
-    assert n_chunks == -(-n_steps // cap)  # and no more of them than the cap needs
+    even = -(-n_steps // -(-n_steps // cap))  # the cap's equal chunks, the plan before
+    ours = lr.block_positions(n_layers, n_steps, group, chunk)
+    assert ours <= lr.block_positions(n_layers, n_steps, group, even)  # never more block work
     if max_rows >= n_layers * n_steps and n_layers * n_steps <= lr.SEQUENCE_ROWS:
         assert (group, chunk) == (n_layers, n_steps)  # one sequence holds a target's every row
+
+
+def test_plan_picks_the_chunks_with_the_least_block_work():
+    # 20 steps over 8 layers: 4 chunks of 5 pad nothing; 3 of 7 pad one row per layer
+    assert lr.plan(8, 20, 1024)[:2] == (8, 5)
+    assert lr.block_positions(8, 20, 8, 5) < lr.block_positions(8, 20, 8, 7)
+
+
+@given(n_layers=st.integers(1, 12), n_steps=st.integers(1, 30), group=st.integers(1, 12))
+def test_block_positions_counts_what_the_layouts_run(n_layers, n_steps, group):
+    group = min(group, n_layers)
+    chunk = lr.plan(n_layers, n_steps, group * lr.SEQUENCE_ROWS)[1]
+    n_chunks = -(-n_steps // chunk)
+    run = 0
+    for top in range(n_layers, 0, -group):
+        layout = lr.LayeredRows(None, None, None, max(0, top - group), top, chunk, 0)
+        run += n_chunks * sum(layout.alive(b) for b in range(layout.lo, n_layers))
+    assert run == lr.block_positions(n_layers, n_steps, group, chunk)
 
 
 needs_bridge = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")

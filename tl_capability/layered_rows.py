@@ -175,13 +175,28 @@ SEQUENCE_ROWS = 64  # rows per sequence at most: attention grows with its square
 def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
     """``(layers per pass, steps per sequence, sequences per pass)`` within ``max_rows`` rows,
     a sequence holding at most about ``SEQUENCE_ROWS`` rows (every layer's of a pass, one step
-    at least)."""
+    at least).
+
+    Of the chunk sizes that fit, the one whose sequences run the fewest positions through the
+    blocks: a sequence carries one clean position through every block, and a last chunk padded
+    to the others' size carries empty rows, so 20 steps over 8 layers run as 4 chunks of 5
+    (no padding, 752 block-positions) rather than 3 of 7 (one empty row per layer, 780).
+    """
     group = min(n_layers, max_rows)
     cap = max(1, min(n_steps, max_rows // group, SEQUENCE_ROWS // group))
-    # Equal chunks: a sequence is as long as its longest chunk, so 20 steps in chunks of
-    # 16 + 4 would run 32 positions for 20 rows; 10 + 10 runs 20.
-    chunk = math.ceil(n_steps / math.ceil(n_steps / cap))
+    chunk = min(range(1, cap + 1), key=lambda c: (block_positions(n_layers, n_steps, group, c), -c))
     return group, chunk, max(1, max_rows // (group * chunk))
+
+
+def block_positions(n_layers: int, n_steps: int, group: int, chunk: int) -> int:
+    """Positions one target's sequences run through the blocks, summed over blocks, in passes
+    of ``group`` layers and chunks of ``chunk`` steps (padded to equal size)."""
+    n_chunks = math.ceil(n_steps / chunk)
+    total = 0
+    for top in range(n_layers, 0, -group):
+        lo = max(0, top - group)
+        total += sum(1 + chunk * min(b - lo + 1, top - lo) for b in range(lo, n_layers))
+    return n_chunks * total
 
 
 def layered_ig_grad_sum(
