@@ -44,8 +44,10 @@ def tiny_model(
     n_ctx: int = 48,
     seed: int = 0,
     act_fn: str = "gelu",
+    soft_cap: float | None = None,
 ) -> Any:
-    """A random-weight model in eval mode, with the character tokenizer."""
+    """A random-weight model in eval mode, with the character tokenizer (``soft_cap``: a
+    final logit soft-cap, as Gemma 2's)."""
     tok = char_tokenizer()
     kwargs = dict(
         n_layers=n_layers,
@@ -59,6 +61,8 @@ def tiny_model(
         normalization_type="LN",
         seed=seed,
     )
+    if soft_cap is not None:
+        kwargs["output_logits_soft_cap"] = soft_cap
     if HAS_BRIDGE:
         from transformer_lens import TransformerBridge, TransformerBridgeConfig
 

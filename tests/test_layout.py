@@ -13,6 +13,7 @@ CORE = [
     "options",
     "sites",
     "data",
+    "head",
     "evaluate",
     "rows",
     "layered_rows",

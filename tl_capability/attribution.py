@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from tl_capability.all_positions import all_position_scores, check_all_position_method
 from tl_capability.data import Batch, CapabilityDataset, batch_sizes, batches, tokenize
+from tl_capability.head import require_separable_head
 from tl_capability.layered_rows import layered_ig_grad_sum, layered_rows_exact
 from tl_capability.options import (
     AttributionMethod,
@@ -329,8 +330,9 @@ def attribute(
 
     Raises:
         ValueError: For an unknown method, metric, rule or site, a model in training mode or
-            without MLP hooks, an empty dataset, a sample that does not fit the context, a
-            non-finite score (naming the sample), or a checkpoint of another run (other data,
+            without MLP hooks or whose logits are transformed after the unembedding (a final
+            soft-cap), an empty dataset, a sample that does not fit the context, a non-finite
+            score (naming the sample), or a checkpoint of another run (other data,
             parameters or weights) or a damaged one (naming the file).
     """
     check_option(method, AttributionMethod, "method")
@@ -341,6 +343,8 @@ def attribute(
     alphas = ig_alphas(steps, rule)
     require_eval(model)
     resolved = neuron_site(model, site)
+    if method != "activation":
+        require_separable_head(model)
     samples = tokenize(model, dataset)
     if batch_size is None:
         batch_size = 16 if method == "ig" else 32

@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import CapabilityDataset, batches, model_tokenizer, tokenize
+from tl_capability.head import answer_logits
 from tl_capability.masks import NeuronMask
 from tl_capability.sites import (
     mlp_parameters,
@@ -256,7 +257,7 @@ def finetune_neurons(
             order = torch.randperm(len(samples), generator=gen).tolist()
             shuffled = [samples[i] for i in order]
             for batch in batches(model, shuffled, batch_size, sort_by_length=False):
-                logits = model(batch.tokens)[batch.target_row, batch.target_pos]
+                logits = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos)
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch.target_token)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

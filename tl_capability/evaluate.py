@@ -27,6 +27,7 @@ from tl_capability.data import (
     count_batches,
     tokenize,
 )
+from tl_capability.head import answer_logits
 from tl_capability.sites import require_eval
 
 #: A dataset, or its samples as [`tokenize`][tl_capability.data.tokenize] returned them.
@@ -52,9 +53,8 @@ def _answer_logits(
             disable=not show,
             desc=f"evaluate {getattr(dataset, 'name', None) or ''}".strip(),
         ):
-            with model.hooks(fwd_hooks=hooks(batch) if hooks is not None else []):
-                logits = model(batch.tokens)
-            yield batch, logits[batch.target_row, batch.target_pos]
+            fwd = hooks(batch) if hooks is not None else []
+            yield batch, answer_logits(model, batch.tokens, batch.target_row, batch.target_pos, fwd)
 
 
 def answer_correct(

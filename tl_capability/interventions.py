@@ -33,7 +33,7 @@ from torch import Tensor
 
 from tl_capability.data import Batch, CapabilityDataset, batches
 from tl_capability.options import InterventionMode, Site, check_option
-from tl_capability.sites import neuron_hook_name, neuron_site, require_eval
+from tl_capability.sites import neuron_hook_name, neuron_site, require_eval, run_until
 
 if TYPE_CHECKING:
     from tl_capability.masks import NeuronMask
@@ -177,7 +177,7 @@ def mean_activations(
                 (resolved.hook_name(layer), add(layer, batch.mask))
                 for layer in range(resolved.n_layers)
             ]
-            with model.hooks(fwd_hooks=fwd):
-                model(batch.tokens)
+            # Stops after the last layer's hook: the unembedding is not needed.
+            run_until(model, resolved.hook_name(resolved.n_layers - 1), batch.tokens, fwd)
             count += int(batch.mask.sum())
     return (total / count).float()

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import Batch, CapabilityDataset, collate, tokenize
 from tl_capability.evaluate import accuracy
+from tl_capability.head import answer_logits
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask
 from tl_capability.options import Gate, Site, Suppression, check_option
@@ -219,7 +220,7 @@ class _CleanLogProbs:
         device = model_device(self.model)
         batch = collate(chosen, range(len(chosen)), self.pad).to(device)
         with torch.no_grad():
-            logits = self.model(batch.tokens)[batch.target_row, batch.target_pos]
+            logits = answer_logits(self.model, batch.tokens, batch.target_row, batch.target_pos)
         logp = logits.float().log_softmax(-1)
         return list(logp.split(batch.n_targets.tolist()))
 
@@ -354,8 +355,9 @@ def learn_gates(
                 clean = clean_logp(name, drawn)
             with torch.enable_grad():
                 removal[:] = [_removal(theta, gate, gen)]
-                with model.hooks(fwd_hooks=fwd):
-                    logits = [model(b.tokens)[b.target_row, b.target_pos] for b in parts]
+                logits = [
+                    answer_logits(model, b.tokens, b.target_row, b.target_pos, fwd) for b in parts
+                ]
                 suppress = _suppression(logits[0], parts[0], len(rows), suppression)
                 if ctrl:
                     kept = logits[1].float().log_softmax(-1)

@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.data import CapabilityDataset, batches, count_batches, tokenize
+from tl_capability.head import require_separable_head
 from tl_capability.options import Metric, Site, check_option
 from tl_capability.rows import Rows, clean_pass, row_metric, rows_for
 from tl_capability.sites import NeuronSite, neuron_site, require_eval, supports_kv_cache
@@ -132,6 +133,7 @@ def empirical_neg(
         raise ValueError("shifts must be positive magnitudes")
     require_eval(model)
     resolved = neuron_site(model, site)
+    require_separable_head(model)
     pairs = as_neuron_list(neurons, resolved)
     samples = tokenize(model, dataset)
     x = torch.tensor(sorted({-v for v in shifts} | set(shifts)), dtype=torch.float32)

@@ -379,6 +379,25 @@ def hook_signature(model: Any) -> tuple[int, ...]:
     )
 
 
+def head_hook_signature(model: Any) -> tuple[int, ...]:
+    """As [`hook_signature`][tl_capability.sites.hook_signature], for the modules outside the
+    blocks only (embedding, ``ln_final``, unembedding, the model itself): neuron interventions,
+    which live inside the blocks, leave it unchanged."""
+    inside = {id(m) for block in block_modules(model) for m in block.modules()}
+    return tuple(
+        key
+        for module in model.modules()
+        if id(module) not in inside
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+        for key in hooks
+    )
+
+
+def is_block_hook(name: Any) -> bool:
+    """Whether a ``(name, hook)`` pair's name is a hook point inside a block."""
+    return isinstance(name, str) and name.startswith("blocks.")
+
+
 def block_modules(model: Any) -> list[Any]:
     """The model's transformer blocks, in order (the modules its forward pass calls)."""
     return list(model.blocks)
