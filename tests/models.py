@@ -126,6 +126,8 @@ def hf_config(arch: str, vocab_size: int) -> Any:
         )
     if arch == "qwen2":
         return t.Qwen2Config(use_sliding_window=False, tie_word_embeddings=False, **gated)
+    if arch == "gemma2":  # not in ARCHITECTURES: a final logit soft-cap, tested on its own
+        return t.Gemma2Config(head_dim=16, sliding_window=64, final_logit_softcapping=0.5, **gated)
     raise ValueError(arch)
 
 

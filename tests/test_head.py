@@ -1,12 +1,18 @@
 import pytest
 import torch
 
-from tl_capability import CapabilityDataset, accuracy, attribute, empirical_neg
+import tl_capability.head as head_module
+import tl_capability.sites as sites
+from tl_capability import CapabilityDataset, answer_correct, attribute
 from tl_capability.data import batches, tokenize
 from tl_capability.head import answer_logits, head_is_separable
-from tl_capability.sites import neuron_hook_name
+from tl_capability.sites import hook_points_in_use, logit_transform, neuron_hook_name
 
-from .models import tiny_model
+from .models import HAS_BRIDGE, save_hf_model, tiny_model
+from .test_all_positions import reference as all_positions_reference
+from .test_attribution import reference_scores
+from .test_evaluate import _reference_correct
+from .test_neg import test_delta_matches_a_manual_intervention as neg_delta_check
 
 pytestmark = pytest.mark.core
 
@@ -28,14 +34,36 @@ def _zero(act, hook):
 
 def test_answer_logits_equal_the_full_pass(model):
     batch = _batch(model)
+    before = _full(model, batch)
     hooks = [(neuron_hook_name(0), _zero)]
     for fwd in ([], hooks):
         with torch.no_grad():
             got = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos, fwd)
         torch.testing.assert_close(got, _full(model, batch, fwd), rtol=1e-5, atol=1e-5)
     assert head_is_separable(model)
-    # The hooks were removed: the model's logits are its own again.
-    torch.testing.assert_close(_full(model, batch), _full(model, batch), rtol=0, atol=0)
+    assert not hook_points_in_use(model)  # nothing left attached
+    torch.testing.assert_close(_full(model, batch), before, rtol=0, atol=0)
+
+
+def test_hooks_attached_at_the_first_call_are_not_run_by_the_check():
+    """The first call on a model that already carries an intervention: the check waits for a
+    model without hooks rather than run (and feed, and be misled by) the user's hooks."""
+    fresh = tiny_model(seed=5)
+    batch = _batch(fresh)
+    seen = []
+
+    def record(act, hook):
+        seen.append(tuple(act.shape[:2]))
+
+    def noise(act, hook):
+        return act + 100.0 * torch.randn_like(act)
+
+    hooks = [(neuron_hook_name(0), record), (neuron_hook_name(1), noise)]
+    with fresh.hooks(fwd_hooks=hooks), torch.no_grad():
+        answer_logits(fresh, batch.tokens, batch.target_row, batch.target_pos)
+    assert seen == [tuple(batch.tokens.shape)]  # one pass: the caller's
+    assert head_is_separable(fresh)
+    attribute(fresh, DATA, steps=2, progress=False)  # not refused after the noise
 
 
 def test_answer_logits_carry_gradients(model):
@@ -53,25 +81,57 @@ def test_answer_logits_carry_gradients(model):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_soft_capped_model_takes_the_full_pass_and_attribution_refuses_it():
-    capped = tiny_model(soft_cap=2.0)
+def _check_capped(model):
+    """The soft-cap is declared, bends the logits, and every path reproduces it."""
+    assert logit_transform(model) is not None
+    assert head_is_separable(model)
+    assert head_module._CHECKED[model] is True  # checked against the model's own pass
+    batch = _batch(model)
+    full = _full(model, batch)
+    with torch.no_grad():
+        got = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos)
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+    assert answer_correct(model, DATA).tolist() == _reference_correct(model, DATA)
+    ref = reference_scores(model, DATA, "ig", steps=3)
+    mine = attribute(model, DATA, steps=3, per_sample=True, progress=False)
+    torch.testing.assert_close(mine.per_sample, ref, rtol=1e-4, atol=1e-7)
+    ref = all_positions_reference(model, DATA, "ig", steps=3, metric="logprob")
+    mine = attribute(
+        model, DATA, steps=3, positions="all", metric="logprob", per_sample=True, progress=False
+    )
+    torch.testing.assert_close(mine.per_sample, ref, rtol=1e-4, atol=1e-7)
+
+
+def test_a_soft_capped_model_is_attributed_through_its_cap():
+    capped = tiny_model(soft_cap=0.5)
+    assert float(_full(capped, _batch(capped)).abs().max()) <= 0.5  # the cap is really applied
+    _check_capped(capped)
+    neg_delta_check(capped)  # empirical NEG's interventions, against model(z)'s own logits
+
+
+def test_a_transform_the_model_does_not_declare_is_caught(monkeypatch):
+    capped = tiny_model(soft_cap=0.5)
+    monkeypatch.setattr(sites, "logit_transform", lambda model: None)
     assert not head_is_separable(capped)
     batch = _batch(capped)
-    full = _full(capped, batch)
-    assert float(full.abs().max()) <= 2.0  # the cap is really applied
     with torch.no_grad():
         got = answer_logits(capped, batch.tokens, batch.target_row, batch.target_pos)
-    torch.testing.assert_close(got, full, rtol=0, atol=0)
-    assert 0 <= accuracy(capped, DATA) <= 1
-    with pytest.raises(ValueError, match="soft-cap"):
+    torch.testing.assert_close(got, _full(capped, batch), rtol=0, atol=0)  # the full pass
+    with pytest.raises(ValueError, match="does not declare"):
         attribute(capped, DATA, steps=2, progress=False)
-    with pytest.raises(ValueError, match="soft-cap"):
-        empirical_neg(capped, DATA, [(0, 0)], progress=False)
-    # Activations read no logits: still allowed.
-    attribute(capped, DATA, method="activation", progress=False)
 
 
-def test_a_hook_on_the_head_is_seen_and_forgotten(model):
+@pytest.mark.skipif(not HAS_BRIDGE, reason="the Gemma 2 bridge is TransformerLens 4")
+def test_gemma2_soft_cap_through_the_bridge(tmp_path):
+    from transformer_lens import TransformerBridge
+
+    model = TransformerBridge.boot_transformers(str(save_hf_model("gemma2", tmp_path))).eval()
+    assert model.cfg.output_logits_soft_cap == 0.5
+    _check_capped(model)
+
+
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_a_hook_on_the_head_is_seen_and_forgotten(model, direction):
     batch = _batch(model)
     assert head_is_separable(model)
 
@@ -80,20 +140,34 @@ def test_a_hook_on_the_head_is_seen_and_forgotten(model):
         x[:, -1] = 0
         return x
 
+    def keep(grad, hook):
+        return None
+
     name = "ln_final.hook_normalized"
-    handle_model = model.hooks(fwd_hooks=[(name, last_only)])
-    with handle_model:
+    hooked = (
+        model.hooks(fwd_hooks=[(name, last_only)])
+        if direction == "fwd"
+        else model.hooks(bwd_hooks=[(name, keep)])
+    )
+    with hooked:
         assert not head_is_separable(model)
-        with torch.no_grad():
-            got = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos)
-        torch.testing.assert_close(got, _full(model, batch), rtol=0, atol=0)
+        if direction == "fwd":
+            with torch.no_grad():
+                got = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos)
+            torch.testing.assert_close(got, _full(model, batch), rtol=0, atol=0)
         with pytest.raises(ValueError, match="ln_final"):
             attribute(model, DATA, steps=2, progress=False)
     assert head_is_separable(model)
 
 
-def test_probe_keeps_the_training_flag():
+def test_the_check_waits_for_eval_mode_and_keeps_every_flag():
     fresh = tiny_model(seed=3)
     fresh.train()
+    fresh.blocks[0].eval()  # a mixed state, as a user may leave it
+    flags = [m.training for m in fresh.modules()]
     assert head_is_separable(fresh)
-    assert fresh.training
+    assert [m.training for m in fresh.modules()] == flags
+    assert fresh not in head_module._CHECKED
+    fresh.eval()
+    assert head_is_separable(fresh)
+    assert head_module._CHECKED[fresh] is True

@@ -8,13 +8,13 @@ blocks, stops at the last one, and applies ``ln_final`` and the unembedding to t
 read, the path attribution's rows take
 ([`unembed_input`][tl_capability.rows.unembed_input]).
 
-That path equals the model's own logits only if nothing transforms them after the unembedding.
-Some models do (Gemma 2's final logit soft-cap, ``cfg.output_logits_soft_cap``), and so does a
-hook a user put on ``ln_final`` or ``unembed``.
-[`head_is_separable`][tl_capability.head.head_is_separable] checks it once per model (and
-again when the hooks outside the blocks change) by comparing both on a short pass; where they
-differ, ``answer_logits`` runs the full forward pass and attribution refuses the model with a
-clear error instead of attributing logits the model never produces.
+That path applies the model's [`logit_transform`][tl_capability.sites.logit_transform] (Gemma
+2's final soft-cap, Granite's or Cohere's logit scale), so it equals the model's own logits;
+a hook a user put on ``ln_final`` or ``unembed`` would see other shapes there, so
+[`head_is_separable`][tl_capability.head.head_is_separable] is false while one is attached, and
+a three-token pass checks the rest once per model. Where it is false, ``answer_logits`` runs the
+full forward pass and attribution refuses the model with a clear error instead of attributing
+logits the model never produces.
 """
 
 from __future__ import annotations
@@ -27,42 +27,51 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_capability.rows import unembed_input
-from tl_capability.sites import head_hook_signature, is_block_hook, model_device, unembed
+from tl_capability.sites import (
+    head_has_hooks,
+    hook_points_in_use,
+    is_head_hook,
+    model_device,
+    unembed,
+)
 
-_SEPARABLE: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
+# The numeric check of the head, once per model: run only on a model with no hooks at all
+# (hooks inside the blocks would run in it, see what it feeds them, and could make it fail for
+# reasons that are not the head's) and in eval mode.
+_CHECKED: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
 
 
 def head_is_separable(model: Any) -> bool:
-    """Whether ``ln_final`` and the unembedding applied to the last block's output at chosen
-    positions give the model's own logits there (no soft-cap or other transform after the
-    unembedding, no hook on the head that depends on the sequence).
+    """Whether ``ln_final``, the unembedding and the model's
+    [`logit_transform`][tl_capability.sites.logit_transform] applied to the last block's output
+    at chosen positions give the model's own logits there.
 
-    Probed with one three-token pass; the answer is kept per model until the hooks outside its
-    blocks change.
+    False while the head has a hook
+    ([`head_has_hooks`][tl_capability.sites.head_has_hooks]: a hook on ``ln_final`` would see
+    ``[row, 1, d_model]`` there, not the sequence). Otherwise a three-token pass compares both
+    ways once per model, the first time the model is in eval mode with no hooks attached
+    anywhere (until then the declared transform is trusted), and the answer is kept.
     """
-    signature = head_hook_signature(model)
-    known = _SEPARABLE.get(model)
-    if known is None or known[0] != signature:
-        known = _SEPARABLE[model] = (signature, _probe(model))
-    return known[1]
+    if head_has_hooks(model):
+        return False
+    known = _CHECKED.get(model)
+    if known is None:
+        if model.training or hook_points_in_use(model):
+            return True
+        known = _CHECKED[model] = _probe(model)
+    return known
 
 
 def _probe(model: Any) -> bool:
     device = model_device(model)
     tokens = torch.tensor([[0, 1, 2]], device=device) % model.cfg.d_vocab
     seq, pos = torch.zeros(3, dtype=torch.long, device=device), torch.arange(3, device=device)
-    training = model.training
-    try:
-        model.eval()  # dropout would make the two passes differ
-        with torch.no_grad():
-            full = model(tokens)[0].float()
+    with torch.no_grad():
+        full = model(tokens)[0].float()
+        try:
             rows = unembed(model, unembed_input(model, tokens, [], seq, pos)).float()
-    except KeyError:  # the hook it stops at never fired: not a path this model has
-        return False
-    finally:
-        model.train(training)
-    if rows.shape != full.shape:
-        return False
+        except KeyError:  # the hook point it stops at does not fire: no such path here
+            return False
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     scale = max(float(full.abs().max()), 1.0)
     return float((rows - full).abs().max()) <= (2e-2 if half else 1e-4) * scale
@@ -73,14 +82,21 @@ def require_separable_head(model: Any) -> None:
     reads the logits of its rows through the head alone.
 
     Raises:
-        ValueError: For a model whose logits are transformed after the unembedding.
+        ValueError: For a model whose logits the head alone does not reproduce.
     """
+    if head_has_hooks(model):
+        raise ValueError(
+            "a hook is attached to ln_final, unembed or the model's output: attribution "
+            "reads its rows' logits through ln_final and the unembedding at those rows only, "
+            "where such a hook would see other shapes or not run. Remove it, or attach "
+            "interventions to the blocks."
+        )
     if not head_is_separable(model):
         raise ValueError(
-            "this model's logits are not ln_final + unembed of the last block's output (a "
-            "final logit soft-cap, output_logits_soft_cap, or a hook on ln_final / unembed?): "
-            "attribution reads its rows' logits through that head and would attribute logits "
-            "the model never produces. Remove the hook, or disable the soft-cap."
+            "this model's logits are not ln_final + unembed (+ its declared logit transform) "
+            "of the last block's output (a transform after the unembedding that its "
+            "TransformerLens adapter does not declare?): attribution reads its rows' logits "
+            "through that head and would attribute logits the model never produces."
         )
 
 
@@ -93,12 +109,12 @@ def answer_logits(
 ) -> Float[Tensor, "target vocab"]:
     """The model's logits at ``(seq[t], pos[t])`` for every target ``t``, under ``fwd_hooks``.
 
-    Unembeds only those positions when the head is separable and every hook is inside a block
-    ([`is_block_hook`][tl_capability.sites.is_block_hook]); otherwise runs the full forward
+    Unembeds only those positions when the head is separable and no hook is on the head
+    ([`is_head_hook`][tl_capability.sites.is_head_hook]); otherwise runs the full forward
     pass and indexes it. Gradients flow as through the model.
     """
     hooks = list(fwd_hooks or [])
-    if all(is_block_hook(name) for name, _ in hooks) and head_is_separable(model):
+    if not any(is_head_hook(name) for name, _ in hooks) and head_is_separable(model):
         return unembed(model, unembed_input(model, tokens, hooks, seq, pos))
     with model.hooks(fwd_hooks=hooks):
         return model(tokens)[seq, pos]

@@ -28,6 +28,7 @@ from tl_capability.sites import (
     NeuronSite,
     final_norm,
     final_resid_hook_name,
+    logit_transform,
     new_kv_cache,
     run_until,
     unembed,
@@ -198,6 +199,9 @@ def _metric_surrogate(
     limit = _HEAD_VOCAB.get()
     if limit is not None:
         w_u, b_u = w_u[:, :limit], None if b_u is None else b_u[:limit]
+    transform = logit_transform(model)
+    if transform is not None:
+        return _transformed_surrogate(x, w_u, b_u, transform, rows.target, metric, weight)
     with torch.no_grad():
         xf, w = x.float(), w_u.float()
         # One [vocab, row] buffer, vocabulary-major (W_Uᵀ xᵀ): on CPU the GEMM whose output rows
@@ -220,6 +224,33 @@ def _metric_surrogate(
         if weight is not None:
             grad *= weight[:, None].to(grad.dtype)
     return value, (x * grad.to(x.dtype)).sum()
+
+
+def _transformed_surrogate(
+    x: Float[Tensor, "row d_model"],
+    w_u: Float[Tensor, "d_model vocab"],
+    b_u: Float[Tensor, " vocab"] | None,
+    transform: Any,
+    target: Int[Tensor, " row"],
+    metric: Metric,
+    weight: Tensor | None,
+) -> tuple[Float[Tensor, " row"], Tensor]:
+    """[`_metric_surrogate`][tl_capability.rows._metric_surrogate] for a model that transforms
+    its logits after the unembedding (a soft-cap, a scale): the transform is the model's own
+    function, so its derivative comes from autograd on the ``[row, vocab]`` logits, not from a
+    closed form; still no vocabulary-sized tensor in the blocks' graph."""
+    with torch.no_grad():
+        xf, w = x.float(), w_u.float()
+        z = xf @ w if b_u is None else torch.addmm(b_u.float(), xf, w)
+    with torch.enable_grad():
+        z.requires_grad_(True)
+        logp = transform(z).log_softmax(-1).gather(1, target[:, None])[:, 0]
+        value = logp if metric == "logprob" else logp.exp()
+        per_row = value if weight is None else value * weight.to(value.dtype)
+        (dz,) = torch.autograd.grad(per_row.sum(), z)
+    with torch.no_grad():
+        grad = dz @ w.T
+    return value.detach(), (x * grad.to(x.dtype)).sum()
 
 
 def clean_pass(

@@ -12,7 +12,8 @@ weight names and what a model supports; the others call its functions:
   [`unembed_input_hook`][tl_capability.sites.unembed_input_hook]);
 - the head: [`final_norm`][tl_capability.sites.final_norm],
   [`unembed`][tl_capability.sites.unembed], [`unembedding`][tl_capability.sites.unembedding]
-  (``W_U``, ``b_U``);
+  (``W_U``, ``b_U``), [`logit_transform`][tl_capability.sites.logit_transform] (a soft-cap or
+  scaling after the unembedding);
 - the MLP weights edits change: [`mlp_w_out`][tl_capability.sites.mlp_w_out],
   [`mlp_parameters`][tl_capability.sites.mlp_parameters];
 - what a model supports: [`is_masked_lm`][tl_capability.sites.is_masked_lm],
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -209,8 +210,33 @@ def final_norm(model: Any, resid: Float[Tensor, "row d_model"]) -> Float[Tensor,
 
 
 def unembed(model: Any, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row vocab"]:
-    """The logits of one unembedding input per row."""
-    return model.unembed(x[:, None])[:, 0]
+    """The logits of one unembedding input per row, after the model's
+    [`logit_transform`][tl_capability.sites.logit_transform] if it has one."""
+    logits = model.unembed(x[:, None])[:, 0]
+    transform = logit_transform(model)
+    return logits if transform is None else transform(logits)
+
+
+_PROBE_LOGITS = torch.linspace(-40.0, 40.0, 81)
+
+
+def logit_transform(model: Any) -> Callable[[Tensor], Tensor] | None:
+    """What the model's forward pass does to its logits after the unembedding (Gemma 2's
+    soft-cap ``s·tanh(z/s)``; Granite's, Cohere's or Falcon-H1's scaling), as a function of
+    ``[..., vocab]`` logits, or ``None`` when nothing.
+
+    The bridge names it per architecture (``adapter.apply_output_logits_transform``, what its
+    own logit lens applies); a ``HookedTransformer`` has only ``cfg.output_logits_soft_cap``.
+    """
+    transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
+    if callable(transform):
+        probe = _PROBE_LOGITS.to(model_device(model))
+        out = transform(probe)
+        return None if out is probe or torch.equal(out, probe) else transform
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
+    if isinstance(cap, int | float) and cap > 0:
+        return lambda z: cap * torch.tanh(z / cap)
+    return None
 
 
 def unembedding(
@@ -379,23 +405,33 @@ def hook_signature(model: Any) -> tuple[int, ...]:
     )
 
 
-def head_hook_signature(model: Any) -> tuple[int, ...]:
-    """As [`hook_signature`][tl_capability.sites.hook_signature], for the modules outside the
-    blocks only (embedding, ``ln_final``, unembedding, the model itself): neuron interventions,
-    which live inside the blocks, leave it unchanged."""
-    inside = {id(m) for block in block_modules(model) for m in block.modules()}
-    return tuple(
-        key
-        for module in model.modules()
-        if id(module) not in inside
-        for hooks in (module._forward_pre_hooks, module._forward_hooks)
-        for key in hooks
+def head_has_hooks(model: Any) -> bool:
+    """Whether a hook point of ``ln_final`` or the unembedding carries a hook (forward or
+    backward): what a pass that unembeds chosen rows only would run differently from the
+    model's own. Hooks on the embedding or inside the blocks run the same way in both. Only
+    hook points count: TransformerLens puts module hooks of its own on some models' modules."""
+    heads = [getattr(model, name, None) for name in ("ln_final", "unembed")]
+    return any(
+        getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None)
+        for head in heads
+        if head is not None
+        for m in head.modules()
     )
 
 
-def is_block_hook(name: Any) -> bool:
-    """Whether a ``(name, hook)`` pair's name is a hook point inside a block."""
-    return isinstance(name, str) and name.startswith("blocks.")
+def hook_points_in_use(model: Any) -> bool:
+    """Whether any TransformerLens hook point of the model carries a hook (forward or
+    backward, temporary or permanent): the hooks users attach. The bridge's own module hooks
+    (it adds forward-pre hooks to some norms on its first pass) are not on hook points."""
+    return any(
+        getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None) for m in model.modules()
+    )
+
+
+def is_head_hook(name: Any) -> bool:
+    """Whether a ``(name, hook)`` pair may act on the head: its name is a hook point of
+    ``ln_final`` or the unembedding, or is not a name at all (a filter function)."""
+    return not isinstance(name, str) or name.startswith(("ln_final", "unembed"))
 
 
 def block_modules(model: Any) -> list[Any]:
