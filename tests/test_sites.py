@@ -11,6 +11,8 @@ import torch
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability import neuron_site, require_eval
 from tl_capability.sites import (
+    HookNotReached,
+    StopForward,
     final_norm,
     final_resid_hook_name,
     is_bridge,
@@ -20,6 +22,7 @@ from tl_capability.sites import (
     model_device,
     neuron_hook_name,
     resid_pre_hook_name,
+    run_until,
     supports_kv_cache,
     unembed,
     unembed_input_hook,
@@ -483,3 +486,15 @@ def test_the_width_check_runs_once_per_model_and_site_and_a_failure_is_not_remem
     finally:
         sites._check_width = original
         sites._WIDTHS_CHECKED.pop(model, None)
+
+
+def test_run_until_names_a_hook_point_the_pass_never_reached(model):
+    def stop(act, hook):
+        raise StopForward
+
+    tokens = torch.tensor([[0, 1, 2]])
+    last = final_resid_hook_name(model)
+    early = [(resid_pre_hook_name(0), stop)]
+    with pytest.raises(HookNotReached, match=last):
+        run_until(model, last, tokens, early)
+    assert run_until(model, last, tokens, []).shape[:2] == (1, 3)

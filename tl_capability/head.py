@@ -28,6 +28,7 @@ from torch import Tensor
 
 from tl_capability.rows import unembed_input
 from tl_capability.sites import (
+    HookNotReached,
     head_has_hooks,
     hook_points_in_use,
     is_head_hook,
@@ -70,7 +71,7 @@ def _probe(model: Any) -> bool:
         full = model(tokens)[0].float()
         try:
             rows = unembed(model, unembed_input(model, tokens, [], seq, pos)).float()
-        except KeyError:  # the hook point it stops at does not fire: no such path here
+        except HookNotReached:  # no such path in this model: the full pass it is
             return False
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     scale = max(float(full.abs().max()), 1.0)

@@ -168,11 +168,19 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass once what it needs is captured."""
 
 
+class HookNotReached(ValueError):
+    """A forward pass ended without running the hook point it was to stop at."""
+
+
 def run_until(
     model: Any, name: str, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
 ) -> Tensor:
     """Runs the model until hook point ``name`` and returns what it carried (the layers above
-    and the unembedding, a vocabulary-sized read of weights, never run)."""
+    and the unembedding, a vocabulary-sized read of weights, never run).
+
+    Raises:
+        HookNotReached: When the pass ends without running ``name``.
+    """
     captured: dict[str, Tensor] = {}
 
     def grab(value: Tensor, hook: Any) -> None:
@@ -184,6 +192,11 @@ def run_until(
             model(tokens, **forward_kwargs)
     except StopForward:
         pass
+    if "value" not in captured:
+        raise HookNotReached(
+            f"the forward pass never ran hook point {name!r}: this model does not route its "
+            "computation through the hook points TransformerLens names for it"
+        )
     return captured["value"]
 
 
