@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import tl_capability.head as head_module
+import tl_capability.rows as rows_module
 import tl_capability.sites as sites
 from tl_capability import CapabilityDataset, answer_correct, attribute
 from tl_capability.data import batches, tokenize
@@ -171,3 +172,22 @@ def test_the_check_waits_for_eval_mode_and_keeps_every_flag():
     fresh.eval()
     assert head_is_separable(fresh)
     assert head_module._CHECKED[fresh] is True
+
+
+def test_the_transformed_head_in_chunks_gives_the_same_scores(monkeypatch):
+    capped = tiny_model(soft_cap=0.5)
+    whole = attribute(capped, DATA, steps=3, per_sample=True, progress=False)
+    monkeypatch.setattr(rows_module, "_TRANSFORM_CHUNK", 2 * capped.cfg.d_vocab)  # 2 rows each
+    parts = attribute(capped, DATA, steps=3, per_sample=True, progress=False)
+    torch.testing.assert_close(parts.per_sample, whole.per_sample, rtol=1e-5, atol=1e-8)
+
+
+def test_only_temporary_hooks_count_as_the_users():
+    fresh = tiny_model(seed=7)
+    point = fresh.hook_dict[neuron_hook_name(0)]
+    assert not hook_points_in_use(fresh)
+    point.add_perma_hook(lambda act, hook: None)  # as TransformerLens wires some bridges
+    assert not hook_points_in_use(fresh)
+    with fresh.hooks(fwd_hooks=[(neuron_hook_name(1), lambda act, hook: None)]):
+        assert hook_points_in_use(fresh)
+    assert not hook_points_in_use(fresh)

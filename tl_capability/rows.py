@@ -239,18 +239,28 @@ def _transformed_surrogate(
     its logits after the unembedding (a soft-cap, a scale): the transform is the model's own
     function, so its derivative comes from autograd on the ``[row, vocab]`` logits, not from a
     closed form; still no vocabulary-sized tensor in the blocks' graph."""
-    with torch.no_grad():
-        xf, w = x.float(), w_u.float()
-        z = xf @ w if b_u is None else torch.addmm(b_u.float(), xf, w)
-    with torch.enable_grad():
-        z.requires_grad_(True)
-        logp = transform(z).log_softmax(-1).gather(1, target[:, None])[:, 0]
-        value = logp if metric == "logprob" else logp.exp()
-        per_row = value if weight is None else value * weight.to(value.dtype)
-        (dz,) = torch.autograd.grad(per_row.sum(), z)
-    with torch.no_grad():
-        grad = dz @ w.T
-    return value.detach(), (x * grad.to(x.dtype)).sum()
+    xf, w = x.detach().float(), w_u.detach().float()
+    values, grads = [], []
+    # Autograd keeps several [row, vocab] tensors (logits, transformed, log-softmax and their
+    # gradients): chunks of rows keep them near the closed form's one buffer.
+    step = max(1, _TRANSFORM_CHUNK // w.shape[1])
+    for start in range(0, xf.shape[0], step):
+        part = slice(start, start + step)
+        with torch.enable_grad():
+            z = xf[part] @ w if b_u is None else torch.addmm(b_u.float(), xf[part], w)
+            z.requires_grad_(True)
+            logp = transform(z).log_softmax(-1).gather(1, target[part, None])[:, 0]
+            value = logp if metric == "logprob" else logp.exp()
+            chosen = value if weight is None else value * weight[part].to(value.dtype)
+            (dz,) = torch.autograd.grad(chosen.sum(), z)
+        values.append(value.detach())
+        grads.append(dz @ w.T)
+    grad = torch.cat(grads)
+    return torch.cat(values), (x * grad.to(x.dtype)).sum()
+
+
+#: Rows × vocabulary entries per chunk of the transformed head (2^24: 64 MiB in float32).
+_TRANSFORM_CHUNK = 2**24
 
 
 def clean_pass(

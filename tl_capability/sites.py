@@ -231,6 +231,7 @@ def unembed(model: Any, x: Float[Tensor, "row d_model"]) -> Float[Tensor, "row v
 
 
 _PROBE_LOGITS = torch.linspace(-40.0, 40.0, 81)
+_TRANSFORMS: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
 
 
 def logit_transform(model: Any) -> Callable[[Tensor], Tensor] | None:
@@ -243,9 +244,13 @@ def logit_transform(model: Any) -> Callable[[Tensor], Tensor] | None:
     """
     transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
     if callable(transform):
-        probe = _PROBE_LOGITS.to(model_device(model))
-        out = transform(probe)
-        return None if out is probe or torch.equal(out, probe) else transform
+        # Whether it is the identity, probed once per model (it is called once per pass).
+        known = _TRANSFORMS.get(model)
+        if known is None:
+            probe = _PROBE_LOGITS.to(model_device(model))
+            out = transform(probe)
+            known = _TRANSFORMS[model] = not (out is probe or torch.equal(out, probe))
+        return transform if known else None
     cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
     if isinstance(cap, int | float) and cap > 0:
         return lambda z: cap * torch.tanh(z / cap)
@@ -433,11 +438,14 @@ def head_has_hooks(model: Any) -> bool:
 
 
 def hook_points_in_use(model: Any) -> bool:
-    """Whether any TransformerLens hook point of the model carries a hook (forward or
-    backward, temporary or permanent): the hooks users attach. The bridge's own module hooks
-    (it adds forward-pre hooks to some norms on its first pass) are not on hook points."""
+    """Whether any TransformerLens hook point of the model carries a temporary hook (forward or
+    backward): the hooks users attach, through ``model.hooks`` or ``add_hook``. Permanent ones
+    do not count: TransformerLens 4 wires some bridges' hook points (BERT, OPT) with permanent
+    hooks of its own."""
     return any(
-        getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None) for m in model.modules()
+        not handle.is_permanent
+        for m in model.modules()
+        for handle in (*getattr(m, "fwd_hooks", ()), *getattr(m, "bwd_hooks", ()))
     )
 
 
