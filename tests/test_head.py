@@ -3,7 +3,7 @@ import torch
 
 import tl_capability.head as head_module
 import tl_capability.rows as rows_module
-import tl_capability.sites as sites
+import tl_capability.sites.weights as site_weights
 from tl_capability import CapabilityDataset, answer_correct, attribute
 from tl_capability.data import batches, tokenize
 from tl_capability.head import answer_logits, head_is_separable
@@ -112,7 +112,7 @@ def test_a_soft_capped_model_is_attributed_through_its_cap():
 
 def test_a_transform_the_model_does_not_declare_is_caught(monkeypatch):
     capped = tiny_model(soft_cap=0.5)
-    monkeypatch.setattr(sites, "logit_transform", lambda model: None)
+    monkeypatch.setattr(site_weights, "logit_transform", lambda model: None)
     assert not head_is_separable(capped)
     batch = _batch(capped)
     with torch.no_grad():

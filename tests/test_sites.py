@@ -440,22 +440,23 @@ x = model.W_U  # the code
 name = f"blocks.{layer}.hook_resid_pre"
 '''
     assert _surface_uses(source) == ["W_U", "hook_resid", '"blocks.']
-    assert _surface_uses((PACKAGE / "sites.py").read_text())  # where it all lives
+    assert _surface_uses((PACKAGE / "sites" / "support.py").read_text())  # where it all lives
 
 
 def test_only_sites_knows_the_model_surface():
-    """Hook names, head and MLP weights, the KV-cache call: sites.py only."""
+    """Hook names, head and MLP weights, the KV-cache call: the sites package only."""
     found = {
         path.relative_to(PACKAGE).as_posix(): uses
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.name != "sites.py" and (uses := _surface_uses(path.read_text()))
+        if path.relative_to(PACKAGE).parts[0] != "sites"
+        and (uses := _surface_uses(path.read_text()))
     }
     assert found == {}
 
 
 def test_the_width_check_runs_once_per_model_and_site_and_a_failure_is_not_remembered(model):
     """The check costs a forward pass; attribute and accuracy call neuron_site every time."""
-    from tl_capability import sites
+    from tl_capability.sites import neurons as sites
 
     sites._WIDTHS_CHECKED.pop(model, None)
     calls = []

@@ -1,0 +1,218 @@
+"""What a model supports, found out by short forward passes and kept per model: the key/value
+cache path ([`supports_kv_cache`][tl_capability.sites.supports_kv_cache]), whether the MLP output
+adds linearly ([`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]), and
+which hooks are attached. Part of [`tl_capability.sites`][tl_capability.sites]."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_capability.sites.names import (
+    final_resid_hook_name,
+    is_masked_lm,
+    model_device,
+    neuron_hook_name,
+    resid_post_hook_name,
+    run_until,
+)
+from tl_capability.sites.weights import mlp_w_out
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a ``TransformerBridge``: it wraps another model as
+    ``original_model`` and runs that model's own forward pass (which builds its attention mask
+    from the batch it is given), where ``HookedTransformer`` builds one per position."""
+    return hasattr(model, "original_model")
+
+
+def kv_cache_forward(
+    model: Any, tokens: Int[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos vocab"], Any]:
+    """One forward pass that also returns the Hugging Face key/value cache it filled
+    (``None`` for a model that filled none)."""
+    return model(tokens, use_cache=True, return_type="logits_and_cache")
+
+
+def new_kv_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model``'s Hugging Face decoder, of the kind its own
+    forward pass would create (sliding-window layers where its config asks for them). Passed as
+    ``past_key_values``, it is filled in place, so a pass stopped after the last block leaves it
+    complete without computing the logits."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.original_model.config)
+
+
+def supports_kv_cache(model: Any) -> bool:
+    """Whether ``model`` takes the fast, exact cached path of
+    [`tl_capability.rows`][tl_capability.rows]: a bridge over a Hugging Face causal decoder whose
+    cache is a ``DynamicCache``; other models take the general path.
+
+    The structural part is decided without running the model: a bridge
+    ([`is_bridge`][tl_capability.sites.is_bridge]) over a ``transformers.PreTrainedModel`` (not a
+    native TransformerLens model), neither an encoder-decoder nor a masked LM (bidirectional: a
+    row's change reaches every position). Which cache class a Hugging Face model fills is decided
+    inside its forward pass (linear attention, state-space and hybrid models fill their own; no
+    public attribute says which), so a two-token pass
+    ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]) looks, and a third token run over
+    that cache must give the logits of the full pass (else a warning, and the general path). Only
+    a ``TypeError`` (a forward that takes no ``use_cache``) or ``NotImplementedError`` (an adapter
+    without cache support) of that pass means "no"; anything else, e.g. a ``RuntimeError`` such as
+    running out of memory, is a model that cannot run and propagates instead of silently choosing
+    the slow path.
+    """
+    known = _KV_CACHE.get(model)
+    if known is None:
+        known = _KV_CACHE[model] = _probe_kv_cache(model)
+    return known
+
+
+def _probe_kv_cache(model: Any) -> bool:
+    if (
+        not is_bridge(model)
+        or not _is_hf_model(model.original_model)
+        or getattr(model.cfg, "is_encoder_decoder", False)
+        or is_masked_lm(model)
+    ):
+        return False
+    tokens = torch.tensor([[0, 1, 2]], device=model_device(model)) % model.cfg.d_vocab
+    try:
+        with torch.no_grad():
+            out = kv_cache_forward(model, tokens[:, :2])
+    except (TypeError, NotImplementedError):
+        return False
+    cache = out[1] if isinstance(out, tuple) else None
+    if type(cache).__name__ != "DynamicCache" or not hasattr(cache, "layers"):
+        return False
+    # The cache must also be *used*: a bridge whose attention does not read the cache argument
+    # the Hugging Face blocks pass (transformer-lens 4.3 under transformers >= 5.24, which
+    # renamed it) leaves it empty, and cached rows would then silently see no prefix.
+    with torch.no_grad():
+        filled = all(layer.keys is not None for layer in cache.layers)
+        if filled and cache.get_seq_length() == 2:
+            # Final residuals, not logits: the unembedding would read a vocabulary of weights.
+            last = final_resid_hook_name(model)
+            kwargs = {"past_key_values": cache, "use_cache": True}
+            step = run_until(model, last, tokens[:, 2:], [], **kwargs)[:, -1].float()
+            full = run_until(model, last, tokens, [])[:, -1].float()
+            scale = float(full.abs().max())
+            half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+            if float((step - full).abs().max()) <= (2e-2 if half else 1e-4) * max(scale, 1.0):
+                return True
+    warnings.warn(
+        "this model's key/value cache does not reproduce its full forward pass (a "
+        "transformer-lens / transformers version mismatch? transformer-lens 4.3 needs "
+        "transformers < 5.24); rows take the general path: the same numbers, more slowly",
+        stacklevel=3,
+    )
+    return False
+
+
+def _is_hf_model(module: Any) -> bool:
+    """Whether ``module`` is a Hugging Face ``PreTrainedModel``."""
+    from transformers import PreTrainedModel
+
+    return isinstance(module, PreTrainedModel)
+
+
+# What a forward pass found out about a model, kept per model (weakly, so a model is not kept
+# alive): each probe costs a pass that a one-prompt attribution would otherwise pay every call.
+_KV_CACHE: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+_MLP_ADDS_LINEARLY: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
+
+
+def mlp_output_adds_linearly(model: Any) -> bool:
+    """Whether every block adds ``hook_post · W_out`` (plus a constant) to the residual stream,
+    so that changing layer ``l``'s post-activations by ``δ`` changes block ``l``'s output by
+    exactly ``δ W_out`` (sequential and parallel blocks; not a norm after the MLP, nor a hook
+    that bends the MLP's output).
+
+    Probed with a short pass per layer that perturbs that layer's post-activations; the answer
+    is kept per model until the hooks attached to it change.
+    """
+    signature = hook_signature(model)
+    known = _MLP_ADDS_LINEARLY.get(model)
+    if known is None or known[0] != signature:
+        known = _MLP_ADDS_LINEARLY[model] = (signature, _probe_mlp_output(model))
+    return known[1]
+
+
+def hook_signature(model: Any) -> tuple[int, ...]:
+    """The ids of every forward and forward-pre hook registered on the model's modules: facts
+    probed once per model are probed again when they change. Ids are unique per registration,
+    so swapping one hook for another (same count, other function) is seen too."""
+    return tuple(
+        key
+        for module in model.modules()
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+        for key in hooks
+    )
+
+
+def head_has_hooks(model: Any) -> bool:
+    """Whether a hook point of ``ln_final`` or the unembedding carries a hook (forward or
+    backward): what a pass that unembeds chosen rows only would run differently from the
+    model's own. Hooks on the embedding or inside the blocks run the same way in both. Only
+    hook points count: TransformerLens puts module hooks of its own on some models' modules."""
+    heads = [getattr(model, name, None) for name in ("ln_final", "unembed")]
+    return any(
+        getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None)
+        for head in heads
+        if head is not None
+        for m in head.modules()
+    )
+
+
+def hook_points_in_use(model: Any) -> bool:
+    """Whether any TransformerLens hook point of the model carries a temporary hook (forward or
+    backward): the hooks users attach, through ``model.hooks`` or ``add_hook``. Permanent ones
+    do not count: TransformerLens 4 wires some bridges' hook points (BERT, OPT) with permanent
+    hooks of its own."""
+    return any(
+        not handle.is_permanent
+        for m in model.modules()
+        for handle in (*getattr(m, "fwd_hooks", ()), *getattr(m, "bwd_hooks", ()))
+    )
+
+
+def _probe_mlp_output(model: Any) -> bool:
+    n_layers = model.cfg.n_layers
+    names = [(neuron_hook_name(layer), resid_post_hook_name(layer)) for layer in range(n_layers)]
+    if any(post not in model.hook_dict or out not in model.hook_dict for post, out in names):
+        return False
+    device = model_device(model)
+    tokens = torch.zeros(1, 3, dtype=torch.long, device=device)
+    gen = torch.Generator().manual_seed(0)
+    seen: dict[str, Tensor] = {}
+
+    def grab(key: str):
+        def hook(resid: Tensor, hook: Any) -> None:
+            seen[key] = resid.detach().float()
+
+        return hook
+
+    # Each pass stops at the block it reads: the blocks above and the unembedding never run.
+    with torch.no_grad():
+        below = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names[:-1])]
+        seen[f"clean{n_layers - 1}"] = run_until(model, names[-1][1], tokens, below).float()
+        for layer, (post, out) in enumerate(names):
+            w_out = mlp_w_out(model, layer).detach()
+            delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen)
+            delta = delta.to(w_out.device, w_out.dtype)
+
+            def shift(act: Tensor, hook: Any, delta: Tensor = delta) -> Tensor:
+                return act + delta
+
+            shifted = run_until(model, out, tokens, [(post, shift)]).float()
+            change = shifted - seen[f"clean{layer}"]
+            expected = (delta @ w_out).float()
+            scale = float(expected.abs().max())
+            if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
+                return False
+    return True
