@@ -81,14 +81,18 @@ def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]
 
 
 def _rows(
-    batch: Batch, row_sample: Tensor, expand: bool, kwargs: dict[str, Any]
+    batch: Batch,
+    row_sample: Tensor,
+    tokens: Tensor,
+    kwargs: dict[str, Any],
+    offset: int = 0,
 ) -> tuple[Rows, Tensor]:
-    """Rows whose ``r``-th sequence is sample ``row_sample[r]``, reading every answer token of
-    it, and the batch target of each read."""
+    """Rows whose sequence ``offset + r`` (of ``tokens``, or of the batch they grow into) is
+    sample ``row_sample[r]``, reading every answer token of it, and the batch target of each
+    read."""
     hit = row_sample[:, None] == batch.target_row[None, :]
     r, t = hit.nonzero(as_tuple=True)
-    tokens = batch.tokens if expand else batch.tokens[row_sample]
-    return Rows(tokens, r, batch.target_pos[t], batch.target_token[t], kwargs), t
+    return Rows(tokens, offset + r, batch.target_pos[t], batch.target_token[t], kwargs), t
 
 
 def all_position_scores(
@@ -145,7 +149,7 @@ def all_position_scores(
     for layer in range(site.n_layers):
         for start in range(0, len(s_idx), max_rows):
             s, k = s_idx[start : start + max_rows], k_idx[start : start + max_rows]
-            rows, t = _rows(batch, s, expand, kwargs)
+            rows, t = _rows(batch, s, batch.tokens if expand else batch.tokens[s], kwargs)
             w = weight[batch.target_row[t]]
             clean, grad = _scaled_gradient(
                 model, site, layer, rows, metric, s, alphas[k], expand, w
@@ -234,9 +238,7 @@ def _grown_gradients(
     for layer in layers:
         fwd += [(site.hook_name(layer), keep(layer)), (resid_post_hook_name(layer), fork(layer))]
     row_sample = samples[local].repeat(len(layers))
-    hit = row_sample[:, None] == batch.target_row[None, :]
-    r, t = hit.nonzero(as_tuple=True)
-    rows = Rows(batch.tokens[samples], b + r, batch.target_pos[t], batch.target_token[t], kwargs)
+    rows, t = _rows(batch, row_sample, batch.tokens[samples], kwargs, offset=b)
     with torch.enable_grad():
         _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
         grads = torch.autograd.grad(surrogate, [scaled[layer] for layer in layers])
@@ -255,7 +257,8 @@ def _grad_x_act(
     weight: Tensor,
 ) -> Float[Tensor, "batch layer d_mlp"]:
     """``Σ_p a ∂f/∂a`` at the clean run, every layer in one forward and backward pass."""
-    rows, t = _rows(batch, torch.arange(batch.tokens.shape[0], device=real.device), False, {})
+    every = torch.arange(batch.tokens.shape[0], device=real.device)
+    rows, t = _rows(batch, every, batch.tokens, {})
     held: list[Tensor] = []
 
     def keep(act: Tensor, hook: Any) -> Tensor:
