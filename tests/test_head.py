@@ -131,6 +131,21 @@ def test_gemma2_soft_cap_through_the_bridge(tmp_path):
     _check_capped(model)
 
 
+def test_hooks_given_on_the_head_take_the_full_pass(model):
+    batch = _batch(model)
+
+    def last_only(x, hook):
+        x = x.clone()
+        x[:, -1] = 0
+        return x
+
+    hooks = [("ln_final.hook_normalized", last_only)]
+    with torch.no_grad():
+        got = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos, hooks)
+    torch.testing.assert_close(got, _full(model, batch, hooks), rtol=0, atol=0)
+    assert not torch.equal(got, _full(model, batch))  # the hook did change the logits
+
+
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_a_hook_on_the_head_is_seen_and_forgotten(model, direction):
     batch = _batch(model)
