@@ -330,9 +330,9 @@ def attribute(
 
     Raises:
         ValueError: For an unknown method, metric, rule or site, a model in training mode or
-            without MLP hooks or whose logits are transformed after the unembedding (a final
-            soft-cap), an empty dataset, a sample that does not fit the context, a non-finite
-            score (naming the sample), or a checkpoint of another run (other data,
+            without MLP hooks, with a hook on ``ln_final`` / ``unembed`` (except for
+            ``"activation"``), an empty dataset, a sample that does not fit the context, a
+            non-finite score (naming the sample), or a checkpoint of another run (other data,
             parameters or weights) or a damaged one (naming the file).
     """
     check_option(method, AttributionMethod, "method")

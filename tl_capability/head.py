@@ -36,9 +36,9 @@ from tl_capability.sites import (
     unembed,
 )
 
-# The numeric check of the head, once per model: run only on a model with no hooks at all
-# (hooks inside the blocks would run in it, see what it feeds them, and could make it fail for
-# reasons that are not the head's) and in eval mode.
+# The numeric check of the head, once per model: run only in eval mode and while no hook point
+# carries a temporary hook (the user's hooks would run in it, see what it feeds them, and could
+# make it fail for reasons that are not the head's).
 _CHECKED: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
 
 
@@ -50,8 +50,8 @@ def head_is_separable(model: Any) -> bool:
     False while the head has a hook
     ([`head_has_hooks`][tl_capability.sites.head_has_hooks]: a hook on ``ln_final`` would see
     ``[row, 1, d_model]`` there, not the sequence). Otherwise a three-token pass compares both
-    ways once per model, the first time the model is in eval mode with no hooks attached
-    anywhere (until then the declared transform is trusted), and the answer is kept.
+    ways once per model, the first time the model is in eval mode with no temporary hook on
+    any hook point (until then the declared transform is trusted), and the answer is kept.
     """
     if head_has_hooks(model):
         return False
@@ -87,10 +87,9 @@ def require_separable_head(model: Any) -> None:
     """
     if head_has_hooks(model):
         raise ValueError(
-            "a hook is attached to ln_final, unembed or the model's output: attribution "
-            "reads its rows' logits through ln_final and the unembedding at those rows only, "
-            "where such a hook would see other shapes or not run. Remove it, or attach "
-            "interventions to the blocks."
+            "a hook is attached to ln_final or unembed: attribution reads its rows' logits "
+            "through ln_final and the unembedding at those rows only, where such a hook would "
+            "see other shapes. Remove it, or attach interventions to the blocks."
         )
     if not head_is_separable(model):
         raise ValueError(

@@ -6,6 +6,7 @@ which hooks are attached. Part of [`tl_capability.sites`][tl_capability.sites]."
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -155,18 +156,22 @@ def hook_signature(model: Any) -> tuple[int, ...]:
     )
 
 
+def _hook_point_handles(modules: Any) -> Iterator[Any]:
+    """The TransformerLens hook handles (forward and backward) of the hook points among
+    ``modules``."""
+    for m in modules:
+        yield from getattr(m, "fwd_hooks", ())
+        yield from getattr(m, "bwd_hooks", ())
+
+
 def head_has_hooks(model: Any) -> bool:
     """Whether a hook point of ``ln_final`` or the unembedding carries a hook (forward or
     backward): what a pass that unembeds chosen rows only would run differently from the
     model's own. Hooks on the embedding or inside the blocks run the same way in both. Only
     hook points count: TransformerLens puts module hooks of its own on some models' modules."""
     heads = [getattr(model, name, None) for name in ("ln_final", "unembed")]
-    return any(
-        getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None)
-        for head in heads
-        if head is not None
-        for m in head.modules()
-    )
+    modules = (m for head in heads if head is not None for m in head.modules())
+    return any(True for _ in _hook_point_handles(modules))
 
 
 def hook_points_in_use(model: Any) -> bool:
@@ -174,11 +179,7 @@ def hook_points_in_use(model: Any) -> bool:
     backward): the hooks users attach, through ``model.hooks`` or ``add_hook``. Permanent ones
     do not count: TransformerLens 4 wires some bridges' hook points (BERT, OPT) with permanent
     hooks of its own."""
-    return any(
-        not handle.is_permanent
-        for m in model.modules()
-        for handle in (*getattr(m, "fwd_hooks", ()), *getattr(m, "bwd_hooks", ()))
-    )
+    return any(not h.is_permanent for h in _hook_point_handles(model.modules()))
 
 
 def _probe_mlp_output(model: Any) -> bool:
