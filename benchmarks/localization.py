@@ -12,7 +12,7 @@ per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other,
 
     python benchmarks/localization.py --model gpt2 [--out DIR] [--methods answer,all,...]
         [--locate 64] [--evaluate 150] [--steps 8] [--budget 0.05] [--threads 2]
-        [--learn-steps N] [--learn-lr LR] [--no-curves]
+        [--learn-steps N] [--learn-lr LR] [--seed S] [--no-curves]
 
 Methods: ``answer`` (the papers' pipeline: answer-position IG, σ = 2; its curve ranks by the
 same scores), ``all`` (all-position IG of log P), ``contrastive``, ``iterative``, ``learned``
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--learn-steps", type=int, default=None, help="learned: Adam steps")
     parser.add_argument("--learn-lr", type=float, default=None, help="learned: learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="learned: seed of the gates' noise")
     parser.add_argument("--no-curves", action="store_true", help="skip the erase curves")
     parser.add_argument("--out", type=Path, default=Path("localization-results"))
     args = parser.parse_args()
@@ -128,6 +129,7 @@ def main() -> None:
                     progress=False,
                     scores=shared,
                     chunk_fraction=args.chunk,
+                    seed=args.seed,
                     **(learn_kwargs if method == "learned" else {}),
                 )
                 seconds = time.perf_counter() - start
