@@ -165,6 +165,8 @@ def main() -> None:
                     "random": r_mean,
                     "random_ci95": r_half,
                     "seconds": seconds,
+                    # whether the size was chosen by the goal on the check split, or by fallback
+                    "reached": mask.selection.get("reached"),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

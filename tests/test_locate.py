@@ -1,5 +1,7 @@
 """locate: contrastive scores, iterative re-attribution, the budget rule, and bad input."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -170,6 +172,20 @@ def test_learned_locate_warns_on_small_datasets(model):
     with pytest.warns(UserWarning, match="overfit small datasets"):
         mask = locate(model, TARGET, {"o": OTHER}, method="learned", steps=2, progress=False)
     assert mask.selection["method"] == "learned"
+
+
+def test_locate_warns_when_its_goal_is_not_reached(model):
+    kwargs = dict(method="all", ig_steps=2, progress=False)
+    with pytest.warns(UserWarning, match="not reached") as caught:
+        mask = locate(model, TARGET, {"o": OTHER}, target_drop=101, **kwargs)  # unreachable
+    assert mask.selection["reached"] is False
+    message = next(str(w.message) for w in caught if "not reached" in str(w.message))
+    assert f"returning {len(mask)} neurons" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = locate(model, TARGET, {"o": OTHER}, target_drop=0, tolerance=100, **kwargs)
+    assert mask.selection["reached"] is True
+    assert not [w for w in caught if "not reached" in str(w.message)]
 
 
 def test_learned_locate_works_without_controls(zoo_model):

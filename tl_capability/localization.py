@@ -314,6 +314,10 @@ def locate(
         parameters, the size chosen, whether the budget rule's goal was reached, and the drops
         measured on the data given.
 
+    Warns:
+        UserWarning: When the goal is not reached on the held-out samples (the mask returned is
+            then the best size found), and for learned masks on small datasets.
+
     Raises:
         ValueError: For an unknown method, empty controls, a target that is also a control,
             ``max_fraction`` outside (0, 1], or a model in training mode.
@@ -364,7 +368,7 @@ def locate(
         **learn_kwargs,
     )
     params["check_fraction"] = check_fraction
-    return budget_mask(
+    mask = budget_mask(
         model,
         order,
         check_target,
@@ -374,6 +378,20 @@ def locate(
         progress=progress,
         selection=params,
     )
+    if not mask.selection["reached"]:
+        # A mask that misses its goal is still returned (it is the best found), but quietly
+        # handing it over would let a weak set pass for "the capability's neurons".
+        sel = mask.selection
+        warnings.warn(
+            f"locate({target.name!r}): the goal (target drop >= {target_drop:g} points, every "
+            f"control <= {tolerance:g}) was not reached on the held-out samples within "
+            f"{100 * max_fraction:g} % of the neurons; returning {sel['neurons']} neurons "
+            f"(target drop {sel['own_drop']:.1f}, worst control {sel['worst_other_drop']:.1f}). "
+            f"Try more samples, a larger max_fraction or, for learned masks, which vary with "
+            f"the seed, another seed (mask.selection['reached'] records this)",
+            stacklevel=2,
+        )
+    return mask
 
 
 def holdout(
