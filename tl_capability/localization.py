@@ -315,8 +315,8 @@ def locate(
         measured on the data given.
 
     Warns:
-        UserWarning: When the goal is not reached on the held-out samples (the mask returned is
-            then the best size found), and for learned masks on small datasets.
+        UserWarning: When the goal is not reached on the check samples (the mask returned is
+            then the budget rule's fallback size), and for learned masks on small datasets.
 
     Raises:
         ValueError: For an unknown method, empty controls, a target that is also a control,
@@ -379,12 +379,12 @@ def locate(
         selection=params,
     )
     if not mask.selection["reached"]:
-        # A mask that misses its goal is still returned (it is the best found), but quietly
+        # A mask that misses its goal is still returned (the rule's fallback), but quietly
         # handing it over would let a weak set pass for "the capability's neurons".
         sel = mask.selection
         warnings.warn(
             f"locate({target.name!r}): the goal (target drop >= {target_drop:g} points, every "
-            f"control <= {tolerance:g}) was not reached on the held-out samples within "
+            f"control <= {tolerance:g}) was not reached on the check samples within "
             f"{100 * max_fraction:g} % of the neurons; returning {sel['neurons']} neurons "
             f"(target drop {sel['own_drop']:.1f}, worst control {sel['worst_other_drop']:.1f}). "
             f"Try more samples, a larger max_fraction or, for learned masks, which vary with "
