@@ -378,10 +378,10 @@ def locate(
         progress=progress,
         selection=params,
     )
-    if not mask.selection["reached"]:
+    sel = mask.selection
+    if not sel["reached"]:
         # A mask that misses its goal is still returned (the rule's fallback), but quietly
         # handing it over would let a weak set pass for "the capability's neurons".
-        sel = mask.selection
         warnings.warn(
             f"locate({target.name!r}): the goal (target drop >= {target_drop:g} points, every "
             f"control <= {tolerance:g}) was not reached on the check samples within "
