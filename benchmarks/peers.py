@@ -28,11 +28,12 @@ to the scaled layer, input gradients only), at the machine's measured matmul rat
 
     pip install -e ".[bench]"
     python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--repeat 3] [--skip-peers]
-        [--out FILE] [--layers 6] [--arch gpt2|llama] [--d-model 768] [--d-mlp 3072]
+        [--out FILE] [--layers 6] [--arch gpt2|llama|neox] [--d-model 768] [--d-mlp 3072]
         [--vocab 50257]
 
-``--arch llama`` and the sizes build other models (a check on shapes the defaults were not
-tuned on); knowledge-neurons knows GPT-2 only, so its row is left out there.
+``--arch llama`` / ``--arch neox`` and the sizes build other models (a check on shapes and
+architectures the defaults were not tuned on); knowledge-neurons knows GPT-2 only, so its row
+is left out there.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 D_MODEL, D_MLP, VOCAB, PROMPT_TOKENS = 768, 3072, 50257, 16
+ARCH_NAMES = {"gpt2": "GPT-2", "llama": "Llama-style", "neox": "GPT-NeoX (Pythia)"}
 
 
 def build_model(
@@ -63,11 +65,19 @@ def build_model(
     d_mlp: int = D_MLP,
     vocab: int = VOCAB,
 ) -> tuple[Any, Any, Any]:
-    """A random-weight GPT-2 (or Llama-style decoder: RMSNorm, rotary positions, grouped-query
-    attention with half the heads for keys and values, a gated SiLU MLP) saved to
-    ``directory``: (bridge, Hugging Face model, tokenizer)."""
+    """A random-weight GPT-2, Llama-style decoder (RMSNorm, rotary positions, grouped-query
+    attention with half the heads for keys and values, a gated SiLU MLP) or GPT-NeoX (Pythia's
+    architecture: parallel attention and MLP, rotary positions on a quarter of each head) saved
+    to ``directory``: (bridge, Hugging Face model, tokenizer)."""
     from transformer_lens import TransformerBridge
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from tl_capability.zoo.train import build_tokenizer
 
@@ -84,6 +94,18 @@ def build_model(
             max_position_embeddings=128,
         )
         hf = LlamaForCausalLM(config).eval()
+    elif arch == "neox":
+        config = GPTNeoXConfig(
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            vocab_size=vocab,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            max_position_embeddings=128,
+        )
+        hf = GPTNeoXForCausalLM(config).eval()
     else:
         config = GPT2Config(
             n_layer=n_layers, n_embd=d_model, n_inner=d_mlp, n_head=heads, vocab_size=vocab
@@ -194,7 +216,8 @@ def sizes(hf: Any) -> tuple[int, int, int]:
     base = hf.base_model
     block = base.h[0] if hasattr(base, "h") else base.layers[0]
     macs = sum(p.numel() for p in block.parameters() if p.dim() == 2)
-    out = block.mlp.c_proj if hasattr(block.mlp, "c_proj") else block.mlp.down_proj
+    mlp = block.mlp
+    out = next(getattr(mlp, n) for n in ("c_proj", "down_proj", "dense_4h_to_h") if hasattr(mlp, n))
     return macs, out.weight.numel(), hf.config.hidden_size * hf.config.vocab_size
 
 
@@ -242,7 +265,9 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
     from tl_capability import CapabilityDataset, attribute, ig_alphas, tokenize
 
     rng = random.Random(prompts_n)
-    prompts = ["".join(rng.choices(string.ascii_lowercase, k=15)) for _ in range(prompts_n)]
+    # One character is one token; GPT-NeoX's bridge prepends no BOS by default.
+    chars = PROMPT_TOKENS - int(bool(getattr(model.cfg, "default_prepend_bos", True)))
+    prompts = ["".join(rng.choices(string.ascii_lowercase, k=chars)) for _ in range(prompts_n)]
     data = CapabilityDataset.from_pairs(prompts, ["x"] * prompts_n, name="peers")
     samples = tokenize(model, data)
     assert all(len(s.prompt) == PROMPT_TOKENS for s in samples)
@@ -344,7 +369,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    parser.add_argument("--arch", choices=["gpt2", "llama", "neox"], default="gpt2")
     parser.add_argument("--d-model", type=int, default=D_MODEL)
     parser.add_argument("--d-mlp", type=int, default=D_MLP)
     parser.add_argument("--vocab", type=int, default=VOCAB)
@@ -377,7 +402,7 @@ def main() -> None:
         args.rate = matmul_rate()
         rows = [r for n in args.prompts for r in run(args, n, model, hf, tokenizer)]
     head = (
-        f"{'GPT-2' if args.arch == 'gpt2' else 'Llama-style'}, {args.layers} layers, "
+        f"{ARCH_NAMES[args.arch]}, {args.layers} layers, "
         f"d_model {args.d_model}, d_mlp {args.d_mlp}, vocabulary {args.vocab}, random "
         f"weights; {PROMPT_TOKENS}-token prompts, one-token answers, {args.steps} IG steps; "
         f"{torch.get_num_threads()} CPU thread(s); torch {torch.__version__}; matmul rate "
