@@ -29,11 +29,13 @@ to the scaled layer, input gradients only), at the machine's measured matmul rat
     pip install -e ".[bench]"
     python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--repeat 3] [--skip-peers]
         [--out FILE] [--layers 6] [--arch gpt2|llama|neox] [--d-model 768] [--d-mlp 3072]
-        [--vocab 50257]
+        [--vocab 50257] [--device cpu|cuda] [--dtype float32|bfloat16]
 
 ``--arch llama`` / ``--arch neox`` and the sizes build other models (a check on shapes and
 architectures the defaults were not tuned on); knowledge-neurons knows GPT-2 only, so its row
-is left out there.
+is left out there. ``--device`` (default: the GPU where there is one) and ``--dtype`` run every
+row there, in that precision (the FLOP floor's rate is measured there too); a GPU's times are
+taken after synchronising it.
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ def build_model(
     d_model: int = D_MODEL,
     d_mlp: int = D_MLP,
     vocab: int = VOCAB,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Any, Any, Any]:
     """A random-weight GPT-2, Llama-style decoder (RMSNorm, rotary positions, grouped-query
     attention with half the heads for keys and values, a gated SiLU MLP) or GPT-NeoX (Pythia's
     architecture: parallel attention and MLP, rotary positions on a quarter of each head) saved
-    to ``directory``: (bridge, Hugging Face model, tokenizer)."""
+    to ``directory``: (bridge, Hugging Face model, tokenizer), both on ``device`` in ``dtype``."""
     from transformer_lens import TransformerBridge
     from transformers import (
         GPT2Config,
@@ -114,8 +118,8 @@ def build_model(
     hf.save_pretrained(directory)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(directory)
-    bridge = TransformerBridge.boot_transformers(str(directory)).eval()
-    return bridge, hf, tokenizer
+    bridge = TransformerBridge.boot_transformers(str(directory), device=device, dtype=dtype)
+    return bridge.eval(), hf.to(device=device, dtype=dtype), tokenizer
 
 
 def _clean_post(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -189,24 +193,44 @@ def captum_all(model: Any, tokens: torch.Tensor, answer: int, steps: int) -> tor
     return torch.stack(out)
 
 
-def knowledge_neurons_scores(hf: Any, tokenizer: Any, prompts: list[str], steps: int) -> None:
+def knowledge_neurons_scores(
+    hf: Any, tokenizer: Any, prompts: list[str], steps: int, device: str = "cpu"
+) -> None:
     """EleutherAI knowledge-neurons 0.0.2 with its defaults (time only)."""
     from knowledge_neurons import KnowledgeNeurons
 
-    kn = KnowledgeNeurons(hf, tokenizer, model_type="gpt2", device="cpu")
+    kn = KnowledgeNeurons(hf, tokenizer, model_type="gpt2", device=device)
     for prompt in prompts:
         kn.get_scores(prompt, "x", batch_size=10, steps=steps, pbar=False)
 
 
-def matmul_rate() -> float:
-    """The best multiply-add rate of this machine: a [512, 768] x [768, 3072] float32 matmul."""
-    a, b = torch.randn(512, D_MODEL), torch.randn(D_MODEL, D_MLP)
+def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """The best multiply-add rate of this machine: a [512, 768] x [768, 3072] matmul on
+    ``device`` in ``dtype``."""
+    a = torch.randn(512, D_MODEL, device=device, dtype=dtype)
+    b = torch.randn(D_MODEL, D_MLP, device=device, dtype=dtype)
     for _ in range(5):
         a @ b
-    n, start = 40, time.perf_counter()
+    n = 40 if device == "cpu" else 400
+    synchronize()
+    start = time.perf_counter()
     for _ in range(n):
         a @ b
+    synchronize()
     return n * 512 * D_MODEL * D_MLP / (time.perf_counter() - start)
+
+
+def where(device: str) -> str:
+    """The device the rows ran on, in words."""
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"{torch.get_num_threads()} CPU thread(s)"
+
+
+def synchronize() -> None:
+    """Waits for the GPU's queued work, so that wall-clock times include it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def sizes(hf: Any) -> tuple[int, int, int]:
@@ -247,6 +271,7 @@ def reference_macs(size: tuple[int, int, int], n_layers: int, prompts: int, step
 
 
 def agreement(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    ours, ref = ours.detach().float().cpu(), ref.detach().float().cpu()
     return float((ours - ref).abs().max() / ref.abs().max())
 
 
@@ -255,8 +280,10 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     the machine), and its result."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        synchronize()
         start = time.perf_counter()
         out = fn()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -271,8 +298,8 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
     data = CapabilityDataset.from_pairs(prompts, ["x"] * prompts_n, name="peers")
     samples = tokenize(model, data)
     assert all(len(s.prompt) == PROMPT_TOKENS for s in samples)
-    seqs = [(torch.tensor([list(s.prompt)]), s.answer[0]) for s in samples]
-    alphas, steps = ig_alphas(args.steps), args.steps
+    seqs = [(torch.tensor([list(s.prompt)], device=args.device), s.answer[0]) for s in samples]
+    alphas, steps = ig_alphas(args.steps).to(args.device), args.steps
     rows = []
 
     def row(name: str, seconds: float, agree: float | None, against: str) -> None:
@@ -290,11 +317,12 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
         lambda: torch.stack([reference_ig(model, t, y, alphas) for t, y in seqs]), args.repeat
     )
     row("reference (per-layer re-run)", t_ref, None, "")
-    at_one = [reference_grads(model, t, y, torch.ones(1)) for t, y in seqs]
+    at_one = [reference_grads(model, t, y, torch.ones(1, device=args.device)) for t, y in seqs]
     clean, grad = (torch.stack(x) for x in zip(*at_one, strict=True))
     if not args.skip_peers and args.arch == "gpt2":  # knowledge-neurons knows GPT-2, not Llama
         t_kn, _ = timed(
-            lambda: knowledge_neurons_scores(hf, tokenizer, prompts, steps), args.repeat
+            lambda: knowledge_neurons_scores(hf, tokenizer, prompts, steps, args.device),
+            args.repeat,
         )
         row("knowledge-neurons 0.0.2 (c_fc)", t_kn, None, "time only")
     if not args.skip_peers:
@@ -374,6 +402,8 @@ def main() -> None:
     parser.add_argument("--d-mlp", type=int, default=D_MLP)
     parser.add_argument("--vocab", type=int, default=VOCAB)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument(
         "--repeat", type=int, default=3, help="best of this many runs, for every row alike"
     )
@@ -381,12 +411,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
 
     from tl_capability import CapabilityDataset, attribute
 
     with tempfile.TemporaryDirectory() as d:
         model, hf, tokenizer = build_model(
-            Path(d), args.layers, args.arch, args.d_model, args.d_mlp, args.vocab
+            Path(d),
+            args.layers,
+            args.arch,
+            args.d_model,
+            args.d_mlp,
+            args.vocab,
+            args.device,
+            dtype,
         )
         # The first call on a model also checks, once, what its fast paths rely on (the KV
         # cache, the blocks' arguments, the MLP output): measured here, left out of the rows.
@@ -399,13 +437,13 @@ def main() -> None:
 
             first = timed(call)[0]
             args.once[positions] = max(0.0, first - timed(call, 3)[0])
-        args.rate = matmul_rate()
+        args.rate = matmul_rate(args.device, dtype)
         rows = [r for n in args.prompts for r in run(args, n, model, hf, tokenizer)]
     head = (
         f"{ARCH_NAMES[args.arch]}, {args.layers} layers, "
         f"d_model {args.d_model}, d_mlp {args.d_mlp}, vocabulary {args.vocab}, random "
         f"weights; {PROMPT_TOKENS}-token prompts, one-token answers, {args.steps} IG steps; "
-        f"{torch.get_num_threads()} CPU thread(s); torch {torch.__version__}; matmul rate "
+        f"{where(args.device)}; {args.dtype}; torch {torch.__version__}; matmul rate "
         f"{args.rate / 1e9:.1f} GMAC/s; one-time checks on a fresh model (not in the rows): "
         f"{args.once['answer']:.2f} s at the first answer-position call, "
         f"{args.once['all']:.2f} s more at the first all-position call"

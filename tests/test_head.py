@@ -206,3 +206,37 @@ def test_only_temporary_hooks_count_as_the_users():
     with fresh.hooks(fwd_hooks=[(neuron_hook_name(1), lambda act, hook: None)]):
         assert hook_points_in_use(fresh)
     assert not hook_points_in_use(fresh)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="a bf16 bridge over a Hugging Face model")
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2"])  # the closed form; a soft-capped head
+def test_a_half_precision_head_runs_in_its_own_precision(tmp_path, arch):
+    """The vocabulary products of a bf16 model's rows run in bf16, as the model's own head and
+    its backward pass do (no float32 copy of ``W_U`` per call), and the scores agree with the
+    plain reference run in the same precision."""
+    from torch.overrides import TorchFunctionMode
+    from transformer_lens import TransformerBridge
+
+    directory = save_hf_model(arch, tmp_path)
+    model = TransformerBridge.boot_transformers(str(directory), dtype=torch.bfloat16).eval()
+    vocab = model.cfg.d_vocab
+
+    class Products(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtypes: list[torch.dtype] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("matmul", "__matmul__", "mm", "addmm"):
+                operands = [a for a in args if isinstance(a, torch.Tensor)]
+                if any(vocab in a.shape for a in operands):
+                    self.dtypes += [a.dtype for a in operands]
+            return func(*args, **(kwargs or {}))
+
+    attribute(model, DATA, steps=3, progress=False)  # the one-time checks, outside the spy
+    with Products() as products:
+        mine = attribute(model, DATA, steps=3, per_sample=True, progress=False)
+    assert products.dtypes and set(products.dtypes) == {torch.bfloat16}
+    ref = reference_scores(model, DATA, "ig", steps=3)
+    error = float((mine.per_sample - ref.float()).abs().max() / ref.float().abs().max())
+    assert error < 2e-2, error

@@ -203,19 +203,21 @@ def _metric_surrogate(
     if transform is not None:
         return _transformed_surrogate(x, w_u, b_u, transform, rows.target, metric, weight)
     with torch.no_grad():
-        xf, w = x.float(), w_u.float()
+        w = _product_weights(w_u)
+        xw = x.to(w.dtype)
         # One [vocab, row] buffer, vocabulary-major (W_Uᵀ xᵀ): on CPU the GEMM whose output rows
         # are a vocabulary long runs ~1.3x slower, and softmax is done in place along it with
         # the normaliser folded into the gradient: no [row, vocab] copies (benchmarks/peers.py).
         if b_u is not None and not b_u.any():
             b_u = None  # bridges expose a zero b_U; adding it costs a pass over the buffer
-        z = w.T @ xf.T if b_u is None else torch.addmm(b_u.float()[:, None], w.T, xf.T)
+        z = w.T @ xw.T if b_u is None else torch.addmm(b_u.to(w.dtype)[:, None], w.T, xw.T)
+        z = z.float()  # no copy for a float32 model
         top = z.amax(0)
         z_y = z.gather(0, rows.target[None])[0]
         e = z.sub_(top).exp_()  # exp(z - max), in place
         total = e.sum(0)
         logp = z_y - top - total.log()
-        grad = w[:, rows.target].T - (e.T @ w.T) / total[:, None]
+        grad = w[:, rows.target].T.float() - (e.T.to(w.dtype) @ w.T).float() / total[:, None]
         if metric == "prob":
             value = logp.exp()
             grad *= value[:, None]
@@ -224,6 +226,15 @@ def _metric_surrogate(
         if weight is not None:
             grad *= weight[:, None].to(grad.dtype)
     return value, (x * grad.to(x.dtype)).sum()
+
+
+def _product_weights(w_u: Float[Tensor, "d_model vocab"]) -> Float[Tensor, "d_model vocab"]:
+    """``W_U`` in the precision of the vocabulary products: a half-precision model's own (as its
+    unembedding and its backward pass run them; the softmax between them stays float32), else
+    float32. Up-casting a bf16 ``W_U`` copied it every call and ran the products at the float32
+    rate: 1.7x slower on a CPU with bf16 units (docs/speed.md), more on a GPU."""
+    w = w_u.detach()
+    return w if w.dtype in (torch.float16, torch.bfloat16) else w.float()
 
 
 def _transformed_surrogate(
@@ -239,7 +250,8 @@ def _transformed_surrogate(
     its logits after the unembedding (a soft-cap, a scale): the transform is the model's own
     function, so its derivative comes from autograd on the ``[row, vocab]`` logits, not from a
     closed form; still no vocabulary-sized tensor in the blocks' graph."""
-    xf, w = x.detach().float(), w_u.detach().float()
+    w = _product_weights(w_u)
+    xf = x.detach().to(w.dtype)
     values, grads = [], []
     # Autograd keeps several [row, vocab] tensors (logits, transformed, log-softmax and their
     # gradients): chunks of rows keep them near the closed form's one buffer.
@@ -247,14 +259,14 @@ def _transformed_surrogate(
     for start in range(0, xf.shape[0], step):
         part = slice(start, start + step)
         with torch.enable_grad():
-            z = xf[part] @ w if b_u is None else torch.addmm(b_u.float(), xf[part], w)
-            z.requires_grad_(True)
+            z = xf[part] @ w if b_u is None else torch.addmm(b_u.to(w.dtype), xf[part], w)
+            z = z.float().requires_grad_(True)
             logp = transform(z).log_softmax(-1).gather(1, target[part, None])[:, 0]
             value = logp if metric == "logprob" else logp.exp()
             chosen = value if weight is None else value * weight[part].to(value.dtype)
             (dz,) = torch.autograd.grad(chosen.sum(), z)
         values.append(value.detach())
-        grads.append(dz @ w.T)
+        grads.append((dz.to(w.dtype) @ w.T).float())
     grad = torch.cat(grads)
     return torch.cat(values), (x * grad.to(x.dtype)).sum()
 
