@@ -77,7 +77,7 @@ def tiny_model(
     return model.eval()
 
 
-ARCHITECTURES = ("gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2")
+ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2")
 GATED = ("llama", "mistral", "qwen2")
 
 
@@ -97,6 +97,18 @@ def hf_config(arch: str, vocab_size: int) -> Any:
             max_position_embeddings=64,
             **common,
         )
+    if arch == "gpt_neo":  # a global layer, then a local one (GPT-Neo's window_size)
+        return t.GPTNeoConfig(
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            attention_types=[[["global", "local"], 1]],
+            **common,
+        )
+    if arch == "bloom":  # not in ARCHITECTURES: ALiBi built from a 2-D mask (256 neurons)
+        return t.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)
     if arch == "gptj":
         return t.GPTJConfig(
             n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128, **common

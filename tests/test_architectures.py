@@ -335,3 +335,55 @@ def test_a_sliding_window_shorter_than_the_prompt_takes_the_general_path(tmp_pat
     fast = attribute(model, data, **kw)
     slow = attribute(model, data, use_cache=False, **kw)
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["ig", "grad_x_act", "neurgrad"])
+def test_a_local_window_the_rows_would_outgrow_takes_the_general_path(tmp_path, method):
+    """GPT-Neo masks its local layers by a query's index in the sequence it is given, so rows
+    appended after a cached prefix would see another window than the full pass once prefix and
+    rows outgrow it (the scores were off by 16-32 % here): such batches re-run ``z_m``."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import attribute
+
+    directory = save_hf_model("gpt_neo", tmp_path / "neo", window_size=8)
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    scores = attribute(model, data, method, steps=3, per_sample=True, progress=False)
+    expected = reference_scores(model, data, method, steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_attention_window_reads_the_configs(tmp_path):
+    from transformer_lens import TransformerBridge
+
+    from tl_capability.sites import attention_window
+
+    def window(arch: str, **config) -> int | None:
+        directory = save_hf_model(arch, tmp_path / f"{arch}{len(config)}", **config)
+        return attention_window(TransformerBridge.boot_transformers(str(directory)))
+
+    assert window("gpt2") is None
+    assert window("mistral", sliding_window=4) == 4
+    assert window("gpt_neo", window_size=8) == 8
+    assert window("gpt_neo", window_size=8, attention_layers=["global", "global"]) is None
+
+
+def test_a_model_whose_attention_refuses_a_4d_mask_takes_the_general_path(tmp_path):
+    """Bloom builds its ALiBi biases from a 2-D attention mask and raises on the 4-D mask of
+    cached rows: the cache probe says no (with a warning) and attribution re-runs ``z_m``."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import attribute
+    from tl_capability.sites import supports_kv_cache
+
+    directory = save_hf_model("bloom", tmp_path / "bloom")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    with pytest.warns(UserWarning, match="4-D mask"):
+        assert not supports_kv_cache(model)
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    scores = attribute(model, data, steps=3, per_sample=True, progress=False)
+    expected = reference_scores(model, data, "ig", steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)

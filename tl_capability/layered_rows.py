@@ -36,6 +36,7 @@ from torch import Tensor
 from tl_capability.data import Batch
 from tl_capability.options import Metric
 from tl_capability.rows import (
+    ROWS_PER_SEQUENCE,
     Rows,
     cached_rows,
     clean_pass,
@@ -169,7 +170,7 @@ def layered_gradients(
         return layer_row_gradients(model, site, layout.rows, metric, layout.layer, patch_value)
 
 
-SEQUENCE_ROWS = 64  # rows per sequence at most: attention grows with its square
+SEQUENCE_ROWS = ROWS_PER_SEQUENCE  # rows per sequence at most, as on the plain cached rows
 
 
 def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
@@ -263,6 +264,8 @@ def _probe(model: Any, site: NeuronSite) -> bool:
     alphas = torch.tensor([1 / 6, 1 / 2, 5 / 6], device=device)
     try:
         acts, cache = clean_pass(model, site, batch, True)
+        if cache is None:  # no usable cache even for two tokens (a very narrow window)
+            return False
         # Every layer in one pass; then passes of half the layers (whose sequences start with
         # the carrier alone at the lower pass's top) holding the steps in chunks of 2 + 1 (a
         # padded last chunk, a chunk starting past step 0). One pass per group of layers: the

@@ -26,6 +26,7 @@ from tl_capability.data import Batch
 from tl_capability.options import Metric
 from tl_capability.sites import (
     NeuronSite,
+    attention_window,
     final_norm,
     final_resid_hook_name,
     logit_transform,
@@ -66,7 +67,11 @@ def general_rows(batch: Batch, targets: Tensor) -> Rows:
     return Rows(tokens, seq, pos, batch.target_token[targets])
 
 
-def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = 64) -> Rows:
+#: Rows sharing one sequence on the cached path, at most (attention grows with its square).
+ROWS_PER_SEQUENCE = 64
+
+
+def cached_rows(batch: Batch, cache: Any, targets: Tensor, group: int = ROWS_PER_SEQUENCE) -> Rows:
     """Rows of one token each over the clean run's cached keys/values (``targets`` sorted).
 
     Changing an activation at the last position of ``z_m`` changes nothing at earlier
@@ -279,7 +284,10 @@ def clean_pass(
     model: Any, site: NeuronSite, batch: Batch, use_cache: bool
 ) -> tuple[Float[Tensor, "target layer d_mlp"], Any]:
     """Each target's clean activation at every layer, and the key/value cache when asked and
-    complete (``None`` where a sliding-window layer kept only its last positions)."""
+    usable: ``None`` where a sliding-window layer kept only its last positions, or where the
+    prefix and the rows appended after it could outgrow the model's
+    [`attention_window`][tl_capability.sites.attention_window] (the rows would see another
+    window than the full pass; they re-run ``z_m`` instead)."""
     acts: list[Tensor] = [torch.empty(0)] * site.n_layers
 
     def grab(layer: int):
@@ -300,6 +308,11 @@ def clean_pass(
         layer.keys is None or layer.keys.shape[-2] != width for layer in cache.layers
     ):
         cache = None  # a sliding-window layer kept its window only: rows re-run z_m instead
+    window = attention_window(model) if cache is not None else None
+    # A sequence of rows holds at most ROWS_PER_SEQUENCE of them (cached_rows), or the carrier
+    # and one row per layer of a pass (layered_rows), after a prefix shorter than `width`.
+    if window is not None and width + max(ROWS_PER_SEQUENCE, site.n_layers) + 1 > window:
+        cache = None
     return torch.stack(acts, dim=1), cache
 
 

@@ -19,8 +19,9 @@ weight names and what a model supports; the others call its functions:
 - what a model supports: [`is_masked_lm`][tl_capability.sites.is_masked_lm],
   [`is_bridge`][tl_capability.sites.is_bridge],
   [`supports_kv_cache`][tl_capability.sites.supports_kv_cache],
-  [`kv_cache_forward`][tl_capability.sites.kv_cache_forward] and
-  [`new_kv_cache`][tl_capability.sites.new_kv_cache];
+  [`kv_cache_forward`][tl_capability.sites.kv_cache_forward],
+  [`new_kv_cache`][tl_capability.sites.new_kv_cache] and
+  [`attention_window`][tl_capability.sites.attention_window];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
   [`model_device`][tl_capability.sites.model_device],
   [`model_name`][tl_capability.sites.model_name].
@@ -65,6 +66,7 @@ from tl_capability.sites.neurons import (
     neuron_site,
 )
 from tl_capability.sites.support import (
+    attention_window,
     head_has_hooks,
     hook_points_in_use,
     hook_signature,
@@ -89,6 +91,7 @@ __all__ = [
     "NeuronSite",
     "SiteKind",
     "StopForward",
+    "attention_window",
     "block_modules",
     "final_norm",
     "final_resid_hook_name",

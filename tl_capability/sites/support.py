@@ -50,6 +50,37 @@ def new_kv_cache(model: Any) -> Any:
     return DynamicCache(config=model.original_model.config)
 
 
+def attention_window(model: Any) -> int | None:
+    """The narrowest local-attention window of ``model``'s Hugging Face decoder: a position
+    attends to at most this many positions, itself included (``None``: every layer sees the whole
+    prefix, or ``model`` is no bridge).
+
+    Read from the config: ``sliding_window`` (Mistral, Gemma 2/3, Qwen2 with
+    ``use_sliding_window``, Cohere2, OLMo 3, ...; ignored where ``layer_types`` names no sliding
+    layer) and GPT-Neo's ``window_size`` (where ``attention_layers`` has a ``"local"`` layer).
+    GPT-Neo masks its local layers by the index of a query in the sequence it is given, not by
+    its position id, so rows appended after a cached prefix see the wrong window once the prefix
+    and the rows together outgrow it (see [`clean_pass`][tl_capability.rows.clean_pass]).
+    """
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if config is None:
+        return None
+    windows = []
+    sliding = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or ["sliding"]
+    if (
+        isinstance(sliding, int)
+        and getattr(config, "use_sliding_window", True) is not False
+        and any("sliding" in str(kind) for kind in layer_types)
+    ):
+        windows.append(sliding)
+    local = getattr(config, "window_size", None)
+    kinds = getattr(config, "attention_layers", None)
+    if isinstance(local, int) and (kinds is None or "local" in kinds):
+        windows.append(local)
+    return min(windows) if windows else None
+
+
 def supports_kv_cache(model: Any) -> bool:
     """Whether ``model`` takes the fast, exact cached path of
     [`tl_capability.rows`][tl_capability.rows]: a bridge over a Hugging Face causal decoder whose
@@ -93,18 +124,39 @@ def _probe_kv_cache(model: Any) -> bool:
         return False
     # The cache must also be *used*: a bridge whose attention does not read the cache argument
     # the Hugging Face blocks pass (transformer-lens 4.3 under transformers >= 5.24, which
-    # renamed it) leaves it empty, and cached rows would then silently see no prefix.
+    # renamed it) leaves it empty, and cached rows would then silently see no prefix. The third
+    # token runs as cached rows do (tl_capability.rows.over_cached_prefix): two copies after the
+    # prefix, a 4-D mask letting each see the prefix and itself, both at position 2.
     with torch.no_grad():
         filled = all(layer.keys is not None for layer in cache.layers)
         if filled and cache.get_seq_length() == 2:
+            dtype = cache.layers[0].keys.dtype
+            allowed = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1]], dtype=torch.bool)
+            mask = torch.zeros(1, 1, 2, 4, dtype=dtype, device=tokens.device)
+            mask.masked_fill_(~allowed.to(tokens.device), torch.finfo(dtype).min)
+            kwargs = {
+                "past_key_values": cache,
+                "attention_mask": mask,
+                "position_ids": torch.full((1, 2), 2, device=tokens.device),
+            }
             # Final residuals, not logits: the unembedding would read a vocabulary of weights.
             last = final_resid_hook_name(model)
-            kwargs = {"past_key_values": cache, "use_cache": True}
-            step = run_until(model, last, tokens[:, 2:], [], **kwargs)[:, -1].float()
+            try:
+                rows = run_until(model, last, tokens[:, 2:].expand(1, 2), [], **kwargs)[0].float()
+            except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
+                if isinstance(error, torch.OutOfMemoryError):
+                    raise
+                warnings.warn(
+                    f"this model's attention does not take a 4-D mask over a key/value cache "
+                    f"({type(error).__name__}: {error}); rows take the general path: the same "
+                    "numbers, more slowly",
+                    stacklevel=3,
+                )
+                return False
             full = run_until(model, last, tokens, [])[:, -1].float()
-            scale = float(full.abs().max())
+            scale = max(float(full.abs().max()), 1.0)
             half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-            if float((step - full).abs().max()) <= (2e-2 if half else 1e-4) * max(scale, 1.0):
+            if float((rows - full).abs().max()) <= (2e-2 if half else 1e-4) * scale:
                 return True
     warnings.warn(
         "this model's key/value cache does not reproduce its full forward pass (a "
