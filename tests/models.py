@@ -77,7 +77,7 @@ def tiny_model(
     return model.eval()
 
 
-ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2")
+ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "opt", "qwen2")
 GATED = ("llama", "mistral", "qwen2")
 
 
@@ -105,6 +105,16 @@ def hf_config(arch: str, vocab_size: int) -> Any:
             intermediate_size=128,
             max_position_embeddings=64,
             attention_types=[[["global", "local"], 1]],
+            **common,
+        )
+    if arch == "opt":  # width 32: TransformerLens reads OPT's d_mlp as 4 x width
+        return t.OPTConfig(
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
             **common,
         )
     if arch == "bloom":  # not in ARCHITECTURES: ALiBi built from a 2-D mask (256 neurons)

@@ -145,10 +145,12 @@ def test_matches_captum_integrated_gradients_on_the_layer_activation(model):
 
 
 @pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "opt", "bloom"])
 def test_matches_captum_on_hugging_face_architectures(arch):
     """Bridges over Hugging Face models take the path that shares the layers below the scaled
-    one across rows (with an explicit 4-D causal mask)."""
+    one across rows (with an explicit 4-D causal mask and position ids, which OPT would
+    otherwise derive from the mask); Bloom, whose attention refuses a 4-D mask, re-runs the
+    prompt per row."""
     from transformer_lens import TransformerBridge
 
     path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))

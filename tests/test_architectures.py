@@ -104,8 +104,9 @@ def test_cached_path_equals_the_general_path_and_the_reference(arch_model, metho
     IG rows enter at their own layer (layered rows): all layers and steps in one pass, steps
     split over sequences with a padded last chunk (7 rows), one layer per pass (1 row)."""
     from tests.test_attribution import reference_scores
-    from tl_capability.attribution import attribute, supports_kv_cache
+    from tl_capability.attribution import attribute
     from tl_capability.layered_rows import layered_rows_exact
+    from tl_capability.sites import supports_kv_cache
 
     _, _, model = arch_model
     assert supports_kv_cache(model)
@@ -376,7 +377,7 @@ def test_a_model_whose_attention_refuses_a_4d_mask_takes_the_general_path(tmp_pa
     from transformer_lens import TransformerBridge
 
     from tests.test_attribution import reference_scores
-    from tl_capability import attribute
+    from tl_capability import attribute, empirical_neg
     from tl_capability.sites import supports_kv_cache
 
     directory = save_hf_model("bloom", tmp_path / "bloom")
@@ -387,3 +388,7 @@ def test_a_model_whose_attention_refuses_a_4d_mask_takes_the_general_path(tmp_pa
     scores = attribute(model, data, steps=3, per_sample=True, progress=False)
     expected = reference_scores(model, data, "ig", steps=3)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="use_cache=True"):
+        attribute(model, data, steps=3, use_cache=True, progress=False)
+    with pytest.raises(ValueError, match="use_cache=True"):
+        empirical_neg(model, data, [(0, 0)], use_cache=True, progress=False)

@@ -49,6 +49,7 @@ from tl_capability.sites import (
     mlp_w_out,
     resid_post_hook_name,
     resid_pre_hook_name,
+    supports_kv_cache,
     unembedding,
 )
 
@@ -67,17 +68,24 @@ def check_all_position_method(method: str) -> AllPositionMethod:
 
 
 def _expands(model: Any) -> bool:
-    """Whether rows can share the layers below the scaled one (a causal model)."""
-    return not is_masked_lm(model)
+    """Whether rows can share the layers below the scaled one: a causal model, and on a bridge
+    one whose attention takes a 4-D mask with position ids (what the cache probe of
+    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] runs; Bloom's ALiBi does not)."""
+    return not is_masked_lm(model) and (not is_bridge(model) or supports_kv_cache(model))
 
 
 def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]:
-    """Forward kwargs that let a batch grow inside the model (bridges over HF models only)."""
+    """Forward kwargs that let a batch grow inside the model (bridges over HF models only): a
+    4-D causal mask, and the position ids, which some models (OPT) would otherwise derive from
+    the mask as if it were 2-D."""
     if not is_bridge(model):
         return {}  # HookedTransformer builds its causal mask per position, not per batch
     dtype = unembedding(model)[0].dtype
     mask = torch.full((1, 1, width, width), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return {"attention_mask": mask.triu(1)}
+    return {
+        "attention_mask": mask.triu(1),
+        "position_ids": torch.arange(width, device=device)[None],
+    }
 
 
 def _rows(

@@ -56,7 +56,7 @@ from tl_capability.sites import (
     model_name,
     neuron_site,
     require_eval,
-    supports_kv_cache,
+    resolve_use_cache,
 )
 from tl_capability.stats import (
     Moments,
@@ -310,7 +310,8 @@ def attribute(
         use_cache: Run each row as one token attending to the clean run's cached keys and
             values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
             [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]; ``False`` forces the
-            general path, which re-runs ``z_m``.
+            general path, which re-runs ``z_m``; ``True`` on a model without the cached path
+            raises.
         checkpoint_dir: Save the running statistics there (atomically) every
             ``checkpoint_every`` batches; a run restarted with the same arguments and the same
             weights resumes where the last save left off and gives the same result.
@@ -357,10 +358,7 @@ def attribute(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if use_cache is None:
-        use_cache = supports_kv_cache(model)
-    elif use_cache and not supports_kv_cache(model):
-        raise ValueError("use_cache=True needs a TransformerBridge over a Hugging Face decoder")
+    use_cache = resolve_use_cache(model, use_cache)
     params = {
         "steps": steps if method == "ig" else None,
         "rule": rule if method == "ig" else None,

@@ -25,7 +25,7 @@ from tl_capability.data import CapabilityDataset, batches, count_batches, tokeni
 from tl_capability.head import require_separable_head
 from tl_capability.options import Metric, Site, check_option
 from tl_capability.rows import Rows, clean_pass, row_metric, rows_for
-from tl_capability.sites import NeuronSite, neuron_site, require_eval, supports_kv_cache
+from tl_capability.sites import NeuronSite, neuron_site, require_eval, resolve_use_cache
 
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -123,7 +123,7 @@ def empirical_neg(
         progress: Show a progress bar.
         use_cache: One-token rows over the clean run's keys/values (see
             [`tl_capability.attribute`][tl_capability.attribution.attribute]); ``None`` uses them
-            where the model supports it.
+            where the model supports it; ``True`` on a model that does not raises.
 
     Returns:
         [`EmpiricalNEG`][tl_capability.neg.EmpiricalNEG], samples in dataset order.
@@ -137,8 +137,7 @@ def empirical_neg(
     pairs = as_neuron_list(neurons, resolved)
     samples = tokenize(model, dataset)
     x = torch.tensor(sorted({-v for v in shifts} | set(shifts)), dtype=torch.float32)
-    if use_cache is None:
-        use_cache = supports_kv_cache(model)
+    use_cache = resolve_use_cache(model, use_cache)
     n_neurons, n_shifts = len(pairs), len(x)
     delta = torch.zeros(len(samples), n_neurons, n_shifts)
     n_batches = count_batches(samples, batch_size)

@@ -20,7 +20,8 @@ weight names and what a model supports; the others call its functions:
   [`is_bridge`][tl_capability.sites.is_bridge],
   [`supports_kv_cache`][tl_capability.sites.supports_kv_cache],
   [`kv_cache_forward`][tl_capability.sites.kv_cache_forward],
-  [`new_kv_cache`][tl_capability.sites.new_kv_cache] and
+  [`new_kv_cache`][tl_capability.sites.new_kv_cache],
+  [`resolve_use_cache`][tl_capability.sites.resolve_use_cache] and
   [`attention_window`][tl_capability.sites.attention_window];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
   [`model_device`][tl_capability.sites.model_device],
@@ -74,6 +75,7 @@ from tl_capability.sites.support import (
     kv_cache_forward,
     mlp_output_adds_linearly,
     new_kv_cache,
+    resolve_use_cache,
     supports_kv_cache,
 )
 from tl_capability.sites.weights import (
@@ -114,6 +116,7 @@ __all__ = [
     "require_eval",
     "resid_post_hook_name",
     "resid_pre_hook_name",
+    "resolve_use_cache",
     "run_until",
     "supports_kv_cache",
     "transformer_lens_has",

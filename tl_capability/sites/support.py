@@ -105,6 +105,24 @@ def supports_kv_cache(model: Any) -> bool:
     return known
 
 
+def resolve_use_cache(model: Any, use_cache: bool | None) -> bool:
+    """``use_cache`` as asked; ``None`` means
+    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache].
+
+    Raises:
+        ValueError: ``use_cache=True`` on a model without the cached path.
+    """
+    if use_cache is None:
+        return supports_kv_cache(model)
+    if use_cache and not supports_kv_cache(model):
+        raise ValueError(
+            "use_cache=True needs a TransformerBridge over a Hugging Face decoder whose key/value "
+            "cache, under the cached rows' 4-D mask, reproduces its full pass "
+            "(tl_capability.sites.supports_kv_cache is False for this model)"
+        )
+    return bool(use_cache)
+
+
 def _probe_kv_cache(model: Any) -> bool:
     if (
         not is_bridge(model)
