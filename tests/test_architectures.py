@@ -392,3 +392,16 @@ def test_a_model_whose_attention_refuses_a_4d_mask_takes_the_general_path(tmp_pa
         attribute(model, data, steps=3, use_cache=True, progress=False)
     with pytest.raises(ValueError, match="use_cache=True"):
         empirical_neg(model, data, [(0, 0)], use_cache=True, progress=False)
+
+
+def test_a_config_that_misstates_the_mlp_width_is_refused_with_the_reason(tmp_path):
+    """TransformerLens's bridge reads OPT's ``d_mlp`` as 4 × width whatever ``ffn_dim`` says: the
+    width check refuses such a model (its neurons would be misaddressed) and says why."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability.sites import neuron_site
+
+    directory = save_hf_model("opt", tmp_path / "opt", ffn_dim=96)
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    with pytest.raises(ValueError, match="carries 96 values .* misstates its width"):
+        neuron_site(model)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tl_capability import CapabilityDataset, NeuronMask, ablate, accuracy, attribute, zoo
-from tl_capability.learned import LearnedMask, learn_mask
+from tl_capability.learned import LearnedMask, learn_gates, learn_mask
 
 pytestmark = pytest.mark.core
 
@@ -105,6 +105,18 @@ def test_deterministic_under_seed(model):
     kw["gate"] = "sigmoid"
     s = learn_mask(model, target, {"c": control}, seed=3, **kw)
     assert torch.equal(s.logits, learn_mask(model, target, {"c": control}, seed=3, **kw).logits)
+
+
+def test_a_shorter_run_is_the_start_of_a_longer_one(model):
+    """``steps=N`` trains exactly the first N steps of a longer run (no schedule depends on the
+    total): docs/speed.md's curve of mask quality against steps reads snapshots of one run."""
+    target, control = _datasets()
+    kw = dict(batch_size=2, progress=False, seed=1)
+    short, short_history = learn_gates(model, target, {"c": control}, steps=3, **kw)
+    long, long_history = learn_gates(model, target, {"c": control}, steps=6, **kw)
+    # each step's losses depend on the logits the steps before it left
+    assert short_history == long_history[:3] and len(long_history) == 6
+    assert not torch.equal(short, long)
 
 
 def test_init_from_scores_ranks_first(model):

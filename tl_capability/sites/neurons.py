@@ -126,6 +126,8 @@ def _check_width(model: Any, site: NeuronSite) -> None:
         if width != site.d_mlp:
             raise ValueError(
                 f"hook {site.hook_name(layer)!r} carries {width} values per position but "
-                f"cfg.d_mlp is {site.d_mlp}: this layer is not a dense MLP (mixture of experts?), "
-                "so its neurons cannot be addressed as (layer, index)"
+                f"cfg.d_mlp is {site.d_mlp}: either this layer is not a dense MLP (a mixture of "
+                "experts), whose neurons cannot be addressed as (layer, index), or the config "
+                "misstates its width (TransformerLens's bridge reads OPT's d_mlp as 4 × d_model "
+                "whatever its ffn_dim)"
             )
