@@ -119,6 +119,17 @@ def hf_config(arch: str, vocab_size: int) -> Any:
         )
     if arch == "bloom":  # not in ARCHITECTURES: ALiBi built from a 2-D mask (256 neurons)
         return t.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)
+    if arch == "xglm":  # not in ARCHITECTURES: its attention checks the mask's batch size
+        return t.XGLMConfig(
+            d_model=32,
+            ffn_dim=128,
+            num_layers=2,
+            attention_heads=4,
+            max_position_embeddings=64,
+            **common,
+        )
+    if arch == "mpt":  # not in ARCHITECTURES: ALiBi, no key/value-cache path (128 neurons)
+        return t.MptConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, **common)
     if arch == "gptj":
         return t.GPTJConfig(
             n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128, **common

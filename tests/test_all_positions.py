@@ -145,17 +145,36 @@ def test_matches_captum_integrated_gradients_on_the_layer_activation(model):
 
 
 @pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "opt", "bloom"])
-def test_matches_captum_on_hugging_face_architectures(arch):
+@pytest.mark.parametrize(
+    "arch, grows",
+    [
+        ("gpt2", True),
+        ("llama", True),
+        ("gpt_neox", True),
+        ("opt", True),
+        ("mpt", True),
+        ("bloom", False),
+        ("xglm", False),
+    ],
+)
+def test_matches_captum_on_hugging_face_architectures(arch, grows):
     """Bridges over Hugging Face models take the path that shares the layers below the scaled
     one across rows (with an explicit 4-D causal mask and position ids, which OPT would
-    otherwise derive from the mask); Bloom, whose attention refuses a 4-D mask, re-runs the
-    prompt per row."""
+    otherwise derive from the mask); Bloom (ALiBi from a 2-D mask) and XGLM (which checks the
+    mask's batch size) refuse a batch grown under one mask, and re-run the prompt per row."""
+    import warnings
+
     from transformer_lens import TransformerBridge
+
+    from tl_capability.all_positions import _expands
 
     path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
     model = TransformerBridge.boot_transformers(str(path))
     model.eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _expands(model) == grows
+    assert any("grown inside" in str(w.message) for w in caught) == (not grows)
     scores = attribute(model, DATA, "ig", steps=4, positions="all", progress=False)
     torch.testing.assert_close(scores.values, _captum(model, DATA, 4, "prob"), rtol=1e-4, atol=1e-7)
 

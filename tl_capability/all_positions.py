@@ -31,7 +31,9 @@ Sequences are right padded and end at their last answer token, so no position af
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, get_args
+from weakref import WeakKeyDictionary
 
 import torch
 from jaxtyping import Float
@@ -47,9 +49,9 @@ from tl_capability.sites import (
     is_masked_lm,
     mlp_output_adds_linearly,
     mlp_w_out,
+    model_device,
     resid_post_hook_name,
     resid_pre_hook_name,
-    supports_kv_cache,
     unembedding,
 )
 
@@ -69,9 +71,60 @@ def check_all_position_method(method: str) -> AllPositionMethod:
 
 def _expands(model: Any) -> bool:
     """Whether rows can share the layers below the scaled one: a causal model, and on a bridge
-    one whose attention takes a 4-D mask with position ids (what the cache probe of
-    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] runs; Bloom's ALiBi does not)."""
-    return not is_masked_lm(model) and (not is_bridge(model) or supports_kv_cache(model))
+    one whose batch may grow inside the forward pass under one broadcast causal mask
+    ([`_batch_grows`][tl_capability.all_positions._batch_grows], kept per model)."""
+    if is_masked_lm(model):
+        return False
+    if not is_bridge(model):
+        return True
+    known = _GROWS.get(model)
+    if known is None:
+        known = _GROWS[model] = _batch_grows(model)
+    return known
+
+
+_GROWS: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
+def _batch_grows(model: Any) -> bool:
+    """Two prompts run as the model runs them, and again with a copy of the first appended
+    before the first block under [`_causal_mask`][tl_capability.all_positions._causal_mask]:
+    the grown batch must give the same last residuals. Some attentions refuse a mask whose
+    batch is not theirs (XGLM checks its shape, Bloom builds ALiBi from a 2-D mask): then a
+    warning, and rows re-run the prompt."""
+    device = model_device(model)
+    tokens = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]], device=device) % model.cfg.d_vocab
+
+    def grow(resid: Tensor, hook: Any) -> Tensor:
+        return torch.cat([resid, resid[:1]])
+
+    try:
+        with torch.no_grad():
+            own = final_residual(model, tokens, [])
+            grown = final_residual(
+                model,
+                tokens,
+                [(resid_pre_hook_name(0), grow)],
+                **_causal_mask(model, tokens.shape[1], device),
+            )
+        tol = 2e-2 if own.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        scale = float(own.abs().max())
+        same = grown.shape[0] == 3 and all(
+            float((grown[i] - own[j]).abs().max()) <= tol * scale
+            for i, j in ((0, 0), (1, 1), (2, 0))
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        same = False
+    if not same:
+        warnings.warn(
+            "this model's attention does not run a batch grown inside the forward pass under one "
+            "broadcast causal mask as it runs the batch itself; all-position rows re-run the "
+            "prompt (exact, slower)",
+            stacklevel=4,
+        )
+    return same
 
 
 def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]:
