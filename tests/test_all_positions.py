@@ -173,10 +173,51 @@ def test_matches_captum_on_hugging_face_architectures(arch, grows):
     model.eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert _expands(model) == grows
+        assert _expands(model, 8) == grows
     assert any("grown inside" in str(w.message) for w in caught) == (not grows)
     scores = attribute(model, DATA, "ig", steps=4, positions="all", progress=False)
     torch.testing.assert_close(scores.values, _captum(model, DATA, 4, "prob"), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_a_sliding_window_narrower_than_the_prompts_is_kept(arch):
+    """An explicit 4-D mask replaces the model's own, sliding window included (transformers
+    applies no window on top of a mask it is given): prompts wider than the window re-run
+    the model's own pass. The grown-batch path gave 45-65 % errors here."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability.all_positions import _expands
+
+    path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")), sliding_window=4)
+    model = TransformerBridge.boot_transformers(str(path)).eval()
+    assert _expands(model, 4) and not _expands(model, 5)
+    scores = attribute(model, DATA, "ig", steps=4, positions="all", per_sample=True, progress=False)
+    expected = reference(model, DATA, "ig", steps=4)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
+def test_the_grown_batch_probe_runs_again_when_the_hooks_change():
+    """A user's hook that cannot take a grown batch makes the probe say no (with the reason);
+    once it is removed, the probe runs again and says yes."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability.all_positions import _expands
+
+    path = save_hf_model("gpt2", Path(tempfile.mkdtemp(prefix="tlc-gpt2-")))
+    model = TransformerBridge.boot_transformers(str(path)).eval()
+
+    def two_rows_only(resid, hook):
+        if resid.shape[0] > 2:
+            raise RuntimeError("this hook takes two rows")
+        return resid
+
+    model.blocks[1].hook_resid_pre.add_hook(two_rows_only)
+    with pytest.warns(UserWarning, match="this hook takes two rows"):
+        assert not _expands(model, 8)
+    model.reset_hooks()
+    assert _expands(model, 8)
 
 
 def test_completeness_per_layer(model):

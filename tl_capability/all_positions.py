@@ -45,6 +45,8 @@ from tl_capability.options import AllPositionMethod, Metric, check_option
 from tl_capability.rows import Rows, _metric_surrogate, final_residual
 from tl_capability.sites import (
     NeuronSite,
+    attention_window,
+    hook_signature,
     is_bridge,
     is_masked_lm,
     mlp_output_adds_linearly,
@@ -69,21 +71,28 @@ def check_all_position_method(method: str) -> AllPositionMethod:
     )
 
 
-def _expands(model: Any) -> bool:
-    """Whether rows can share the layers below the scaled one: a causal model, and on a bridge
-    one whose batch may grow inside the forward pass under one broadcast causal mask
-    ([`_batch_grows`][tl_capability.all_positions._batch_grows], kept per model)."""
+def _expands(model: Any, width: int) -> bool:
+    """Whether rows of ``width`` positions can share the layers below the scaled one: a causal
+    model, and on a bridge one whose batch may grow inside the forward pass under one broadcast
+    causal mask ([`_batch_grows`][tl_capability.all_positions._batch_grows], kept per model
+    until its hooks change) with no attention window narrower than the rows: an explicit 4-D
+    mask replaces the model's own, sliding window included
+    ([`attention_window`][tl_capability.sites.attention_window])."""
     if is_masked_lm(model):
         return False
     if not is_bridge(model):
         return True
+    window = attention_window(model)
+    if window is not None and width > window:
+        return False
+    signature = hook_signature(model)
     known = _GROWS.get(model)
-    if known is None:
-        known = _GROWS[model] = _batch_grows(model)
-    return known
+    if known is None or known[0] != signature:
+        known = _GROWS[model] = (signature, _batch_grows(model))
+    return known[1]
 
 
-_GROWS: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+_GROWS: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
 
 
 def _batch_grows(model: Any) -> bool:
@@ -113,14 +122,15 @@ def _batch_grows(model: Any) -> bool:
             float((grown[i] - own[j]).abs().max()) <= tol * scale
             for i, j in ((0, 0), (1, 1), (2, 0))
         )
+        why = "its last residuals differ"
     except torch.OutOfMemoryError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError):
-        same = False
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
+        same, why = False, f"{type(error).__name__}: {error}"
     if not same:
         warnings.warn(
-            "this model's attention does not run a batch grown inside the forward pass under one "
-            "broadcast causal mask as it runs the batch itself; all-position rows re-run the "
+            "this model does not run a batch grown inside the forward pass under one broadcast "
+            f"causal mask as it runs the batch itself ({why}); all-position rows re-run the "
             "prompt (exact, slower)",
             stacklevel=4,
         )
@@ -175,7 +185,7 @@ def all_position_scores(
         return _activation(model, site, batch, real)
     if method == "grad_x_act":
         return _grad_x_act(model, site, batch, metric, real, weight)
-    expand = _expands(model)
+    expand = _expands(model, batch.tokens.shape[1])
     kwargs = _causal_mask(model, batch.tokens.shape[1], device) if expand else {}
     # Rows can even share the scaled layer's own block when the post-activations reach the
     # residual stream only through W_out: then a row's block output is the clean one plus
