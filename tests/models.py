@@ -130,6 +130,8 @@ def hf_config(arch: str, vocab_size: int) -> Any:
         )
     if arch == "mpt":  # not in ARCHITECTURES: ALiBi, no key/value-cache path (128 neurons)
         return t.MptConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, **common)
+    if arch == "openai_gpt":  # not in ARCHITECTURES: its bridge runs no blocks.N.hook_resid_post
+        return t.OpenAIGPTConfig(n_embd=64, n_layer=2, n_head=4, n_positions=64, **common)
     if arch == "gptj":
         return t.GPTJConfig(
             n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128, **common

@@ -405,3 +405,18 @@ def test_a_config_that_misstates_the_mlp_width_is_refused_with_the_reason(tmp_pa
     model = TransformerBridge.boot_transformers(str(directory)).eval()
     with pytest.raises(ValueError, match="carries 96 values .* misstates its width"):
         neuron_site(model)
+
+
+def test_a_model_that_hides_the_last_residual_is_refused_with_the_reason(tmp_path):
+    """The original GPT's bridge never runs ``blocks.N.hook_resid_post``: attribution, which
+    reads the rows' logits from there, refuses and names the hook (it used to blame a logit
+    transform)."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability import attribute
+
+    directory = save_hf_model("openai_gpt", tmp_path / "openai_gpt")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34="], ["46"])
+    with pytest.raises(ValueError, match="never ran hook point 'blocks.1.hook_resid_post'"):
+        attribute(model, data, steps=2, progress=False)

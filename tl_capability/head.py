@@ -40,6 +40,7 @@ from tl_capability.sites import (
 # carries a temporary hook (the user's hooks would run in it, see what it feeds them, and could
 # make it fail for reasons that are not the head's).
 _CHECKED: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+_NOT_REACHED: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # why the probe could not run
 
 
 def head_is_separable(model: Any) -> bool:
@@ -71,7 +72,8 @@ def _probe(model: Any) -> bool:
         full = model(tokens)[0].float()
         try:
             rows = unembed(model, unembed_input(model, tokens, [], seq, pos)).float()
-        except HookNotReached:  # no such path in this model: the full pass it is
+        except HookNotReached as error:  # no such path in this model: the full pass it is
+            _NOT_REACHED[model] = str(error)
             return False
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     scale = max(float(full.abs().max()), 1.0)
@@ -92,6 +94,11 @@ def require_separable_head(model: Any) -> None:
             "see other shapes. Remove it, or attach interventions to the blocks."
         )
     if not head_is_separable(model):
+        if model in _NOT_REACHED:
+            raise ValueError(
+                "attribution reads its rows' logits through ln_final and the unembedding of the "
+                f"last block's output, which this model does not expose: {_NOT_REACHED[model]}"
+            )
         raise ValueError(
             "this model's logits are not ln_final + unembed (+ its declared logit transform) "
             "of the last block's output (a transform after the unembedding that its "
