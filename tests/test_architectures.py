@@ -420,3 +420,23 @@ def test_a_model_that_hides_the_last_residual_is_refused_with_the_reason(tmp_pat
     data = CapabilityDataset.from_pairs(["12+34="], ["46"])
     with pytest.raises(ValueError, match="never ran hook point 'blocks.1.hook_resid_post'"):
         attribute(model, data, steps=2, progress=False)
+
+
+def test_alibi_over_a_key_value_cache_takes_the_general_path(tmp_path):
+    """MPT's ALiBi biases follow the keys' indices, not the position ids, so rows appended
+    after a cached prefix would be biased as if further along: the cache probe finds the
+    mismatch (with a warning) and attribution re-runs ``z_m``, equal to the reference."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import attribute
+    from tl_capability.sites import supports_kv_cache
+
+    directory = save_hf_model("mpt", tmp_path / "mpt")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    with pytest.warns(UserWarning, match="MPT's ALiBi"):
+        assert not supports_kv_cache(model)
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    scores = attribute(model, data, steps=3, per_sample=True, progress=False)
+    expected = reference_scores(model, data, "ig", steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)

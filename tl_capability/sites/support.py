@@ -177,9 +177,11 @@ def _probe_kv_cache(model: Any) -> bool:
             if float((rows - full).abs().max()) <= (2e-2 if half else 1e-4) * scale:
                 return True
     warnings.warn(
-        "this model's key/value cache does not reproduce its full forward pass (a "
-        "transformer-lens / transformers version mismatch? transformer-lens 4.3 needs "
-        "transformers < 5.24); rows take the general path: the same numbers, more slowly",
+        "this model's key/value cache, under the cached rows' 4-D mask and position ids, does "
+        "not reproduce its full forward pass (attention biases that follow the keys' indices "
+        "rather than the position ids do this, as MPT's ALiBi; so does a transformer-lens / "
+        "transformers version mismatch: transformer-lens 4.3 needs transformers < 5.24); rows "
+        "take the general path: the same numbers, more slowly",
         stacklevel=3,
     )
     return False
