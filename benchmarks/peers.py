@@ -28,14 +28,14 @@ to the scaled layer, input gradients only), at the machine's measured matmul rat
 
     pip install -e ".[bench]"
     python benchmarks/peers.py [--prompts 1 8] [--threads 1] [--repeat 3] [--skip-peers]
-        [--out FILE] [--layers 6] [--arch gpt2|llama|neox] [--d-model 768] [--d-mlp 3072]
+        [--out FILE] [--layers 6] [--arch gpt2|llama|neox|bloom] [--d-model 768] [--d-mlp 3072]
         [--vocab 50257] [--device cpu|cuda] [--dtype float32|bfloat16]
 
-``--arch llama`` / ``--arch neox`` and the sizes build other models (a check on shapes and
-architectures the defaults were not tuned on); knowledge-neurons knows GPT-2 only, so its row
-is left out there. ``--device`` (default: the GPU where there is one) and ``--dtype`` run every
-row there, in that precision (the FLOP floor's rate is measured there too); a GPU's times are
-taken after synchronising it.
+``--arch llama`` / ``--arch neox`` / ``--arch bloom`` and the sizes build other models (a check
+on shapes and architectures the defaults were not tuned on; Bloom's ALiBi takes the general
+path); knowledge-neurons knows GPT-2 only, so its row is left out there. ``--device``
+(default: the GPU where there is one) and ``--dtype`` run every row there, in that precision
+(the FLOP floor's rate is measured there too); a GPU's times are taken after synchronising it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 D_MODEL, D_MLP, VOCAB, PROMPT_TOKENS = 768, 3072, 50257, 16
-ARCH_NAMES = {"gpt2": "GPT-2", "llama": "Llama-style", "neox": "GPT-NeoX (Pythia)"}
+ARCH_NAMES = {
+    "gpt2": "GPT-2",
+    "llama": "Llama-style",
+    "neox": "GPT-NeoX (Pythia)",
+    "bloom": "Bloom (ALiBi)",
+}
 
 
 def build_model(
@@ -75,6 +80,8 @@ def build_model(
     to ``directory``: (bridge, Hugging Face model, tokenizer), both on ``device`` in ``dtype``."""
     from transformer_lens import TransformerBridge
     from transformers import (
+        BloomConfig,
+        BloomForCausalLM,
         GPT2Config,
         GPT2LMHeadModel,
         GPTNeoXConfig,
@@ -110,6 +117,11 @@ def build_model(
             max_position_embeddings=128,
         )
         hf = GPTNeoXForCausalLM(config).eval()
+    elif arch == "bloom":  # ALiBi: no key/value-cache rows, no grown batches (general path)
+        if d_mlp != 4 * d_model:
+            raise SystemExit(f"--arch bloom has d_mlp = 4 x d_model = {4 * d_model}")
+        config = BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=heads, vocab_size=vocab)
+        hf = BloomForCausalLM(config).eval()
     else:
         config = GPT2Config(
             n_layer=n_layers, n_embd=d_model, n_inner=d_mlp, n_head=heads, vocab_size=vocab
@@ -397,7 +409,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--arch", choices=["gpt2", "llama", "neox"], default="gpt2")
+    parser.add_argument("--arch", choices=list(ARCH_NAMES), default="gpt2")
     parser.add_argument("--d-model", type=int, default=D_MODEL)
     parser.add_argument("--d-mlp", type=int, default=D_MLP)
     parser.add_argument("--vocab", type=int, default=VOCAB)
