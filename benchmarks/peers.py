@@ -356,7 +356,7 @@ def run(args: argparse.Namespace, prompts_n: int, model: Any, hf: Any, tokenizer
     )
     for method in ("grad_x_act", "neurgrad"):
         t, scores = timed(lambda method=method: attribute(model, data, method, **kw), args.repeat)
-        expect = grad * (clean if method == "grad_x_act" else clean.sign())
+        expect = grad * (clean if method == "grad_x_act" else torch.where(clean < 0, -1.0, 1.0))
         row(f"tl_capability {method}", t, agreement(scores.per_sample, expect), "α = 1 gradient")
     for r in rows:
         r["ratio"] = t_ref / r["seconds"]

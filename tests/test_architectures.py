@@ -440,3 +440,23 @@ def test_alibi_over_a_key_value_cache_takes_the_general_path(tmp_path):
     scores = attribute(model, data, steps=3, per_sample=True, progress=False)
     expected = reference_scores(model, data, "ig", steps=3)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_neurgrad_of_a_silent_relu_neuron_is_its_slope(tmp_path):
+    """OPT's ReLU leaves many activations exactly 0; empirical NEG shifts them along +1, so
+    NeurGrad must read their gradient there (``torch.sign(0) = 0`` used to zero them all)."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import attribute
+
+    directory = save_hf_model("opt", tmp_path / "opt")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    kw = {"per_sample": True, "progress": False}
+    neurgrad = attribute(model, data, "neurgrad", **kw).per_sample
+    silent = attribute(model, data, "grad_x_act", **kw).per_sample == 0
+    assert silent.float().mean() > 0.2
+    assert (neurgrad[silent] != 0).float().mean() > 0.9
+    expected = reference_scores(model, data, "neurgrad")
+    torch.testing.assert_close(neurgrad, expected, rtol=1e-4, atol=1e-7)

@@ -71,7 +71,7 @@ def reference_scores(model, ds, method, steps=4, rule="midpoint", metric="prob")
                     grads.append(g[0, q])
                 g = torch.stack(grads).mean(0)
                 if method == "neurgrad":
-                    layer_scores.append(g * a.sign())
+                    layer_scores.append(g * torch.where(a < 0, -1.0, 1.0))  # sign(0) = +1
                 else:
                     layer_scores.append(g * a)
             per_token.append(torch.stack(layer_scores))

@@ -14,8 +14,9 @@ holds the mean and standard deviation over samples.
   gradient at zero.
 - ``"grad_x_act"``: ``a_m · ∂P_m/∂a_m`` at the clean run (attribution patching). Each answer
   token gets its own row, so the gradient is that of ``P_m`` alone, not of later tokens too.
-- ``"neurgrad"``: ``∂P_m/∂a_m · sign(a_m)``, the NeurGrad estimate of the neuron empirical
-  gradient (Zhao et al., ACL 2025).
+- ``"neurgrad"``: ``∂P_m/∂a_m · sign(a_m)`` with ``sign(0) = +1`` (the direction
+  [`empirical_neg`][tl_capability.neg.empirical_neg] shifts along), the NeurGrad estimate of the
+  neuron empirical gradient (Zhao et al., ACL 2025).
 - ``"activation"``: ``|a_m|``, a baseline.
 
 With ``positions="answer"`` (the papers' choice, the default) only the activation at the last
@@ -240,7 +241,11 @@ def _target_scores(
             t = torch.arange(start, min(start + max_rows, n_targets), device=device)
             grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
-        return g * acts if method == "grad_x_act" else g * acts.sign()
+        if method == "grad_x_act":
+            return g * acts
+        # NEG's direction, sign(0) = +1 as in empirical_neg: a ReLU's silent neurons still
+        # have a slope (torch.sign(0) = 0 zeroed every one of them)
+        return g * torch.where(acts < 0, -1.0, 1.0).to(g.dtype)
     if cache is not None and layered_rows_exact(model, site):
         grad_sum = layered_ig_grad_sum(
             model, site, batch, cache, acts, alphas.to(device), metric, max_rows
