@@ -460,3 +460,44 @@ def test_neurgrad_of_a_silent_relu_neuron_is_its_slope(tmp_path):
     assert (neurgrad[silent] != 0).float().mean() > 0.9
     expected = reference_scores(model, data, "neurgrad")
     torch.testing.assert_close(neurgrad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_a_users_positional_hook_sends_rows_to_the_general_path(tmp_path):
+    """Cached rows sit at other tensor indices than the positions they stand for: a steering
+    hook on positions 3 onwards missed them (scores 35-77x off, silently). Unmarked hooks now
+    take the general path (with a warning); the library's own position-free hooks, and hooks
+    marked with ``position_free``, keep the cached one."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import NeuronMask, ablate, attribute, empirical_neg, position_free
+    from tl_capability.sites import model_name
+
+    directory = save_hf_model("llama", tmp_path / "llama")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["rev abcdefg:", "12+34="], ["gfe", "46"])
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+
+    def steer(resid, hook):
+        resid = resid.clone()
+        resid[:, 3:] += vector
+        return resid
+
+    kw = {"per_sample": True, "progress": False}
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", steer)]):
+        with pytest.warns(UserWarning, match="not marked position-free"):
+            scores = attribute(model, data, "grad_x_act", **kw)
+        assert scores.params["kv_cache"] is False
+        expected = reference_scores(model, data, "grad_x_act")
+        torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+        with pytest.warns(UserWarning, match="not marked position-free"):
+            slope = empirical_neg(model, data, [(0, 3), (1, 7)], progress=False).slope
+        general = empirical_neg(model, data, [(0, 3), (1, 7)], progress=False, use_cache=False)
+        torch.testing.assert_close(slope, general.slope)
+
+    tensor = torch.zeros(model.cfg.n_layers, model.cfg.d_mlp, dtype=torch.bool)
+    tensor[0, :5] = True
+    with ablate(model, NeuronMask(tensor, model_name(model), "post")):
+        assert attribute(model, data, "grad_x_act", **kw).params["kv_cache"] is True
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", position_free(lambda r, hook: r))]):
+        assert attribute(model, data, "grad_x_act", **kw).params["kv_cache"] is True

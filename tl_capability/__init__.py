@@ -42,7 +42,7 @@ from tl_capability.options import (
     Suppression,
     check_option,
 )
-from tl_capability.sites import NeuronSite, neuron_site, require_eval
+from tl_capability.sites import NeuronSite, neuron_site, position_free, require_eval
 
 __version__ = "0.1.0"
 
@@ -94,6 +94,7 @@ __all__ = [
     "locate",
     "mean_activations",
     "neuron_site",
+    "position_free",
     "random_controls",
     "rank_neurons",
     "refine",

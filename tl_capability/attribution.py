@@ -312,11 +312,15 @@ def attribute(
         max_rows: Rows per forward/backward pass (bounds memory); default 1,024 at the answer
             position and 64 with ``positions="all"`` (where a row is a whole sequence: on a
             CPU larger passes there are slower, not faster; ``docs/speed.md``).
-        use_cache: Run each row as one token attending to the clean run's cached keys and
-            values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it whenever
-            [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]; ``False`` forces the
+        use_cache: Run each answer-position row as one token attending to the clean run's cached
+            keys and values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it
+            whenever [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] and every
+            hook attached to the model is
+            [`position_free`][tl_capability.sites.position_free] (a hook that indexes
+            positions would miss the rows; see
+            [`resolve_use_cache`][tl_capability.sites.resolve_use_cache]); ``False`` forces the
             general path, which re-runs ``z_m``; ``True`` on a model without the cached path
-            raises.
+            raises. Ignored with ``positions="all"``, whose rows are whole sequences.
         checkpoint_dir: Save the running statistics there (atomically) every
             ``checkpoint_every`` batches; a run restarted with the same arguments and the same
             weights resumes where the last save left off and gives the same result.
@@ -363,7 +367,8 @@ def attribute(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    use_cache = resolve_use_cache(model, use_cache)
+    # all-position rows are whole sequences at their own positions: no cache to choose
+    use_cache = positions != "all" and resolve_use_cache(model, use_cache)
     params = {
         "steps": steps if method == "ig" else None,
         "rule": rule if method == "ig" else None,

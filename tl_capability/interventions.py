@@ -33,7 +33,13 @@ from torch import Tensor
 
 from tl_capability.data import Batch, CapabilityDataset, batches
 from tl_capability.options import InterventionMode, Site, check_option
-from tl_capability.sites import neuron_hook_name, neuron_site, require_eval, run_until
+from tl_capability.sites import (
+    neuron_hook_name,
+    neuron_site,
+    position_free,
+    require_eval,
+    run_until,
+)
 
 if TYPE_CHECKING:
     from tl_capability.masks import NeuronMask
@@ -118,7 +124,7 @@ def _make_hook(
         act[..., idx] = new
         return act
 
-    return hook
+    return hook if positions is not None else position_free(hook)
 
 
 @contextmanager

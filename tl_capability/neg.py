@@ -123,7 +123,9 @@ def empirical_neg(
         progress: Show a progress bar.
         use_cache: One-token rows over the clean run's keys/values (see
             [`tl_capability.attribute`][tl_capability.attribution.attribute]); ``None`` uses them
-            where the model supports it; ``True`` on a model that does not raises.
+            where the model supports it and every attached hook is
+            [`position_free`][tl_capability.sites.position_free]; ``True`` on a model that does
+            not support them raises.
 
     Returns:
         [`EmpiricalNEG`][tl_capability.neg.EmpiricalNEG], samples in dataset order.

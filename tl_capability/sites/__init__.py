@@ -21,7 +21,9 @@ weight names and what a model supports; the others call its functions:
   [`supports_kv_cache`][tl_capability.sites.supports_kv_cache],
   [`kv_cache_forward`][tl_capability.sites.kv_cache_forward],
   [`new_kv_cache`][tl_capability.sites.new_kv_cache],
-  [`resolve_use_cache`][tl_capability.sites.resolve_use_cache] and
+  [`resolve_use_cache`][tl_capability.sites.resolve_use_cache] (with
+  [`position_free`][tl_capability.sites.position_free] /
+  [`hooks_are_position_free`][tl_capability.sites.hooks_are_position_free]) and
   [`attention_window`][tl_capability.sites.attention_window];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
   [`model_device`][tl_capability.sites.model_device],
@@ -71,10 +73,12 @@ from tl_capability.sites.support import (
     head_has_hooks,
     hook_points_in_use,
     hook_signature,
+    hooks_are_position_free,
     is_bridge,
     kv_cache_forward,
     mlp_output_adds_linearly,
     new_kv_cache,
+    position_free,
     resolve_use_cache,
     supports_kv_cache,
 )
@@ -100,6 +104,7 @@ __all__ = [
     "head_has_hooks",
     "hook_points_in_use",
     "hook_signature",
+    "hooks_are_position_free",
     "is_bridge",
     "is_head_hook",
     "is_masked_lm",
@@ -113,6 +118,7 @@ __all__ = [
     "neuron_hook_name",
     "neuron_site",
     "new_kv_cache",
+    "position_free",
     "require_eval",
     "resid_post_hook_name",
     "resid_pre_hook_name",

@@ -6,8 +6,8 @@ which hooks are attached. Part of [`tl_capability.sites`][tl_capability.sites]."
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import torch
@@ -107,13 +107,30 @@ def supports_kv_cache(model: Any) -> bool:
 
 def resolve_use_cache(model: Any, use_cache: bool | None) -> bool:
     """``use_cache`` as asked; ``None`` means
-    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache].
+    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] while every hook attached to
+    the model's hook points is [`position_free`][tl_capability.sites.position_free] (else a
+    warning, and the general path).
+
+    Cached rows are tokens at other indices of other sequences than the positions they stand
+    for (their position ids are right, the tensors' indices are not), so a hook that reads or
+    edits chosen positions (``act[:, 3:] += v``) would act on the wrong entries there.
 
     Raises:
         ValueError: ``use_cache=True`` on a model without the cached path.
     """
     if use_cache is None:
-        return supports_kv_cache(model)
+        if not supports_kv_cache(model):
+            return False
+        if not hooks_are_position_free(model):
+            warnings.warn(
+                "a hook attached to the model is not marked position-free: cached rows sit at "
+                "other indices than the positions they stand for, so rows take the general path "
+                "(the same numbers, more slowly). If your hooks act on every position alike, "
+                "mark them with tl_capability.position_free(fn), or pass use_cache=True",
+                stacklevel=3,
+            )
+            return False
+        return True
     if use_cache and not supports_kv_cache(model):
         raise ValueError(
             "use_cache=True needs a TransformerBridge over a Hugging Face decoder whose key/value "
@@ -226,6 +243,33 @@ def hook_signature(model: Any) -> tuple[int, ...]:
         for hooks in (module._forward_pre_hooks, module._forward_hooks)
         for key in hooks
     )
+
+
+_POSITION_FREE = "__tl_capability_position_free__"
+HookFn = TypeVar("HookFn", bound=Callable[..., Any])
+
+
+def position_free(hook: HookFn) -> HookFn:
+    """Marks a hook function as acting on every position alike (it never indexes positions),
+    so that attribution and NEG keep their fast cached rows while it is attached (see
+    [`resolve_use_cache`][tl_capability.sites.resolve_use_cache]). The library's own
+    [`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks] without ``positions`` are
+    marked. Returns the function itself."""
+    setattr(getattr(hook, "func", hook), _POSITION_FREE, True)
+    return hook
+
+
+def hooks_are_position_free(model: Any) -> bool:
+    """Whether every temporary hook (forward or backward) on the model's hook points is marked
+    [`position_free`][tl_capability.sites.position_free]. TransformerLens 4 keeps the user's
+    function on each handle (``user_hook``); where it does not, hooks count as positional."""
+    for handle in _hook_point_handles(model.modules()):
+        if handle.is_permanent:
+            continue
+        fn = getattr(handle, "user_hook", None)
+        if not getattr(getattr(fn, "func", fn), _POSITION_FREE, False):
+            return False
+    return True
 
 
 def _hook_point_handles(modules: Any) -> Iterator[Any]:
