@@ -407,18 +407,26 @@ def test_a_config_that_misstates_the_mlp_width_is_refused_with_the_reason(tmp_pa
         neuron_site(model)
 
 
-def test_a_model_that_hides_the_last_residual_is_refused_with_the_reason(tmp_path):
-    """The original GPT's bridge never runs ``blocks.N.hook_resid_post``: attribution, which
-    reads the rows' logits from there, refuses and names the hook (it used to blame a logit
-    transform)."""
+@pytest.mark.parametrize(
+    "arch, config, reason",
+    [
+        ("openai_gpt", {}, "never ran hook point 'blocks.1.hook_resid_post'"),
+        ("opt", {"word_embed_proj_dim": 16}, "no attribute 'ln_final'"),
+    ],
+)
+def test_a_model_that_hides_its_head_is_refused_with_the_reason(tmp_path, arch, config, reason):
+    """The original GPT's bridge never runs ``blocks.N.hook_resid_post``, and an OPT that
+    projects its last residual down has no ``ln_final`` on the bridge: attribution, which reads
+    the rows' logits through them, refuses and names what is missing (it used to blame a logit
+    transform, or raise an AttributeError)."""
     from transformer_lens import TransformerBridge
 
     from tl_capability import attribute
 
-    directory = save_hf_model("openai_gpt", tmp_path / "openai_gpt")
+    directory = save_hf_model(arch, tmp_path / arch, **config)
     model = TransformerBridge.boot_transformers(str(directory)).eval()
     data = CapabilityDataset.from_pairs(["12+34="], ["46"])
-    with pytest.raises(ValueError, match="never ran hook point 'blocks.1.hook_resid_post'"):
+    with pytest.raises(ValueError, match=reason):
         attribute(model, data, steps=2, progress=False)
 
 

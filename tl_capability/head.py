@@ -72,7 +72,7 @@ def _probe(model: Any) -> bool:
         full = model(tokens)[0].float()
         try:
             rows = unembed(model, unembed_input(model, tokens, [], seq, pos)).float()
-        except HookNotReached as error:  # no such path in this model: the full pass it is
+        except (HookNotReached, AttributeError) as error:  # no such path (e.g. no ln_final)
             _NOT_REACHED[model] = str(error)
             return False
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
