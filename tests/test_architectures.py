@@ -509,3 +509,35 @@ def test_a_users_positional_hook_sends_rows_to_the_general_path(tmp_path):
         assert attribute(model, data, "grad_x_act", **kw).params["kv_cache"] is True
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", position_free(lambda r, hook: r))]):
         assert attribute(model, data, "grad_x_act", **kw).params["kv_cache"] is True
+
+
+def test_position_free_marks_functions_partials_methods_and_callables(arch_model):
+    """Whatever callable a user hooks in, once marked it counts as position-free; any unmarked
+    one, forward or backward, does not."""
+    from functools import partial
+
+    from tl_capability import position_free
+    from tl_capability.sites import hooks_are_position_free
+
+    _, _, model = arch_model
+
+    class Steer:
+        def method(self, resid, hook):
+            return resid
+
+        def __call__(self, resid, hook):
+            return resid
+
+    marked = [
+        position_free(lambda resid, hook: resid),
+        position_free(partial(lambda resid, hook, k: resid, k=1)),
+        position_free(Steer().method),
+        position_free(Steer()),
+    ]
+    name = "blocks.0.hook_resid_pre"
+    assert hooks_are_position_free(model)
+    with model.hooks(fwd_hooks=[(name, fn) for fn in marked]):
+        assert hooks_are_position_free(model)
+        with model.hooks(bwd_hooks=[(name, lambda grad, hook: None)]):
+            assert not hooks_are_position_free(model)
+    assert hooks_are_position_free(model)

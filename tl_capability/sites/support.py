@@ -255,7 +255,10 @@ def position_free(hook: HookFn) -> HookFn:
     [`resolve_use_cache`][tl_capability.sites.resolve_use_cache]). The library's own
     [`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks] without ``positions`` are
     marked. Returns the function itself."""
-    setattr(getattr(hook, "func", hook), _POSITION_FREE, True)
+    try:
+        setattr(hook, _POSITION_FREE, True)
+    except AttributeError:  # a bound method: its function holds the mark
+        setattr(hook.__func__, _POSITION_FREE, True)
     return hook
 
 
@@ -266,8 +269,7 @@ def hooks_are_position_free(model: Any) -> bool:
     for handle in _hook_point_handles(model.modules()):
         if handle.is_permanent:
             continue
-        fn = getattr(handle, "user_hook", None)
-        if not getattr(getattr(fn, "func", fn), _POSITION_FREE, False):
+        if not getattr(getattr(handle, "user_hook", None), _POSITION_FREE, False):
             return False
     return True
 
