@@ -541,3 +541,46 @@ def test_position_free_marks_functions_partials_methods_and_callables(arch_model
         with model.hooks(bwd_hooks=[(name, lambda grad, hook: None)]):
             assert not hooks_are_position_free(model)
     assert hooks_are_position_free(model)
+
+
+def test_permanent_and_plain_pytorch_hooks_of_the_user_count_too(tmp_path):
+    """A user's permanent hook point hook (``add_perma_hook``) and a plain PyTorch hook on a
+    block (as steering libraries attach) also miss cached rows: both send rows to the general
+    path, equal to it; TransformerLens's own permanent hooks (OPT's bridge) do not."""
+    from transformer_lens import TransformerBridge
+
+    from tl_capability import attribute
+    from tl_capability.sites import hooks_are_position_free
+
+    directory = save_hf_model("llama", tmp_path / "llama")
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["rev abcdefg:", "12+34="], ["gfe", "46"])
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    kw = {"per_sample": True, "progress": False}
+
+    def steer(resid, hook):
+        resid = resid.clone()
+        resid[:, 3:] += vector
+        return resid
+
+    def steer_block(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[:, 3:] += vector
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    model.blocks[0].hook_resid_pre.add_perma_hook(steer)
+    handle = model.blocks[0].register_forward_hook(steer_block)
+    for remove in (
+        lambda: model.blocks[0].hook_resid_pre.remove_hooks(including_permanent=True),
+        handle.remove,
+    ):
+        with pytest.warns(UserWarning, match="not marked position-free"):
+            scores = attribute(model, data, "grad_x_act", **kw)
+        general = attribute(model, data, "grad_x_act", use_cache=False, **kw)
+        torch.testing.assert_close(scores.per_sample, general.per_sample)
+        remove()
+    assert hooks_are_position_free(model)
+    assert attribute(model, data, "grad_x_act", **kw).params["kv_cache"] is True
+    opt = TransformerBridge.boot_transformers(str(save_hf_model("opt", tmp_path / "opt")))
+    assert hooks_are_position_free(opt.eval())

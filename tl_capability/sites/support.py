@@ -107,30 +107,32 @@ def supports_kv_cache(model: Any) -> bool:
 
 def resolve_use_cache(model: Any, use_cache: bool | None) -> bool:
     """``use_cache`` as asked; ``None`` means
-    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] while every hook attached to
-    the model's hook points is [`position_free`][tl_capability.sites.position_free] (else a
-    warning, and the general path).
+    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] while no hook of the user's is
+    attached that is not [`position_free`][tl_capability.sites.position_free] (see
+    [`hooks_are_position_free`][tl_capability.sites.hooks_are_position_free]; else a warning,
+    and the general path).
 
     Cached rows are tokens at other indices of other sequences than the positions they stand
     for (their position ids are right, the tensors' indices are not), so a hook that reads or
-    edits chosen positions (``act[:, 3:] += v``) would act on the wrong entries there.
+    edits chosen positions (``act[:, 3:] += v``) would act on the wrong entries there. The
+    hooks are looked at first: the cache probe, kept per model, must not run under them.
 
     Raises:
         ValueError: ``use_cache=True`` on a model without the cached path.
     """
     if use_cache is None:
-        if not supports_kv_cache(model):
-            return False
         if not hooks_are_position_free(model):
-            warnings.warn(
-                "a hook attached to the model is not marked position-free: cached rows sit at "
-                "other indices than the positions they stand for, so rows take the general path "
-                "(the same numbers, more slowly). If your hooks act on every position alike, "
-                "mark them with tl_capability.position_free(fn), or pass use_cache=True",
-                stacklevel=3,
-            )
+            if is_bridge(model):  # elsewhere there is no cached path to leave
+                warnings.warn(
+                    "a hook attached to the model is not marked position-free: cached rows sit "
+                    "at other indices than the positions they stand for, so rows take the "
+                    "general path (the same numbers, more slowly). If your hooks act on every "
+                    "position alike, mark them with tl_capability.position_free(fn), or pass "
+                    "use_cache=True",
+                    stacklevel=3,
+                )
             return False
-        return True
+        return supports_kv_cache(model)
     if use_cache and not supports_kv_cache(model):
         raise ValueError(
             "use_cache=True needs a TransformerBridge over a Hugging Face decoder whose key/value "
@@ -254,24 +256,61 @@ def position_free(hook: HookFn) -> HookFn:
     so that attribution and NEG keep their fast cached rows while it is attached (see
     [`resolve_use_cache`][tl_capability.sites.resolve_use_cache]). The library's own
     [`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks] without ``positions`` are
-    marked. Returns the function itself."""
+    marked. A bound method is marked through its function (for every instance of its class).
+    Returns the function itself.
+
+    Raises:
+        TypeError: For a callable that takes no attributes (``__slots__``): wrap it in a
+            function.
+    """
     try:
         setattr(hook, _POSITION_FREE, True)
-    except AttributeError:  # a bound method: its function holds the mark
-        setattr(hook.__func__, _POSITION_FREE, True)
+    except AttributeError:
+        function = getattr(hook, "__func__", None)  # a bound method
+        if function is None:
+            raise TypeError(
+                f"cannot mark {hook!r} (it takes no attributes): wrap it in a function"
+            ) from None
+        setattr(function, _POSITION_FREE, True)
     return hook
 
 
 def hooks_are_position_free(model: Any) -> bool:
-    """Whether every temporary hook (forward or backward) on the model's hook points is marked
-    [`position_free`][tl_capability.sites.position_free]. TransformerLens 4 keeps the user's
-    function on each handle (``user_hook``); where it does not, hooks count as positional."""
+    """Whether every hook of the user's on the model is marked
+    [`position_free`][tl_capability.sites.position_free]: the hooks on its hook points
+    (temporary or permanent; TransformerLens 4 keeps the user's function on each handle as
+    ``user_hook``, and where it does not they count as positional) and plain PyTorch hooks on
+    any of its modules (as other steering libraries attach). The frameworks' own hooks do not
+    count: TransformerLens's (the hook points' wrappers, the permanent ones it wires some
+    bridges with), and those transformers installs to capture its layers' outputs."""
     for handle in _hook_point_handles(model.modules()):
-        if handle.is_permanent:
+        fn = getattr(handle, "user_hook", None)
+        if handle.is_permanent and (fn is None or _is_framework(fn)):
             continue
-        if not getattr(getattr(handle, "user_hook", None), _POSITION_FREE, False):
+        if not getattr(fn, _POSITION_FREE, False):
             return False
+    for module in model.modules():
+        for hooks in (
+            module._forward_pre_hooks,
+            module._forward_hooks,
+            module._backward_pre_hooks,
+            module._backward_hooks,
+        ):
+            for fn in hooks.values():
+                if not _is_framework(fn) and not getattr(fn, _POSITION_FREE, False):
+                    return False
     return True
+
+
+# Packages whose hooks are machinery, not the user's: TransformerLens's hook points and wiring,
+# the output-capturing hooks transformers installs on a model's layers, accelerate, torch.
+_FRAMEWORKS = ("transformer_lens", "transformers", "accelerate", "torch")
+
+
+def _is_framework(fn: Any) -> bool:
+    """Whether ``fn`` is defined in one of the ``_FRAMEWORKS``."""
+    module = getattr(getattr(fn, "func", fn), "__module__", None) or ""
+    return module.split(".")[0] in _FRAMEWORKS
 
 
 def _hook_point_handles(modules: Any) -> Iterator[Any]:
