@@ -371,18 +371,22 @@ def test_attention_window_reads_the_configs(tmp_path):
     assert window("gpt_neo", window_size=8, attention_layers=["global", "global"]) is None
 
 
-def test_a_model_whose_attention_refuses_a_4d_mask_takes_the_general_path(tmp_path):
+@pytest.mark.parametrize("arch, warning", [("bloom", "4-D mask"), ("mpt", "MPT's ALiBi")])
+def test_a_model_whose_cache_rows_would_differ_takes_the_general_path(tmp_path, arch, warning):
     """Bloom builds its ALiBi biases from a 2-D attention mask and raises on the 4-D mask of
-    cached rows: the cache probe says no (with a warning) and attribution re-runs ``z_m``."""
+    cached rows; MPT's ALiBi follows the keys' indices, not the position ids, so rows appended
+    after a cached prefix would be biased as if further along. The cache probe says no (with a
+    warning naming why), attribution re-runs ``z_m``, equal to the reference, and
+    ``use_cache=True`` is refused."""
     from transformer_lens import TransformerBridge
 
     from tests.test_attribution import reference_scores
     from tl_capability import attribute, empirical_neg
     from tl_capability.sites import supports_kv_cache
 
-    directory = save_hf_model("bloom", tmp_path / "bloom")
+    directory = save_hf_model(arch, tmp_path / arch)
     model = TransformerBridge.boot_transformers(str(directory)).eval()
-    with pytest.warns(UserWarning, match="4-D mask"):
+    with pytest.warns(UserWarning, match=warning):
         assert not supports_kv_cache(model)
     data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
     scores = attribute(model, data, steps=3, per_sample=True, progress=False)
@@ -428,26 +432,6 @@ def test_a_model_that_hides_its_head_is_refused_with_the_reason(tmp_path, arch, 
     data = CapabilityDataset.from_pairs(["12+34="], ["46"])
     with pytest.raises(ValueError, match=reason):
         attribute(model, data, steps=2, progress=False)
-
-
-def test_alibi_over_a_key_value_cache_takes_the_general_path(tmp_path):
-    """MPT's ALiBi biases follow the keys' indices, not the position ids, so rows appended
-    after a cached prefix would be biased as if further along: the cache probe finds the
-    mismatch (with a warning) and attribution re-runs ``z_m``, equal to the reference."""
-    from transformer_lens import TransformerBridge
-
-    from tests.test_attribution import reference_scores
-    from tl_capability import attribute
-    from tl_capability.sites import supports_kv_cache
-
-    directory = save_hf_model("mpt", tmp_path / "mpt")
-    model = TransformerBridge.boot_transformers(str(directory)).eval()
-    with pytest.warns(UserWarning, match="MPT's ALiBi"):
-        assert not supports_kv_cache(model)
-    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
-    scores = attribute(model, data, steps=3, per_sample=True, progress=False)
-    expected = reference_scores(model, data, "ig", steps=3)
-    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_neurgrad_of_a_silent_relu_neuron_is_its_slope(tmp_path):
@@ -534,6 +518,15 @@ def test_position_free_marks_functions_partials_methods_and_callables(arch_model
         position_free(Steer().method),
         position_free(Steer()),
     ]
+
+    class Slotted:
+        __slots__ = ()
+
+        def __call__(self, resid, hook):
+            return resid
+
+    with pytest.raises(TypeError, match="wrap it in a function"):
+        position_free(Slotted())
     name = "blocks.0.hook_resid_pre"
     assert hooks_are_position_free(model)
     with model.hooks(fwd_hooks=[(name, fn) for fn in marked]):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability import CapabilityDataset, attribute, neuron_site
 from tl_capability import layered_rows as lr
+from tl_capability.sites import hook_signature
 
 DS = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
 KW = {"steps": 3, "per_sample": True, "progress": False}
@@ -155,7 +156,7 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
         raise RuntimeError("user hook failed")
 
     with gpt2.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", fail)]):
-        lr._EXACT[gpt2] = {site: (lr.hook_signature(gpt2), True)}  # skip the probe
+        lr._EXACT[gpt2] = {site: (hook_signature(gpt2), True)}  # skip the probe
         with pytest.raises(RuntimeError, match="user hook failed"):
             attribute(gpt2, DS, use_cache=True, **KW)
     assert [len(b._forward_pre_hooks) for b in blocks] == before

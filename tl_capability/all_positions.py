@@ -45,13 +45,15 @@ from tl_capability.options import AllPositionMethod, Metric, check_option
 from tl_capability.rows import Rows, _metric_surrogate, final_residual
 from tl_capability.sites import (
     NeuronSite,
+    ProbeMemo,
     attention_window,
-    hook_signature,
     is_bridge,
     is_masked_lm,
+    kept_until_hooks_change,
     mlp_output_adds_linearly,
     mlp_w_out,
     model_device,
+    probe_tolerance,
     resid_post_hook_name,
     resid_pre_hook_name,
     unembedding,
@@ -85,14 +87,10 @@ def _expands(model: Any, width: int) -> bool:
     window = attention_window(model)
     if window is not None and width > window:
         return False
-    signature = hook_signature(model)
-    known = _GROWS.get(model)
-    if known is None or known[0] != signature:
-        known = _GROWS[model] = (signature, _batch_grows(model))
-    return known[1]
+    return kept_until_hooks_change(_GROWS, model, None, lambda: _batch_grows(model))
 
 
-_GROWS: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
+_GROWS: ProbeMemo = WeakKeyDictionary()
 
 
 def _batch_grows(model: Any) -> bool:
@@ -116,7 +114,7 @@ def _batch_grows(model: Any) -> bool:
                 [(resid_pre_hook_name(0), grow)],
                 **_causal_mask(model, tokens.shape[1], device),
             )
-        tol = 2e-2 if own.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        tol = probe_tolerance(own.dtype)
         scale = float(own.abs().max())
         same = grown.shape[0] == 3 and all(
             float((grown[i] - own[j]).abs().max()) <= tol * scale

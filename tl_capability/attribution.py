@@ -50,7 +50,13 @@ from tl_capability.options import (
     Site,
     check_option,
 )
-from tl_capability.rows import clean_pass, layer_row_gradients, row_gradients, rows_for
+from tl_capability.rows import (
+    clean_pass,
+    layer_row_gradients,
+    neg_direction,
+    row_gradients,
+    rows_for,
+)
 from tl_capability.sites import (
     NeuronSite,
     model_device,
@@ -241,11 +247,7 @@ def _target_scores(
             t = torch.arange(start, min(start + max_rows, n_targets), device=device)
             grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
-        if method == "grad_x_act":
-            return g * acts
-        # NEG's direction, sign(0) = +1 as in empirical_neg: a ReLU's silent neurons still
-        # have a slope (torch.sign(0) = 0 zeroed every one of them)
-        return g * torch.where(acts < 0, -1.0, 1.0).to(g.dtype)
+        return g * (acts if method == "grad_x_act" else neg_direction(acts))
     if cache is not None and layered_rows_exact(model, site):
         grad_sum = layered_ig_grad_sum(
             model, site, batch, cache, acts, alphas.to(device), metric, max_rows

@@ -33,6 +33,7 @@ from tl_capability.sites import (
     hook_points_in_use,
     is_head_hook,
     model_device,
+    probe_tolerance,
     unembed,
 )
 
@@ -75,9 +76,10 @@ def _probe(model: Any) -> bool:
         except (HookNotReached, AttributeError) as error:  # no such path (e.g. no ln_final)
             _NOT_REACHED[model] = str(error)
             return False
-    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     scale = max(float(full.abs().max()), 1.0)
-    return float((rows - full).abs().max()) <= (2e-2 if half else 1e-4) * scale
+    return (
+        float((rows - full).abs().max()) <= probe_tolerance(next(model.parameters()).dtype) * scale
+    )
 
 
 def require_separable_head(model: Any) -> None:

@@ -44,7 +44,14 @@ from tl_capability.rows import (
     over_cached_prefix,
     probe_head,
 )
-from tl_capability.sites import NeuronSite, block_modules, hook_signature, model_device
+from tl_capability.sites import (
+    NeuronSite,
+    ProbeMemo,
+    block_modules,
+    kept_until_hooks_change,
+    model_device,
+    probe_tolerance,
+)
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ def layered_ig_grad_sum(
     return grad_sum
 
 
-_EXACT: WeakKeyDictionary[Any, dict[NeuronSite, tuple[tuple, bool]]] = WeakKeyDictionary()
+_EXACT: ProbeMemo = WeakKeyDictionary()
 
 
 def layered_rows_exact(model: Any, site: NeuronSite) -> bool:
@@ -240,12 +247,12 @@ def layered_rows_exact(model: Any, site: NeuronSite) -> bool:
     prompt, three steps, every layer in one pass and in passes of half the layers; relative
     difference below 1e-4, or 2e-2 in half precision). Kept per model and site until the hooks
     attached to the model change."""
-    signature = hook_signature(model)
-    known = _EXACT.setdefault(model, {})
-    if site not in known or known[site][0] != signature:
+
+    def probe() -> bool:
         with probe_head():  # the head is the same on both paths; a small one is cheaper
-            known[site] = (signature, _probe(model, site))
-    return known[site][1]
+            return _probe(model, site)
+
+    return kept_until_hooks_change(_EXACT, model, site, probe)
 
 
 def _probe(model: Any, site: NeuronSite) -> bool:
@@ -288,9 +295,8 @@ def _probe(model: Any, site: NeuronSite) -> bool:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError):
         return False  # a block that reads the cut arguments otherwise: keep the plain rows
-    half = cache.layers[0].keys.dtype in (torch.float16, torch.bfloat16)
     scale = float(slow.abs().max())
     if not scale > 0:  # nothing to compare (e.g. a head whose probed logits are all alike)
         return False
-    tol = (2e-2 if half else 1e-4) * scale
+    tol = probe_tolerance(cache.layers[0].keys.dtype) * scale
     return all(bool(torch.isfinite(f).all()) and float((f - slow).abs().max()) <= tol for f in fast)

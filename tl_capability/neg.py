@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from tl_capability.data import CapabilityDataset, batches, count_batches, tokenize
 from tl_capability.head import require_separable_head
 from tl_capability.options import Metric, Site, check_option
-from tl_capability.rows import Rows, clean_pass, row_metric, rows_for
+from tl_capability.rows import Rows, clean_pass, neg_direction, row_metric, rows_for
 from tl_capability.sites import NeuronSite, neuron_site, require_eval, resolve_use_cache
 
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
@@ -172,8 +172,7 @@ def empirical_neg(
             t, n, s = t_idx[sl], n_idx[sl], s_idx[sl]
             layer, neuron = layer_of[n], neuron_of[n]
             a = acts[t, layer, neuron]
-            sign = torch.where(a < 0, -1.0, 1.0)
-            value = a + x.to(device)[s] * sign
+            value = a + x.to(device)[s] * neg_direction(a)
             rows = rows_for(batch, t, cache)
             hooks = _patch_hooks(resolved, rows, layer, neuron, value)
             with torch.no_grad():

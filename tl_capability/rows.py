@@ -58,6 +58,13 @@ class Rows:
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def neg_direction(acts: Tensor) -> Tensor:
+    """``sign(a)`` with ``sign(0) = +1``: the direction NEG shifts a neuron along (Zhao et al.),
+    which NeurGrad's gradient is read along too (``torch.sign(0) = 0`` would silence every
+    inactive ReLU neuron)."""
+    return torch.where(acts < 0, -1.0, 1.0).to(acts.dtype)
+
+
 def general_rows(batch: Batch, targets: Tensor) -> Rows:
     """One sequence ``z_m`` per target, cut to the longest one (whole, for masked LMs)."""
     pos = batch.target_pos[targets]

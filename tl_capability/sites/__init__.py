@@ -24,7 +24,9 @@ weight names and what a model supports; the others call its functions:
   [`resolve_use_cache`][tl_capability.sites.resolve_use_cache] (with
   [`position_free`][tl_capability.sites.position_free] /
   [`hooks_are_position_free`][tl_capability.sites.hooks_are_position_free]) and
-  [`attention_window`][tl_capability.sites.attention_window];
+  [`attention_window`][tl_capability.sites.attention_window]; probes kept per model until its
+  hooks change ([`kept_until_hooks_change`][tl_capability.sites.kept_until_hooks_change]), within
+  [`probe_tolerance`][tl_capability.sites.probe_tolerance];
 - the checks and facts every entry point needs: [`require_eval`][tl_capability.sites.require_eval],
   [`model_device`][tl_capability.sites.model_device],
   [`model_name`][tl_capability.sites.model_name].
@@ -69,16 +71,19 @@ from tl_capability.sites.neurons import (
     neuron_site,
 )
 from tl_capability.sites.support import (
+    ProbeMemo,
     attention_window,
     head_has_hooks,
     hook_points_in_use,
     hook_signature,
     hooks_are_position_free,
     is_bridge,
+    kept_until_hooks_change,
     kv_cache_forward,
     mlp_output_adds_linearly,
     new_kv_cache,
     position_free,
+    probe_tolerance,
     resolve_use_cache,
     supports_kv_cache,
 )
@@ -95,6 +100,7 @@ __all__ = [
     "UNEMBED_INPUT",
     "HookNotReached",
     "NeuronSite",
+    "ProbeMemo",
     "SiteKind",
     "StopForward",
     "attention_window",
@@ -108,6 +114,7 @@ __all__ = [
     "is_bridge",
     "is_head_hook",
     "is_masked_lm",
+    "kept_until_hooks_change",
     "kv_cache_forward",
     "logit_transform",
     "mlp_output_adds_linearly",
@@ -119,6 +126,7 @@ __all__ = [
     "neuron_site",
     "new_kv_cache",
     "position_free",
+    "probe_tolerance",
     "require_eval",
     "resid_post_hook_name",
     "resid_pre_hook_name",

@@ -192,8 +192,8 @@ def _probe_kv_cache(model: Any) -> bool:
                 return False
             full = run_until(model, last, tokens, [])[:, -1].float()
             scale = max(float(full.abs().max()), 1.0)
-            half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-            if float((rows - full).abs().max()) <= (2e-2 if half else 1e-4) * scale:
+            tol = probe_tolerance(next(model.parameters()).dtype)
+            if float((rows - full).abs().max()) <= tol * scale:
                 return True
     warnings.warn(
         "this model's key/value cache, under the cached rows' 4-D mask and position ids, does "
@@ -216,7 +216,27 @@ def _is_hf_model(module: Any) -> bool:
 # What a forward pass found out about a model, kept per model (weakly, so a model is not kept
 # alive): each probe costs a pass that a one-prompt attribution would otherwise pay every call.
 _KV_CACHE: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
-_MLP_ADDS_LINEARLY: WeakKeyDictionary[Any, tuple[tuple[int, ...], bool]] = WeakKeyDictionary()
+#: Probe answers kept per model, then per key: ``{key: (hook signature, answer)}``.
+ProbeMemo = WeakKeyDictionary[Any, dict[Any, tuple[tuple[int, ...], bool]]]
+_MLP_ADDS_LINEARLY: ProbeMemo = WeakKeyDictionary()
+
+
+def kept_until_hooks_change(
+    memo: ProbeMemo, model: Any, key: Any, probe: Callable[[], bool]
+) -> bool:
+    """``probe()``, kept in ``memo`` per model and ``key`` until the hooks attached to the model
+    change ([`hook_signature`][tl_capability.sites.hook_signature])."""
+    signature = hook_signature(model)
+    known = memo.setdefault(model, {})
+    if key not in known or known[key][0] != signature:
+        known[key] = (signature, probe())
+    return known[key][1]
+
+
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """The relative difference a probe accepts between two ways of computing the same numbers:
+    1e-4, or 2e-2 in half precision."""
+    return 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
 
 
 def mlp_output_adds_linearly(model: Any) -> bool:
@@ -228,11 +248,9 @@ def mlp_output_adds_linearly(model: Any) -> bool:
     Probed with a short pass per layer that perturbs that layer's post-activations; the answer
     is kept per model until the hooks attached to it change.
     """
-    signature = hook_signature(model)
-    known = _MLP_ADDS_LINEARLY.get(model)
-    if known is None or known[0] != signature:
-        known = _MLP_ADDS_LINEARLY[model] = (signature, _probe_mlp_output(model))
-    return known[1]
+    return kept_until_hooks_change(
+        _MLP_ADDS_LINEARLY, model, None, lambda: _probe_mlp_output(model)
+    )
 
 
 def hook_signature(model: Any) -> tuple[int, ...]:
