@@ -21,9 +21,11 @@ def _metric(model, tokens, target, metric):
     return logp if metric == "logprob" else logp.exp()
 
 
-def reference_scores(model, ds, method, steps=4, rule="midpoint", metric="prob"):
-    """Obviously correct and slow: the whole model re-run per sample, answer token, layer, step."""
+def reference_scores(model, ds, method, steps=4, rule="midpoint", metric="prob", layers=None):
+    """Obviously correct and slow: the whole model re-run per sample, answer token, layer, step
+    (``layers``: only these layers, in this order; default all)."""
     n_layers = model.cfg.n_layers
+    chosen = range(n_layers) if layers is None else layers
     alphas = ig_alphas(steps, rule)
     out = []
     for s in tokenize(model, ds):
@@ -46,7 +48,7 @@ def reference_scores(model, ds, method, steps=4, rule="midpoint", metric="prob")
             ):
                 model(z)
             layer_scores = []
-            for layer in range(n_layers):
+            for layer in chosen:
                 a = clean[layer]
                 if method == "activation":
                     layer_scores.append(a.abs())

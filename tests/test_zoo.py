@@ -110,7 +110,9 @@ def test_models_load_model_resolves_zoo_names(monkeypatch):
         models.load_model("zoo:gpt5")
     calls = []
 
-    def fake_load_model(name: str, kind: str = "auto", device: str | None = None) -> Any:
+    def fake_load_model(
+        name: str, kind: str = "auto", device: str | None = None, dtype: str | None = None
+    ) -> Any:
         calls.append(name)
         return torch.nn.Linear(1, 1)
 

