@@ -282,3 +282,28 @@ def test_interrupted_report_keeps_the_previous_folder(capsys, tmp_path, monkeypa
                      "--quiet"]) == 0  # fmt: skip
     assert (out / "index.md").read_text().startswith("# tl_capability report")
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_the_demo_flags_sets_that_break_every_capability():
+    """The σ rule's set on SmolLM2 drops every task to 0: the demo must not read that as
+    localization."""
+    from types import SimpleNamespace
+
+    from tl_capability.demo import _breaks_everything
+
+    def erased(cells):
+        rows = [
+            SimpleNamespace(located=a, evaluated=b, drop=d, random_drop=r)
+            for (a, b), (d, r) in cells.items()
+        ]
+        return SimpleNamespace(at=lambda sigma: rows)
+
+    critical = {
+        ("a", "a"): (100, 10),
+        ("a", "b"): (100, 30),
+        ("b", "b"): (60, 0),
+        ("b", "a"): (5, 0),
+    }
+    assert _breaks_everything(erased(critical), 2.0) == ["a"]
+    local = {("a", "a"): (90, 0), ("a", "b"): (4, 0), ("b", "b"): (80, 2), ("b", "a"): (75, 70)}
+    assert _breaks_everything(erased(local), 2.0) == []  # b's other drop is no more than random's

@@ -116,7 +116,16 @@ def test_schema_errors_and_registry(tmp_path):
         loaders.load("nope")
     g = _jsonl(tmp_path / "g.jsonl", [{"question": "a?", "answer": "#### 1"}])
     assert loaders.load("gsm8k", g).answers == [" 1"]
-    assert set(loaders.LOADERS) == {"gsm8k", "emotion", "imdb", "metamathqa", "code25k", "mceval8k"}
+    assert set(loaders.LOADERS) == {
+        "gsm8k",
+        "emotion",
+        "imdb",
+        "metamathqa",
+        "code25k",
+        "mceval8k",
+        "function_vectors",
+        "pararel",
+    }
 
 
 def test_hub_names_fail_offline_with_a_clear_error():

@@ -100,7 +100,7 @@ def _staged(out: str | Path) -> Iterator[Path]:
 
 def _demo(args: argparse.Namespace) -> int:
     from tl_capability import zoo
-    from tl_capability.demo import DemoSizes, run
+    from tl_capability.demo import REAL_SIZES, DemoSizes, run
 
     start = time.perf_counter()
     zoo.import_backend()  # TransformerLens imports its model machinery on first use
@@ -108,14 +108,16 @@ def _demo(args: argparse.Namespace) -> int:
     model = zoo.load_model(args.model)
     loaded = time.perf_counter()
     cfg = model.cfg
+    real = args.model in zoo.real_model_names()
     print(
-        f"zoo model {args.model!r}: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{'pretrained' if real else 'zoo'} model {args.model!r}: {cfg.n_layers} layers, "
+        f"d_model {cfg.d_model}, "
         f"d_mlp {cfg.d_mlp} "
         f"({cfg.n_layers * cfg.d_mlp} MLP neurons); TransformerLens import "
         f"{imported - start:.1f}s, model load {loaded - imported:.1f}s"
     )
     sizes = (
-        DemoSizes()
+        (REAL_SIZES if real else DemoSizes())
         if not args.quick
         else DemoSizes(
             locate=12,
@@ -129,6 +131,8 @@ def _demo(args: argparse.Namespace) -> int:
             enhance_train=16,
             epochs=(1,),
             sigmas=(2.0, 6.0),
+            steps=REAL_SIZES.steps if not real else 4,
+            noise=REAL_SIZES.noise if real else 1.0,
         )
     )
     with _staged(args.out) as folder:
@@ -139,7 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"\n{'capability':<11} {'accuracy':>9} {'neurons':>8} {'erased':>8} {'random':>8} "
         f"{'others':>8} {'halves':>7}   (σ = {sigma:g}; drops in points)"
     )
-    for name in zoo.capability_names():
+    for name in head["capabilities"]:
         h = head[name]
         print(
             f"{name:<11} {h['accuracy']:>8.1f}% {h['neurons']:>8d} {-h['own_drop']:>+8.1f} "
@@ -153,8 +157,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(
         f"knowledge-neuron reliability (IPP vs the best random set): {head['kn_ipp']:.2f}; "
-        f"linearity: median |r| {head['neg_median_abs_r']:.2f}; enhancement (addition after "
-        "noise, accuracy after fine-tuning): "
+        f"linearity: median |r| {head['neg_median_abs_r']:.2f}; enhancement "
+        f"({head['enhanced']} after noise, accuracy after fine-tuning): "
         + ", ".join(f"{k} {v:.1f}%" for k, v in head["enhancement"].items())
     )
     print(
@@ -162,6 +166,12 @@ def _demo(args: argparse.Namespace) -> int:
         "random sets of the same size per layer; others: the worst change of another "
         "capability; halves: overlap of the sets located on two halves of the data."
     )
+    if head["breaks_everything"]:
+        print(
+            f"NOT localization: at σ = {sigma:g} the sets of "
+            f"{', '.join(head['breaks_everything'])} drop every capability alike "
+            "(model-critical neurons); read own drops beside the others' and the random sets'."
+        )
     print(f"Report: {index.resolve()} ({head['seconds']} s)")
     return 0
 
@@ -357,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="capability-report", help="report folder")
     demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
     demo.add_argument(
-        "--model", default="gpt2", help="zoo model: gpt2 (default), gpt2-dropout or llama"
+        "--model",
+        default="gpt2",
+        help="zoo model: gpt2 (default), gpt2-dropout, llama, or the pretrained smollm2-135m "
+        "(real tasks and facts; the real extra)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)

@@ -5,7 +5,8 @@ A [`CapabilityDataset`][tl_capability.data.CapabilityDataset] is a thin, validat
 candidate answer) and ``label`` (``answer == choices[label]``) for multiple-choice tasks.
 [`tokenize`][tl_capability.data.tokenize] turns it into token ids for one model, and
 [`batches`][tl_capability.data.batches] into right-padded batches that know which position predicts
-which answer token.
+which answer token. An optional ``subject`` column holds each prompt's subject (a substring of it),
+for methods that corrupt the subject's tokens.
 
 Teacher forcing (Huang et al., ICLR 2025): the input is ``prompt ⊕ answer[:-1]``; the logits at
 position ``len(prompt) - 1 + m`` predict ``answer[m]``, so ``z_m = prompt ⊕ answer[:m]`` ends at
@@ -72,6 +73,15 @@ class CapabilityDataset:
                     raise ValueError(f"sample {i}: label {lab} is not an index into {c}")
                 if c[lab] != a:
                     raise ValueError(f"sample {i}: answer {a!r} is not choices[label] = {c[lab]!r}")
+        if "subject" in data.column_names:
+            for i, (p, s) in enumerate(zip(data["prompt"], data["subject"], strict=True)):
+                if not isinstance(s, str) or not s or s not in p:
+                    raise ValueError(
+                        f"sample {i} ({p!r}): the subject {s!r} is not a non-empty substring of "
+                        "its prompt (a 'subject' column names the part of each prompt that "
+                        "methods such as causal tracing corrupt; rename or drop a column that "
+                        "means something else)"
+                    )
         self.data = data
         self.name = name
 
@@ -86,11 +96,24 @@ class CapabilityDataset:
         *,
         choices: Sequence[Sequence[str]] | None = None,
         labels: Sequence[int] | None = None,
+        subjects: Sequence[str] | None = None,
     ) -> CapabilityDataset:
         """Builds a dataset from parallel lists of prompts and answers.
 
+        Args:
+            prompts: The prompts.
+            answers: The answers, one per prompt (with the leading space a BPE tokenizer
+                expects after the prompt).
+            name: A label for reports.
+            choices: Every candidate answer of each sample (multiple choice).
+            labels: The index of each sample's answer in its ``choices``.
+            subjects: The subject of each sample (``"France"`` in ``"The capital of France
+                is"``), a substring of its prompt, kept in a ``subject`` column for methods
+                that corrupt or patch the subject's tokens (causal tracing).
+
         Raises:
-            ValueError: If the lists differ in length or are empty.
+            ValueError: If the lists differ in length or are empty, or naming the first sample
+                whose subject is not a substring of its prompt.
         """
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
@@ -99,6 +122,8 @@ class CapabilityDataset:
             columns["choices"] = [list(c) for c in choices]
         if labels is not None:
             columns["label"] = list(labels)
+        if subjects is not None:
+            columns["subject"] = list(subjects)
         for key, values in columns.items():
             if len(values) != len(prompts):
                 raise ValueError(f"{len(values)} {key} for {len(prompts)} prompts")
@@ -181,6 +206,14 @@ class CapabilityDataset:
         return self.data.with_format("arrow")[name].to_pylist()
 
     @property
+    def subjects(self) -> list[str] | None:
+        """Each sample's subject (a substring of its prompt), or ``None`` when the dataset has
+        no ``subject`` column."""
+        if "subject" not in self.data.column_names:
+            return None
+        return self._column("subject")
+
+    @property
     def is_multiple_choice(self) -> bool:
         """Whether the dataset has ``choices`` and ``label`` columns."""
         return {"choices", "label"} <= set(self.data.column_names)
@@ -248,6 +281,66 @@ def prepends_bos(model: Any) -> bool:
     """Whether prompts get the model's BOS token (TransformerLens's ``default_prepend_bos``)."""
     return bool(getattr(model.cfg, "default_prepend_bos", True)) and (
         getattr(model_tokenizer(model), "bos_token_id", None) is not None
+    )
+
+
+def _as_tokenizer(model_or_tokenizer: Any) -> Any:
+    """The tokenizer of a model (anything with a ``cfg``), or the argument itself."""
+    if hasattr(model_or_tokenizer, "cfg"):
+        return model_tokenizer(model_or_tokenizer)
+    return model_or_tokenizer
+
+
+def answer_token_mismatches(model_or_tokenizer: Any, dataset: CapabilityDataset) -> list[int]:
+    """The indices of the samples whose text the tokenizer splits differently as one string
+    than as prompt and answer apart.
+
+    Teacher forcing reads ``tokens(prompt) ⊕ tokens(answer)``; when
+    ``tokens(prompt + answer)`` differs (a BPE merge across the boundary, an answer written
+    without the space the tokenizer puts before a word), the model is scored on tokens it
+    would never see in running text.
+
+    Args:
+        model_or_tokenizer: A model with a tokenizer, or a Hugging Face tokenizer.
+        dataset: The samples.
+    """
+    tokenizer = _as_tokenizer(model_or_tokenizer)
+    prompts, answers = dataset.prompts, dataset.answers
+    joint = _encode(tokenizer, [p + a for p, a in zip(prompts, answers, strict=True)])
+    apart = zip(_encode(tokenizer, prompts), _encode(tokenizer, answers), strict=True)
+    return [i for i, ((p, a), j) in enumerate(zip(apart, joint, strict=True)) if p + a != j]
+
+
+def check_answer_tokens(model_or_tokenizer: Any, dataset: CapabilityDataset) -> None:
+    """Checks that every sample's prompt and answer tokenize apart as they do together (see
+    [`answer_token_mismatches`][tl_capability.data.answer_token_mismatches]).
+
+    Args:
+        model_or_tokenizer: A model with a tokenizer, or a Hugging Face tokenizer.
+        dataset: The samples.
+
+    Raises:
+        ValueError: Naming the first sample (index, prompt and answer) whose tokens differ,
+            with both tokenizations.
+    """
+    bad = answer_token_mismatches(model_or_tokenizer, dataset)
+    if not bad:
+        return
+    tokenizer = _as_tokenizer(model_or_tokenizer)
+    i = bad[0]
+    prompt, answer = dataset[i]["prompt"], dataset[i]["answer"]
+
+    def pieces(text: str) -> list[str]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer.convert_ids_to_tokens(ids)
+
+    raise ValueError(
+        f"sample {i} (prompt {prompt!r}, answer {answer!r}) of {dataset.name or 'the dataset'}: "
+        f"prompt + answer tokenizes to {pieces(prompt + answer)}, but prompt and answer apart "
+        f"to {pieces(prompt)} + {pieces(answer)}, so teacher forcing would read tokens the model "
+        f"never sees in running text ({len(bad)} of {len(dataset)} samples differ); write the "
+        "answer as the text continues (a leading space before a word) or end the prompt "
+        "elsewhere"
     )
 
 

@@ -127,3 +127,37 @@ def accuracy(
     """
     correct = answer_correct(model, dataset, batch_size=batch_size, progress=progress, hooks=hooks)
     return correct.float().mean().item()
+
+
+def correct_subset(
+    model: Any,
+    dataset: CapabilityDataset,
+    *,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> tuple[CapabilityDataset, int]:
+    """The samples the model answers correctly (exact match), and how many there are.
+
+    Erasure experiments measure how much of a capability a set of neurons removes, which is
+    only defined on what the model could do to begin with; they should report the count kept.
+
+    Args:
+        model: A TransformerLens model in eval mode.
+        dataset: The samples.
+        batch_size: Samples per forward pass.
+        progress: Show a progress bar; ``None`` shows one when there are more than 20 batches.
+
+    Returns:
+        The correctly answered samples (same name, order and columns), and their number.
+
+    Raises:
+        ValueError: When the model answers none of them (an empty dataset cannot be built).
+    """
+    correct = answer_correct(model, dataset, batch_size=batch_size, progress=progress)
+    kept = correct.nonzero()[:, 0].tolist()
+    if not kept:
+        raise ValueError(
+            f"the model answers none of the {len(dataset)} samples of "
+            f"{dataset.name or 'the dataset'} correctly"
+        )
+    return dataset.select(kept), len(kept)
