@@ -333,3 +333,50 @@ def test_swapping_a_hook_for_another_is_probed_again(model):
         hook.remove_hooks()
     model.blocks[0].register_forward_pre_hook(lambda module, args: None).remove()
     assert sites.mlp_output_adds_linearly(model)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_the_last_mlp_runs_where_it_is_read_only(arch, monkeypatch):
+    """Rows read the last block's output at their answer positions only, so its MLP runs there
+    (and at every position of the clean samples): the same scores as running it everywhere,
+    on the grown-batch path and on the rows that re-run the scaled block."""
+    from transformer_lens import TransformerBridge
+
+    import tl_capability.all_positions as all_positions
+
+    path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
+    model = TransformerBridge.boot_transformers(str(path)).eval()
+    assert all_positions._packs(model) is not None
+    kwargs = {"steps": 3, "positions": "all", "per_sample": True, "progress": False}
+    packed = attribute(model, DATA, "ig", **kwargs)
+    monkeypatch.setattr(all_positions, "mlp_output_adds_linearly", lambda m: False)
+    packed_per_row = attribute(model, DATA, "ig", **kwargs)
+    monkeypatch.setattr(all_positions, "_packs", lambda m: None)
+    whole = attribute(model, DATA, "ig", **kwargs)
+    torch.testing.assert_close(packed.per_sample, whole.per_sample, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(packed_per_row.per_sample, whole.per_sample, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="Hugging Face models load through the 4.x bridge")
+def test_a_last_block_that_mixes_positions_after_its_mlp_runs_it_everywhere():
+    """A last block that mixes positions after its MLP (here a hook, marked position-free, that
+    adds the sum over earlier positions to its output) would make the packed MLP wrong: the
+    check finds it, and rows run the MLP everywhere."""
+    from transformer_lens import TransformerBridge
+
+    import tl_capability.all_positions as all_positions
+    from tl_capability import position_free
+
+    path = save_hf_model("gpt2", Path(tempfile.mkdtemp(prefix="tlc-gpt2-")))
+    model = TransformerBridge.boot_transformers(str(path)).eval()
+    last = model.cfg.n_layers - 1
+    mix = position_free(lambda out, hook: out + 0.1 * out.cumsum(1))
+    with model.hooks(fwd_hooks=[(f"blocks.{last}.hook_resid_post", mix)]):
+        assert all_positions._packs(model) is None
+        scores = attribute(
+            model, DATA, "ig", steps=2, positions="all", per_sample=True, progress=False
+        )
+        expected = reference(model, DATA, "ig", steps=2)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+    assert all_positions._packs(model) is not None

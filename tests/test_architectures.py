@@ -398,15 +398,43 @@ def test_a_model_whose_cache_rows_would_differ_takes_the_general_path(tmp_path, 
         empirical_neg(model, data, [(0, 0)], use_cache=True, progress=False)
 
 
+@pytest.mark.parametrize(
+    "arch, warning", [("bloom", "4-D mask"), ("mpt", "does not reproduce its full")]
+)
+@pytest.mark.parametrize("method", ["ig", "grad_x_act"])
+def test_the_first_call_finds_such_a_cache_on_its_own_passes(tmp_path, arch, warning, method):
+    """The same models, with no probe asked before: the first call's own rows find out, warn as
+    the probe does, and the scores are the reference's."""
+    from transformer_lens import TransformerBridge
+
+    from tests.test_attribution import reference_scores
+    from tl_capability import attribute
+    from tl_capability.sites import kv_cache_known
+
+    directory = save_hf_model(arch, tmp_path / arch)
+    model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
+    with pytest.warns(UserWarning, match=warning):
+        scores = attribute(model, data, method, steps=3, per_sample=True, progress=False)
+    assert kv_cache_known(model) is False and not scores.params["kv_cache"]
+    expected = reference_scores(model, data, method, steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
 def test_a_config_that_misstates_the_mlp_width_is_refused_with_the_reason(tmp_path):
     """TransformerLens's bridge reads OPT's ``d_mlp`` as 4 × width whatever ``ffn_dim`` says: the
     width check refuses such a model (its neurons would be misaddressed) and says why."""
     from transformer_lens import TransformerBridge
 
+    from tl_capability import attribute
     from tl_capability.sites import neuron_site
 
     directory = save_hf_model("opt", tmp_path / "opt", ffn_dim=96)
     model = TransformerBridge.boot_transformers(str(directory)).eval()
+    data = CapabilityDataset.from_pairs(["12+34="], ["46"])
+    # attribution checks the widths on its first clean pass, not by a pass of its own
+    with pytest.raises(ValueError, match="carries 96 values .* misstates its width"):
+        attribute(model, data, steps=2, progress=False)
     with pytest.raises(ValueError, match="carries 96 values .* misstates its width"):
         neuron_site(model)
 

@@ -87,7 +87,7 @@ def test_probe_refuses_a_wrong_cut_and_attribution_keeps_the_plain_rows(gpt2, mo
 
 
 def _count_layered(monkeypatch) -> list:
-    from tl_capability import attribution
+    from tl_capability import attribution, first_call
 
     calls = []
 
@@ -95,7 +95,9 @@ def _count_layered(monkeypatch) -> list:
         calls.append(1)
         return lr.layered_ig_grad_sum(*args, **kwargs)
 
+    # a model's first call takes them through its checks (first_call), later calls directly
     monkeypatch.setattr(attribution, "layered_ig_grad_sum", counted)
+    monkeypatch.setattr(first_call, "layered_ig_grad_sum", counted)
     return calls
 
 
@@ -160,3 +162,97 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
         with pytest.raises(RuntimeError, match="user hook failed"):
             attribute(gpt2, DS, use_cache=True, **KW)
     assert [len(b._forward_pre_hooks) for b in blocks] == before
+
+
+# ------------------------------------------------- the first call checks on its own passes
+
+
+def _no_probes(monkeypatch) -> None:
+    """The stand-alone probes fail the test if they run."""
+    from tl_capability import head
+    from tl_capability.sites import neurons, support
+
+    def probe(*args, **kwargs):
+        raise AssertionError("a stand-alone probe ran")
+
+    for module, name in (
+        (head, "_probe"),
+        (support, "_probe_kv_cache"),
+        (lr, "_probe"),
+        (neurons, "_check_width"),
+    ):
+        monkeypatch.setattr(module, name, probe)
+
+
+@needs_bridge
+@pytest.mark.parametrize("method", ["ig", "grad_x_act", "neurgrad"])
+def test_the_first_call_checks_on_its_own_passes(gpt2, monkeypatch, method):
+    """A fresh model's first call reads the width, head, cache and layered-rows checks off its
+    own passes (no probe of their own), keeps what they found, and gives the reference's
+    scores."""
+    from tests.test_attribution import reference_scores
+    from tl_capability import head
+    from tl_capability.sites import kv_cache_known, width_checked
+
+    _no_probes(monkeypatch)
+    first = attribute(gpt2, DS, method, **KW)
+    site = neuron_site(gpt2, check_width=False)
+    assert width_checked(gpt2, site) and head._CHECKED[gpt2] is True
+    assert kv_cache_known(gpt2) is True and first.params["kv_cache"]
+    if method == "ig":
+        assert lr.layered_rows_known(gpt2, site, {False}) is True
+    expected = reference_scores(gpt2, DS, method, steps=3)
+    torch.testing.assert_close(first.per_sample, expected, rtol=1e-4, atol=1e-7)
+    later = attribute(gpt2, DS, method, **KW)
+    torch.testing.assert_close(later.per_sample, first.per_sample, rtol=1e-5, atol=1e-8)
+
+
+@needs_bridge
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda value, n_max, n, width: value,  # nothing cut: the pass fails
+        lambda value, n_max, n, width: (  # a mask cut from the wrong end: wrong numbers
+            value[..., :n, -(width + n) :]
+            if isinstance(value, torch.Tensor) and value.dim() == 4
+            else CUT(value, n_max, n, width)
+        ),
+    ],
+)
+def test_the_first_call_refuses_a_wrong_cut_on_its_own_rows(gpt2, monkeypatch, cut):
+    """With no probe run before, the first call's rows find the wrong cut: the batch runs on
+    the plain cached rows, and layered rows stay refused."""
+    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    lr._EXACT.pop(gpt2, None)
+    monkeypatch.setattr(lr, "_cut", cut)
+    calls = _count_layered(monkeypatch)
+    fast = attribute(gpt2, DS, **KW)
+    torch.testing.assert_close(fast.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
+    assert calls == [1] and fast.params["kv_cache"]
+    assert lr.layered_rows_known(gpt2, neuron_site(gpt2), {False}) is False
+    attribute(gpt2, DS, **KW)
+    assert calls == [1]  # not tried again
+
+
+@needs_bridge
+@pytest.mark.parametrize("method", ["ig", "grad_x_act"])
+def test_rows_off_the_clean_run_send_the_first_call_to_the_general_path(gpt2, monkeypatch, method):
+    """Rows over the cache that do not reproduce the full pass on the call's data (here: run
+    one position further than they stand for) are caught by the first call even where the
+    cache probe, on its own tokens, passes: a warning, and the general path from then on."""
+    from tl_capability import rows as rows_module
+    from tl_capability.sites import kv_cache_known
+
+    plain = attribute(gpt2, DS, method, use_cache=False, **KW)
+    real = rows_module.over_cached_prefix
+
+    def shifted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out | {"position_ids": out["position_ids"] + 1}
+
+    monkeypatch.setattr(rows_module, "over_cached_prefix", shifted)
+    monkeypatch.setattr(lr, "over_cached_prefix", shifted)
+    with pytest.warns(UserWarning, match="does not reproduce its full forward pass"):
+        fast = attribute(gpt2, DS, method, **KW)
+    torch.testing.assert_close(fast.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
+    assert kv_cache_known(gpt2) is False and not fast.params["kv_cache"]

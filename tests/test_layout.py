@@ -17,6 +17,7 @@ CORE = [
     "evaluate",
     "rows",
     "layered_rows",
+    "first_call",
     "stats",
     "tables",
     "attribution",
@@ -28,6 +29,7 @@ CORE = [
     "curves",
     "learned",
     "localization",
+    "tracing",
 ]
 ABOVE = ("experiments", "report", "cli", "zoo", "demo", "models")
 

@@ -47,9 +47,11 @@ from tl_capability.sites import (
     NeuronSite,
     ProbeMemo,
     attention_window,
+    hooks_are_position_free,
     is_bridge,
     is_masked_lm,
     kept_until_hooks_change,
+    mlp_io_hook_names,
     mlp_output_adds_linearly,
     mlp_w_out,
     model_device,
@@ -149,6 +151,82 @@ def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]
     }
 
 
+class _ReadsOnly:
+    """Hooks that run the last block's MLP only where it is read: at the positions the rows
+    read (and at every position of the batch's first ``whole`` sequences, whose activations
+    there are kept).
+
+    A row's metric reads the last block's output at its answer positions only, and the MLP is
+    the last thing a block does (its output is added to the residual there), so the MLP at any
+    other position of a row feeds nothing that is read: its input is packed to the read
+    positions, ``[whole·pos + reads, 1, d_model]``, and its output scattered back (zeros
+    elsewhere). The MLP is two thirds of a block's multiply-adds, and the last block the one
+    every row runs. Used where [`_packs`][tl_capability.all_positions._packs] holds.
+    """
+
+    def __init__(self, names: tuple[str, str], whole: int, seq: Tensor, pos: Tensor):
+        self.names, self.whole, self.seq, self.pos = names, whole, seq, pos
+        self.shape: tuple[int, int] = (0, 0)
+        self.reads = (seq, pos)
+
+    def hooks(self) -> list:
+        return [(self.names[0], self._take), (self.names[1], self._put)]
+
+    def _take(self, x: Tensor, hook: Any) -> Tensor:
+        n, width = x.shape[:2]
+        here = self.seq < n  # rows already in the batch at this block
+        self.shape, self.reads = (n, width), (self.seq[here], self.pos[here])
+        whole = x[: self.whole].flatten(0, 1)
+        return torch.cat([whole, x[self.reads]])[:, None]
+
+    def _put(self, y: Tensor, hook: Any) -> Tensor:
+        (n, width), cut = self.shape, self.whole * self.shape[1]
+        if y.shape[:2] != (cut + len(self.reads[0]), 1):
+            raise RuntimeError(f"the last MLP's output has shape {tuple(y.shape)}, not its input's")
+        out = y.new_zeros(n, width, y.shape[-1])
+        out[: self.whole] = y[:cut, 0].unflatten(0, (self.whole, width))
+        out[self.reads] = y[cut:, 0]
+        return out
+
+    def whole_part(self, act: Tensor) -> Tensor:
+        """The first ``whole`` sequences of a tensor read inside the packed MLP."""
+        return act[: self.whole * self.shape[1], 0].unflatten(0, (self.whole, self.shape[1]))
+
+
+def _packs(model: Any) -> tuple[str, str] | None:
+    """The last MLP's hook points where rows may run it at their read positions only
+    ([`_ReadsOnly`][tl_capability.all_positions._ReadsOnly]): a bridge whose MLP module has
+    input and output hook points, every hook attached to the model position-free (a hook on
+    the last MLP sees the packed positions), and, checked once per model until its hooks
+    change, a pass that packs a copy of a prompt to its last position ends it as the prompt
+    itself does."""
+    names = mlp_io_hook_names(model, model.cfg.n_layers - 1)
+    if names is None or not is_bridge(model) or not hooks_are_position_free(model):
+        return None
+    exact = kept_until_hooks_change(_PACKS, model, None, lambda: _probe_packs(model, names))
+    return names if exact else None
+
+
+_PACKS: ProbeMemo = WeakKeyDictionary()
+
+
+def _probe_packs(model: Any, names: tuple[str, str]) -> bool:
+    device = model_device(model)
+    tokens = torch.tensor([[0, 1, 2, 3]], device=device).expand(2, -1) % model.cfg.d_vocab
+    last = torch.tensor([1], device=device), torch.tensor([3], device=device)
+    packed = _ReadsOnly(names, 1, *last)
+    try:
+        with torch.no_grad():
+            out = final_residual(model, tokens, packed.hooks())
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError):
+        return False
+    want, got = out[0, 3].float(), out[1, 3].float()
+    scale = max(float(want.abs().max()), 1.0)
+    return float((got - want).abs().max()) <= probe_tolerance(out.dtype) * scale
+
+
 def _rows(
     batch: Batch,
     row_sample: Tensor,
@@ -190,6 +268,7 @@ def all_position_scores(
     # (α a − a) W_out, and the attention, norm, input projection and activation function of
     # that block run once per sample instead of once per (sample, α).
     late = expand and site.kind == "post" and mlp_output_adds_linearly(model)
+    packs = _packs(model)  # the last block's MLP at the read positions only, where it may
     alphas = alphas.to(device)
     n_steps = len(alphas)
     out = torch.zeros(n_samples, site.n_layers, site.d_mlp, device=device)
@@ -203,13 +282,11 @@ def all_position_scores(
                 k = torch.arange(first, min(first + chunk, n_steps), device=device)
                 for start in range(0, n_samples, per_pass):
                     s = torch.arange(start, min(start + per_pass, n_samples), device=device)
-                    grown = _grown_gradients(
-                        model, site, batch, metric, layers, s, alphas[k], weight, kwargs
+                    grown = _grown_scores(
+                        model, site, batch, metric, layers, s, alphas[k], weight, kwargs, packs
                     )
-                    row_sample = s.repeat_interleave(len(k))
-                    for layer, (clean, grad) in zip(layers, grown, strict=True):
-                        per_row = (clean * grad * real[row_sample, :, None]).sum(1)
-                        out[:, layer].index_add_(0, row_sample, per_row)
+                    for layer, per_sample in zip(layers, grown, strict=True):
+                        out[:, layer].index_add_(0, s, per_sample)
         return out / n_steps
     s_idx, k_idx = (
         x.flatten().to(device)
@@ -220,8 +297,9 @@ def all_position_scores(
             s, k = s_idx[start : start + max_rows], k_idx[start : start + max_rows]
             rows, t = _rows(batch, s, batch.tokens if expand else batch.tokens[s], kwargs)
             w = weight[batch.target_row[t]]
+            last = packs if layer < site.n_layers - 1 else None  # scaled there: every position
             clean, grad = _scaled_gradient(
-                model, site, layer, rows, metric, s, alphas[k], expand, w
+                model, site, layer, rows, metric, s, alphas[k], expand, w, last
             )
             per_row = (clean * grad * real[s, :, None]).sum(1)
             out[:, layer].index_add_(0, s, per_row)
@@ -238,12 +316,15 @@ def _scaled_gradient(
     alpha: Float[Tensor, " row"],
     expand: bool,
     weight: Float[Tensor, " read"],
+    packs: tuple[str, str] | None = None,
 ) -> tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]:
-    """The clean activations of ``layer`` and the gradient of each row's metric at ``α·a``."""
+    """The clean activations of ``layer`` and the gradient of each row's metric at ``α·a``
+    (with ``packs``, the last block's MLP runs at the read positions only:
+    [`_ReadsOnly`][tl_capability.all_positions._ReadsOnly])."""
     held: dict[str, Tensor] = {}
 
     def copy_rows(resid: Tensor, hook: Any) -> Tensor:
-        return resid.detach()[row_sample]
+        return resid.detach().index_select(0, row_sample)
 
     def scale(act: Tensor, hook: Any) -> Tensor:
         held["clean"] = act.detach().float()
@@ -254,13 +335,15 @@ def _scaled_gradient(
     fwd = [(site.hook_name(layer), scale)]
     if expand:
         fwd.insert(0, (resid_pre_hook_name(layer), copy_rows))
+    if packs is not None:
+        fwd += _ReadsOnly(packs, 0, rows.seq, rows.pos).hooks()
     with torch.enable_grad():
         _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
         (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
     return held["clean"], grad.float()
 
 
-def _grown_gradients(
+def _grown_scores(
     model: Any,
     site: NeuronSite,
     batch: Batch,
@@ -270,51 +353,64 @@ def _grown_gradients(
     alpha: Float[Tensor, " step"],
     weight: Float[Tensor, " target"],
     kwargs: dict[str, Any],
-) -> list[tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]]:
-    """For each of ``layers``, the clean activations and the gradient of each (sample, step)
-    row's metric at ``α·a``, all layers in one pass.
+    packs: tuple[str, str] | None = None,
+) -> list[Float[Tensor, "sample d_mlp"]]:
+    """For each of ``layers``, each sample's ``Σ_k Σ_p a_p · ∂f/∂a_p (α_k a)`` over the steps
+    ``alpha`` and its real positions, all layers in one pass.
 
     The pass runs the ``samples`` clean; at the output of each block ``l`` of ``layers`` the
     batch grows by one row per (sample, step), the sample's clean output plus
-    ``(α a − a) W_out`` (exact when
-    [`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]), so a row runs
-    only the blocks above its layer, and all rows share the unembedding and one backward pass.
+    ``(α − 1) a W_out`` (exact when
+    [`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]: scaling the
+    post-activations by ``α`` adds ``(α a − a) W_out``), so a row runs only the blocks above its
+    layer, and all rows share the unembedding and one backward pass. ``a W_out`` is computed
+    once per sample; the rows' gradient ``G`` at the block's output gives the activations'
+    ``G W_outᵀ``, which is linear, so the steps' ``G`` are summed first and multiplied by
+    ``W_outᵀ`` once per sample: no ``[row, pos, d_mlp]`` tensor is made, forward or backward.
+    With ``packs``, the last block's MLP runs at the rows' read positions only (and at every
+    position of the clean samples: [`_ReadsOnly`][tl_capability.all_positions._ReadsOnly]).
     """
     b, c = len(samples), len(alpha)
     local = torch.arange(b, device=samples.device).repeat_interleave(c)
-    alpha_rows = alpha.repeat(b)[:, None, None]
     clean: dict[int, Tensor] = {}
-    scaled: dict[int, Tensor] = {}
+    grown: dict[int, Tensor] = {}
+    row_sample = samples[local].repeat(len(layers))
+    rows, t = _rows(batch, row_sample, batch.tokens[samples], kwargs, offset=b)
+    last = None if packs is None else _ReadsOnly(packs, b, rows.seq, rows.pos)
+    top = site.n_layers - 1
+    w_outs = {layer: mlp_w_out(model, layer).detach() for layer in layers}
 
     def keep(layer: int):
         def hook(act: Tensor, hook: Any) -> None:
-            clean[layer] = act[:b].detach()
+            whole = act if last is None or layer < top else last.whole_part(act)
+            clean[layer] = whole[:b].detach()
 
         return hook
 
     def fork(layer: int):
-        w_out = mlp_w_out(model, layer).detach()
-
         def hook(resid: Tensor, hook: Any) -> Tensor:
-            a = clean[layer][local]
-            scaled[layer] = (a * alpha_rows.to(a.dtype)).requires_grad_(True)
-            rows = resid[:b].detach()[local] + (scaled[layer] - a) @ w_out.to(a.dtype)
-            return torch.cat([resid, rows])
+            a = clean[layer]
+            shift = (a @ w_outs[layer].to(a.dtype)).index_select(0, local)
+            coef = (alpha - 1).repeat(b)[:, None, None].to(shift.dtype)
+            base = resid[:b].detach().index_select(0, local)
+            grown[layer] = (base + coef * shift).requires_grad_(True)
+            return torch.cat([resid, grown[layer]])
 
         return hook
 
-    fwd = []
+    fwd = [] if last is None else last.hooks()
     for layer in layers:
         fwd += [(site.hook_name(layer), keep(layer)), (resid_post_hook_name(layer), fork(layer))]
-    row_sample = samples[local].repeat(len(layers))
-    rows, t = _rows(batch, row_sample, batch.tokens[samples], kwargs, offset=b)
     with torch.enable_grad():
         _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
-        grads = torch.autograd.grad(surrogate, [scaled[layer] for layer in layers])
-    return [
-        (clean[layer][local].float(), grad.float())
-        for layer, grad in zip(layers, grads, strict=True)
-    ]
+        grads = torch.autograd.grad(surrogate, [grown[layer] for layer in layers])
+    real = batch.mask.to(samples.device)[samples, :, None]
+    out = []
+    for layer, g in zip(layers, grads, strict=True):
+        summed = g.float().unflatten(0, (b, c)).sum(1)  # the steps' gradients, per sample
+        per_act = summed @ w_outs[layer].float().T
+        out.append((clean[layer].float() * per_act * real).sum(1))
+    return out
 
 
 def _grad_x_act(

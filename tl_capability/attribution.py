@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 
 from tl_capability.all_positions import all_position_scores, check_all_position_method
 from tl_capability.data import Batch, CapabilityDataset, batch_sizes, batches, tokenize
+from tl_capability.first_call import FirstCall
 from tl_capability.head import require_separable_head
-from tl_capability.layered_rows import layered_ig_grad_sum, layered_rows_exact
+from tl_capability.layered_rows import layered_ig_grad_sum, layered_rows_exact, pass_kinds
 from tl_capability.options import (
     AttributionMethod,
     IGRule,
@@ -51,7 +52,7 @@ from tl_capability.options import (
     check_option,
 )
 from tl_capability.rows import (
-    clean_pass,
+    clean_run,
     layer_row_gradients,
     neg_direction,
     row_gradients,
@@ -234,13 +235,24 @@ def _target_scores(
     alphas: Tensor,
     max_rows: int,
     use_cache: bool,
+    first: FirstCall | None = None,
 ) -> Float[Tensor, "target layer d_mlp"]:
-    acts, cache = clean_pass(model, site, batch, use_cache and method != "activation")
+    if first is not None:  # the checks the model still owes, read off this batch's passes
+        run = first.clean(batch)
+    else:
+        run = clean_run(model, site, batch, use_cache and method != "activation")
+    acts, cache = run.acts, run.cache
     if method == "activation":
         return acts.abs()
     device = batch.tokens.device
 
     n_targets = len(batch.target_row)
+    if first is not None and cache is not None and method == "ig":
+        grad_sum = first.ig_grad_sum(batch, run, alphas.to(device), metric, max_rows)
+        if grad_sum is not None:
+            return acts * grad_sum / len(alphas)
+    if first is not None:
+        cache = first.rows_checked(batch, run)
     if method in ("grad_x_act", "neurgrad"):
         grads = []
         for start in range(0, n_targets, max_rows):
@@ -248,7 +260,7 @@ def _target_scores(
             grads.append(row_gradients(model, site, rows_for(batch, t, cache), metric, None))
         g = torch.cat(grads)
         return g * (acts if method == "grad_x_act" else neg_direction(acts))
-    if cache is not None and layered_rows_exact(model, site):
+    if first is None and cache is not None and layered_rows_exact(model, site):
         grad_sum = layered_ig_grad_sum(
             model, site, batch, cache, acts, alphas.to(device), metric, max_rows
         )
@@ -354,10 +366,6 @@ def attribute(
         check_all_position_method(method)
     alphas = ig_alphas(steps, rule)
     require_eval(model)
-    resolved = neuron_site(model, site)
-    if method != "activation":
-        require_separable_head(model)
-    samples = tokenize(model, dataset)
     if batch_size is None:
         batch_size = 16 if method == "ig" else 32
     if max_rows is None:
@@ -369,8 +377,25 @@ def attribute(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    # At the answer position the first batch's clean pass checks the hooks' widths, and the
+    # model's first call reads its other one-time checks off its own passes (first_call.py);
+    # a call that keeps checkpoints settles them first (its fingerprint names the path).
+    answer = positions == "answer"
+    resolved = neuron_site(model, site, check_width=not answer)
+    first = None
+    if answer and checkpoint_dir is None:
+        kinds = pass_kinds(resolved.n_layers, steps, max_rows)
+        first = FirstCall(model, resolved, method, use_cache, kinds)
+    if method != "activation" and not (first is not None and first.head):
+        require_separable_head(model)
+    samples = tokenize(model, dataset)
     # all-position rows are whole sequences at their own positions: no cache to choose
-    use_cache = positions != "all" and resolve_use_cache(model, use_cache)
+    if first is not None and first.kv:
+        use_cache = True  # until the first batch's passes say otherwise
+    else:
+        use_cache = answer and resolve_use_cache(model, use_cache)
+        if first is not None:
+            first.use_cache = use_cache
     params = {
         "steps": steps if method == "ig" else None,
         "rule": rule if method == "ig" else None,
@@ -380,7 +405,7 @@ def attribute(
         "n_layers": resolved.n_layers,
         "d_mlp": resolved.d_mlp,
         "model_name": model_name(model),
-        "kv_cache": use_cache,
+        "kv_cache": bool(use_cache),
         "dataset": dataset.name,
     }
     # Shard samples over torch.distributed ranks (round robin); each rank reduces its own.
@@ -430,7 +455,7 @@ def attribute(
             )
         else:
             scores = _target_scores(
-                model, resolved, batch, method, metric, alphas, max_rows, use_cache
+                model, resolved, batch, method, metric, alphas, max_rows, use_cache, first
             )
             sample_scores = _per_sample(batch, scores)
         bad = ~torch.isfinite(sample_scores).flatten(1).all(1)
@@ -452,6 +477,8 @@ def attribute(
         model_device(model),
     )
     moments = Moments(int(count.item()), total, total_sq)
+    if first is not None:
+        params["kv_cache"] = bool(first.use_cache)  # as the checks left it
     if kept is not None and world > 1:
         full = torch.zeros(len(samples), resolved.n_layers, resolved.d_mlp)
         full[mine] = kept

@@ -12,7 +12,8 @@ That path applies the model's [`logit_transform`][tl_capability.sites.logit_tran
 2's final soft-cap, Granite's or Cohere's logit scale), so it equals the model's own logits;
 a hook a user put on ``ln_final`` or ``unembed`` would see other shapes there, so
 [`head_is_separable`][tl_capability.head.head_is_separable] is false while one is attached, and
-a three-token pass checks the rest once per model. Where it is false, ``answer_logits`` runs the
+a three-token pass checks the rest once per model (or attribution's first clean pass does, with
+[`head_matches`][tl_capability.head.head_matches]). Where it is false, ``answer_logits`` runs the
 full forward pass and attribution refuses the model with a clear error instead of attributing
 logits the model never produces.
 """
@@ -29,12 +30,15 @@ from torch import Tensor
 from tl_capability.rows import unembed_input
 from tl_capability.sites import (
     HookNotReached,
+    final_norm,
+    final_resid_hook_name,
     head_has_hooks,
     hook_points_in_use,
     is_head_hook,
     model_device,
     probe_tolerance,
     unembed,
+    unembed_input_hook,
 )
 
 # The numeric check of the head, once per model: run only in eval mode and while no hook point
@@ -68,17 +72,55 @@ def head_is_separable(model: Any) -> bool:
 def _probe(model: Any) -> bool:
     device = model_device(model)
     tokens = torch.tensor([[0, 1, 2]], device=device) % model.cfg.d_vocab
-    seq, pos = torch.zeros(3, dtype=torch.long, device=device), torch.arange(3, device=device)
-    with torch.no_grad():
-        full = model(tokens)[0].float()
-        try:
-            rows = unembed(model, unembed_input(model, tokens, [], seq, pos)).float()
-        except (HookNotReached, AttributeError) as error:  # no such path (e.g. no ln_final)
-            _NOT_REACHED[model] = str(error)
-            return False
+    # One pass: the model's own logits, and what its head reads, taken on the way.
+    name = unembed_input_hook(model) or final_resid_hook_name(model)
+    seen: dict[str, Tensor] = {}
+
+    def read(x: Tensor, hook: Any) -> None:
+        seen["x"] = x.detach()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(name, read)]):
+        full = model(tokens)
+    return head_matches(model, full[0], seen["x"][0] if "x" in seen else None, name)
+
+
+def head_matches(
+    model: Any,
+    logits: Float[Tensor, "pos vocab"],
+    before: Float[Tensor, "pos d_model"] | None,
+    name: str,
+) -> bool:
+    """Whether the head applied to ``before`` (what hook point ``name`` carried in a full pass,
+    ``None`` where it never ran) gives ``logits`` (that pass's own at the same positions), kept
+    as [`head_is_separable`][tl_capability.head.head_is_separable]'s answer: the check of its
+    probe, on a pass a caller runs anyway (attribution's first clean pass on a model)."""
+    try:
+        if before is None:
+            raise HookNotReached(
+                f"the forward pass never ran hook point {name!r}: this model does not route its "
+                "computation through the hook points TransformerLens names for it"
+            )
+        with torch.no_grad():
+            x = before if unembed_input_hook(model) else final_norm(model, before)
+            rows = unembed(model, x).float()
+    except (HookNotReached, AttributeError) as error:  # no such path (e.g. no ln_final)
+        _NOT_REACHED[model] = str(error)
+        _CHECKED[model] = False
+        return False
+    full = logits.detach().float()
     scale = max(float(full.abs().max()), 1.0)
-    return (
-        float((rows - full).abs().max()) <= probe_tolerance(next(model.parameters()).dtype) * scale
+    tol = probe_tolerance(next(model.parameters()).dtype)
+    _CHECKED[model] = ok = float((rows - full).abs().max()) <= tol * scale
+    return ok
+
+
+def check_pending(model: Any) -> bool:
+    """Whether [`head_is_separable`][tl_capability.head.head_is_separable] would run its probe
+    now (no hook on the head, not yet checked, eval mode, no temporary hook on any hook point):
+    a caller that runs a full pass anyway can check it there with
+    [`head_matches`][tl_capability.head.head_matches]."""
+    return not (
+        head_has_hooks(model) or model in _CHECKED or model.training or hook_points_in_use(model)
     )
 
 

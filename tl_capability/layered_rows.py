@@ -18,6 +18,9 @@ for the longest sequence; a forward pre-hook on every block cuts those to the po
 there. Whether that cut is exact depends on what a Hugging Face block reads, so
 [`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact] checks it once per model
 against the plain cached rows; where it differs or fails, attribution keeps the plain rows.
+Attribution's first call on a model checks it on its own passes instead (every row against the
+clean run where it enters its layer: ``layered_ig_grad_sum(check=True)``, see
+[`tl_capability.first_call`][tl_capability.first_call]).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from tl_capability.sites import (
     NeuronSite,
     ProbeMemo,
     block_modules,
+    hook_signature,
     kept_until_hooks_change,
     model_device,
     probe_tolerance,
@@ -169,12 +173,16 @@ def layered_gradients(
     layout: LayeredRows,
     metric: Metric,
     patch_value: Float[Tensor, "row d_mlp"],
+    clean: Float[Tensor, "row d_mlp"] | None = None,
 ) -> Float[Tensor, "row d_mlp"]:
     """Gradient of each row's metric at its own layer, its activation there first replaced by
     its ``patch_value``; the same numbers as
-    [`layer_row_gradients`][tl_capability.rows.layer_row_gradients] on the plain cached rows."""
+    [`layer_row_gradients`][tl_capability.rows.layer_row_gradients] on the plain cached rows
+    (which checks each row against its ``clean`` activation on the way, where given)."""
     with entering_at_layers(model, layout):
-        return layer_row_gradients(model, site, layout.rows, metric, layout.layer, patch_value)
+        return layer_row_gradients(
+            model, site, layout.rows, metric, layout.layer, patch_value, clean
+        )
 
 
 SEQUENCE_ROWS = ROWS_PER_SEQUENCE  # rows per sequence at most, as on the plain cached rows
@@ -217,9 +225,18 @@ def layered_ig_grad_sum(
     metric: Metric,
     max_rows: int,
     passes: tuple[int, int, int] | None = None,
+    check: bool = False,
 ) -> Float[Tensor, "target layer d_mlp"]:
     """``Σ_k ∂P/∂a (α_k a)`` of every target and layer, rows entering at their own layer, in
-    passes of ``plan(…, max_rows)`` (or of ``passes``: layers, steps per sequence, sequences)."""
+    passes of ``plan(…, max_rows)`` (or of ``passes``: layers, steps per sequence, sequences).
+
+    With ``check``, every row's activation at its own layer, before it is replaced, must be
+    the clean pass's ``acts`` there, else
+    [`RowsInexact`][tl_capability.rows.RowsInexact]: a row enters its layer's block as a copy
+    of the carrier and runs the block over the cached prefix with the arguments cut to the live
+    positions, so this checks the cache, the 4-D mask and the cut at every block, for every
+    row of the pass, at no cost: the check of a model's first call.
+    """
     device = batch.tokens.device
     n_targets, n_steps = len(batch.target_row), len(alphas)
     group, chunk, per_pass = passes or plan(site.n_layers, n_steps, max_rows)
@@ -233,10 +250,50 @@ def layered_ig_grad_sum(
             part = slice(start, start + per_pass)
             layout = layered_rows(batch, cache, owner[part], first[part], n_steps, lo, top, chunk)
             t = owner[part][layout.rows.seq]
-            value = alphas[layout.step, None] * acts[t, layout.layer]
-            g = layered_gradients(model, site, layout, metric, value)
+            clean = acts[t, layout.layer]
+            value = alphas[layout.step, None] * clean
+            g = layered_gradients(model, site, layout, metric, value, clean if check else None)
             grad_sum.index_put_((t, layout.layer), g, accumulate=True)
     return grad_sum
+
+
+def pass_kinds(n_layers: int, n_steps: int, max_rows: int) -> set[bool]:
+    """The kinds of layered passes ``plan(n_layers, n_steps, max_rows)`` runs: ``False`` for a
+    pass whose rows start at the first block, ``True`` for one whose carrier runs alone below
+    its lowest layer."""
+    group = plan(n_layers, n_steps, max_rows)[0]
+    return {top - group > 0 for top in range(n_layers, 0, -group)}
+
+
+def layered_rows_known(model: Any, site: NeuronSite, kinds: set[bool]) -> bool | None:
+    """What is known, under the hooks attached now, of layered rows on ``model`` for passes of
+    ``kinds`` ([`pass_kinds`][tl_capability.layered_rows.pass_kinds]): ``True`` (exact:
+    [`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact]'s probe said so, or
+    a checked pass of every kind did), ``False`` (not), ``None`` (not yet checked)."""
+    known = _EXACT.get(model, {})
+    signature = hook_signature(model)
+
+    def answer(key: Any) -> bool | None:
+        entry = known.get(key)
+        return entry[1] if entry is not None and entry[0] == signature else None
+
+    whole = answer(site)
+    if whole is not None:
+        return whole
+    each = [answer((site, kind)) for kind in kinds]
+    return True if all(each) else None
+
+
+def record_layered_rows(model: Any, site: NeuronSite, kinds: set[bool], exact: bool) -> None:
+    """Keeps what a checked layered pass found (see
+    [`layered_rows_known`][tl_capability.layered_rows.layered_rows_known]): exact for these
+    kinds of passes, or not exact at all, until the hooks attached to ``model`` change."""
+    known = _EXACT.setdefault(model, {})
+    signature = hook_signature(model)
+    if not exact:
+        known[site] = (signature, False)
+    for kind in kinds if exact else ():
+        known[(site, kind)] = (signature, True)
 
 
 _EXACT: ProbeMemo = WeakKeyDictionary()

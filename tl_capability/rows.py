@@ -27,14 +27,18 @@ from tl_capability.options import Metric
 from tl_capability.sites import (
     NeuronSite,
     attention_window,
+    check_widths,
     final_norm,
     final_resid_hook_name,
+    kv_cache_forward,
     logit_transform,
     new_kv_cache,
+    probe_tolerance,
     run_until,
     unembed,
     unembed_input_hook,
     unembedding,
+    width_checked,
 )
 from tl_capability.sites import supports_kv_cache as supports_kv_cache  # moved; re-exported
 
@@ -295,32 +299,107 @@ def clean_pass(
     prefix and the rows appended after it could outgrow the model's
     [`attention_window`][tl_capability.sites.attention_window] (the rows would see another
     window than the full pass; they re-run ``z_m`` instead)."""
+    run = clean_run(model, site, batch, use_cache)
+    return run.acts, run.cache
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """What [`clean_run`][tl_capability.rows.clean_run] read of a batch's clean pass.
+
+    Attributes:
+        acts: Each target's activation at every layer.
+        cache: The key/value cache (``None`` where not asked or not usable; with
+            ``own_cache``, the one the model's own pass filled, unfiltered).
+        final: Each target's residual leaving the last block, where asked (``None`` where
+            that hook point never ran).
+        logits: The model's own logits at each target (a full pass), where asked.
+    """
+
+    acts: Float[Tensor, "target layer d_mlp"]
+    cache: Any
+    final: Float[Tensor, "target d_model"] | None = None
+    logits: Float[Tensor, "target vocab"] | None = None
+
+
+def clean_run(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    use_cache: bool,
+    *,
+    final: bool = False,
+    logits: bool = False,
+    own_cache: bool = False,
+) -> CleanRun:
+    """[`clean_pass`][tl_capability.rows.clean_pass], reading more on the way: each target's
+    residual leaving the last block (``final``), and the model's own logits (``logits``: the
+    pass runs to the end, the unembedding of every position included). With ``own_cache`` the
+    pass is [`kv_cache_forward`][tl_capability.sites.kv_cache_forward]: the cache is the one the
+    model's forward pass makes itself (its class is part of what
+    [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] checks), returned unfiltered
+    (see [`usable_cache`][tl_capability.rows.usable_cache]).
+
+    The neuron hooks' widths are checked on the way until they pass once
+    ([`check_widths`][tl_capability.sites.check_widths]: this pass stands in for
+    [`neuron_site`][tl_capability.sites.neuron_site]'s own)."""
     acts: list[Tensor] = [torch.empty(0)] * site.n_layers
+    widths: dict[int, int] = {}
+    kept: dict[str, Tensor] = {}
+    at = (batch.target_row, batch.target_pos)
 
     def grab(layer: int):
         def hook(act: Tensor, hook: Any) -> None:
-            acts[layer] = act[batch.target_row, batch.target_pos].detach().float()
+            widths[layer] = act.shape[-1]
+            acts[layer] = act[at].detach().float()
 
         return hook
 
+    def keep(value: Tensor, hook: Any) -> None:
+        kept["final"] = value[at].detach()
+
     fwd = [(site.hook_name(layer), grab(layer)) for layer in range(site.n_layers)]
-    # The pass stops after the last block: no logits are needed, and a cache passed in is
-    # filled in place.
-    cache = new_kv_cache(model) if use_cache else None
-    kwargs = {"past_key_values": cache, "use_cache": True} if use_cache else {}
+    if final:
+        fwd.append((final_resid_hook_name(model), keep))
+    read = None
+    cache = None
     with torch.no_grad():
-        final_residual(model, batch.tokens, fwd, **kwargs)
-    width = batch.tokens.shape[1]
-    if cache is not None and any(
+        if own_cache:
+            with model.hooks(fwd_hooks=fwd):
+                out = kv_cache_forward(model, batch.tokens)
+            out, cache = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+            read = out[at]
+        else:
+            # Without logits the pass stops after the last block; a cache passed in is filled
+            # in place.
+            cache = new_kv_cache(model) if use_cache else None
+            kwargs = {"past_key_values": cache, "use_cache": True} if use_cache else {}
+            if logits:
+                with model.hooks(fwd_hooks=fwd):
+                    read = model(batch.tokens, **kwargs)[at]
+            else:
+                final_residual(model, batch.tokens, fwd, **kwargs)
+    if not width_checked(model, site):
+        check_widths(model, site, widths)
+    if not own_cache:
+        cache = usable_cache(model, site, cache, batch.tokens.shape[1])
+    return CleanRun(torch.stack(acts, dim=1), cache, kept.get("final"), read)
+
+
+def usable_cache(model: Any, site: NeuronSite, cache: Any, width: int) -> Any:
+    """``cache`` (filled by a clean pass of ``width`` tokens), or ``None`` where rows cannot run
+    over it: a sliding-window layer kept its window only, or the prefix and the rows after it
+    could outgrow the model's [`attention_window`][tl_capability.sites.attention_window]."""
+    if cache is None or any(
         layer.keys is None or layer.keys.shape[-2] != width for layer in cache.layers
     ):
-        cache = None  # a sliding-window layer kept its window only: rows re-run z_m instead
-    window = attention_window(model) if cache is not None else None
+        return None  # a sliding-window layer kept its window only: rows re-run z_m instead
+    window = attention_window(model)
     # A sequence of rows holds at most ROWS_PER_SEQUENCE of them (cached_rows), or the carrier
     # and one row per layer of a pass (layered_rows), after a prefix shorter than `width`.
     if window is not None and width + max(ROWS_PER_SEQUENCE, site.n_layers) + 1 > window:
-        cache = None
-    return torch.stack(acts, dim=1), cache
+        return None
+    return cache
 
 
 def row_gradients(
@@ -366,6 +445,11 @@ def row_gradients(
     return torch.stack(out, dim=1).float()
 
 
+class RowsInexact(Exception):
+    """Rows that a pass checked left the clean run before their patch: their activation at
+    their own layer, before it was replaced, was not the clean pass's."""
+
+
 def layer_row_gradients(
     model: Any,
     site: NeuronSite,
@@ -373,6 +457,7 @@ def layer_row_gradients(
     metric: Metric,
     row_layer: Int[Tensor, " row"],
     patch_value: Float[Tensor, "row d_mlp"],
+    clean: Float[Tensor, "row d_mlp"] | None = None,
 ) -> Float[Tensor, "row d_mlp"]:
     """Gradient of each row's metric at its own layer, its activation there first replaced by
     its ``patch_value`` (integrated gradients' rows of several layers in one pass).
@@ -380,15 +465,23 @@ def layer_row_gradients(
     Rows are independent (each sees the clean prefix and itself), so a row patched at layer
     ``l`` is unchanged below ``l`` and its gradient there is that of a pass patching ``l``
     alone. The backward pass stops at the lowest layer in ``row_layer``.
+
+    With ``clean`` (each row's clean activation at its own layer), the activation a row
+    reaches its layer with, before it is replaced, must equal it (relative difference within
+    [`probe_tolerance`][tl_capability.sites.probe_tolerance]), else
+    [`RowsInexact`][tl_capability.rows.RowsInexact].
     """
     layers = sorted(set(row_layer.tolist()))
     outputs: list[Tensor] = []
     chosen = {layer: (row_layer == layer).nonzero()[:, 0] for layer in layers}
+    off: list[int] = []  # the layers whose rows left the clean run
 
     def capture(layer: int):
         def hook(act: Tensor, hook: Any) -> Tensor:
             new = act.clone()
             r = chosen[layer]
+            if clean is not None and not _same(act[rows.seq[r], rows.pos[r]], clean[r]):
+                off.append(layer)
             new[rows.seq[r], rows.pos[r]] = patch_value[r].to(new.dtype)
             if not new.requires_grad:  # frozen parameters: start the graph here
                 new.requires_grad_(True)
@@ -400,6 +493,8 @@ def layer_row_gradients(
     fwd = [(site.hook_name(layer), capture(layer)) for layer in layers]
     with torch.enable_grad():
         _, surrogate = _metric_surrogate(model, rows, metric, fwd)
+        if off:
+            raise RowsInexact(f"rows reached layer {off[0]} off the clean run")
         grads = torch.autograd.grad(surrogate, outputs, allow_unused=True)
     out = torch.zeros(len(rows.seq), site.d_mlp, device=rows.seq.device)
     for layer, g in zip(layers, grads, strict=True):
@@ -407,3 +502,12 @@ def layer_row_gradients(
         if g is not None:
             out[r] = g[rows.seq[r], rows.pos[r]].float()
     return out
+
+
+def _same(got: Tensor, want: Tensor) -> bool:
+    """Whether ``got`` (in the model's precision) equals ``want`` within the probes' relative
+    tolerance for that precision, and is finite."""
+    tol = probe_tolerance(got.dtype)
+    got, want = got.detach().float(), want.detach().float()
+    scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
+    return bool(torch.isfinite(got).all()) and float((got - want).abs().max()) <= tol * scale

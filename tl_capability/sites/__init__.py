@@ -56,6 +56,7 @@ from tl_capability.sites.names import (
     final_resid_hook_name,
     is_head_hook,
     is_masked_lm,
+    mlp_io_hook_names,
     model_device,
     model_name,
     neuron_hook_name,
@@ -68,7 +69,9 @@ from tl_capability.sites.names import (
 )
 from tl_capability.sites.neurons import (
     NeuronSite,
+    check_widths,
     neuron_site,
+    width_checked,
 )
 from tl_capability.sites.support import (
     ProbeMemo,
@@ -80,10 +83,14 @@ from tl_capability.sites.support import (
     is_bridge,
     kept_until_hooks_change,
     kv_cache_forward,
+    kv_cache_known,
+    may_have_kv_cache,
     mlp_output_adds_linearly,
     new_kv_cache,
+    own_cache_verdict,
     position_free,
     probe_tolerance,
+    record_kv_cache,
     resolve_use_cache,
     supports_kv_cache,
 )
@@ -105,6 +112,7 @@ __all__ = [
     "StopForward",
     "attention_window",
     "block_modules",
+    "check_widths",
     "final_norm",
     "final_resid_hook_name",
     "head_has_hooks",
@@ -116,7 +124,10 @@ __all__ = [
     "is_masked_lm",
     "kept_until_hooks_change",
     "kv_cache_forward",
+    "kv_cache_known",
     "logit_transform",
+    "may_have_kv_cache",
+    "mlp_io_hook_names",
     "mlp_output_adds_linearly",
     "mlp_parameters",
     "mlp_w_out",
@@ -125,8 +136,10 @@ __all__ = [
     "neuron_hook_name",
     "neuron_site",
     "new_kv_cache",
+    "own_cache_verdict",
     "position_free",
     "probe_tolerance",
+    "record_kv_cache",
     "require_eval",
     "resid_post_hook_name",
     "resid_pre_hook_name",
@@ -137,4 +150,5 @@ __all__ = [
     "unembed",
     "unembed_input_hook",
     "unembedding",
+    "width_checked",
 ]

@@ -96,6 +96,14 @@ def resid_post_hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def mlp_io_hook_names(model: Any, layer: int) -> tuple[str, str] | None:
+    """The hook points of what ``layer``'s MLP module reads and what it returns (a bridge's
+    ``blocks.{layer}.mlp.hook_in`` and ``hook_out``), or ``None`` where the model has none."""
+    names = (f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out")
+    hook_dict = getattr(model, "hook_dict", {})
+    return names if all(name in hook_dict for name in names) else None
+
+
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once what it needs is captured."""
 

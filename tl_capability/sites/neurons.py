@@ -93,10 +93,44 @@ def neuron_site(model: Any, site: Site = "post", *, check_width: bool = True) ->
             "models and adapters that do not expose MLP activations are not supported."
         )
     result = NeuronSite(site, n_layers, d_mlp, names)
-    if check_width and result not in _WIDTHS_CHECKED.get(model, ()):
+    if check_width and not width_checked(model, result):
         _check_width(model, result)
         _WIDTHS_CHECKED.setdefault(model, set()).add(result)
     return result
+
+
+def width_checked(model: Any, site: NeuronSite) -> bool:
+    """Whether ``site``'s hooks were found ``d_mlp`` wide on ``model`` (by
+    [`neuron_site`][tl_capability.sites.neuron_site] or
+    [`check_widths`][tl_capability.sites.check_widths])."""
+    return site in _WIDTHS_CHECKED.get(model, ())
+
+
+def check_widths(model: Any, site: NeuronSite, widths: dict[int, int]) -> None:
+    """The width check of [`neuron_site`][tl_capability.sites.neuron_site] on widths a caller's
+    own pass saw (``widths[layer]``: the last dimension of ``site``'s hook there, absent where it
+    did not fire), so that a pass the caller runs anyway stands in for the check's own; kept
+    as checked once it passes.
+
+    Raises:
+        ValueError: As ``neuron_site``.
+    """
+    for layer in range(site.n_layers):
+        width = widths.get(layer)
+        if width is None:
+            raise ValueError(
+                f"hook {site.hook_name(layer)!r} did not fire during a forward pass: this layer "
+                "does not run a dense MLP through it"
+            )
+        if width != site.d_mlp:
+            raise ValueError(
+                f"hook {site.hook_name(layer)!r} carries {width} values per position but "
+                f"cfg.d_mlp is {site.d_mlp}: either this layer is not a dense MLP (a mixture of "
+                "experts), whose neurons cannot be addressed as (layer, index), or the config "
+                "misstates its width (TransformerLens's bridge reads OPT's d_mlp as 4 × d_model "
+                "whatever its ffn_dim)"
+            )
+    _WIDTHS_CHECKED.setdefault(model, set()).add(site)
 
 
 def _check_width(model: Any, site: NeuronSite) -> None:
@@ -116,18 +150,4 @@ def _check_width(model: Any, site: NeuronSite) -> None:
     fwd = [(site.hook_name(layer), record(layer)) for layer in range(site.n_layers)]
     with contextlib.suppress(StopForward), torch.no_grad(), model.hooks(fwd_hooks=fwd):
         model(tokens)
-    for layer in range(site.n_layers):
-        width = widths.get(layer)
-        if width is None:
-            raise ValueError(
-                f"hook {site.hook_name(layer)!r} did not fire during a forward pass: this layer "
-                "does not run a dense MLP through it"
-            )
-        if width != site.d_mlp:
-            raise ValueError(
-                f"hook {site.hook_name(layer)!r} carries {width} values per position but "
-                f"cfg.d_mlp is {site.d_mlp}: either this layer is not a dense MLP (a mixture of "
-                "experts), whose neurons cannot be addressed as (layer, index), or the config "
-                "misstates its width (TransformerLens's bridge reads OPT's d_mlp as 4 × d_model "
-                "whatever its ffn_dim)"
-            )
+    check_widths(model, site, widths)

@@ -142,13 +142,56 @@ def resolve_use_cache(model: Any, use_cache: bool | None) -> bool:
     return bool(use_cache)
 
 
+def kv_cache_known(model: Any) -> bool | None:
+    """What [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] found out about
+    ``model`` (``None``: not yet asked, nor
+    [`record_kv_cache`][tl_capability.sites.record_kv_cache]ed)."""
+    return _KV_CACHE.get(model)
+
+
+def record_kv_cache(model: Any, supported: bool, *, warn: bool = False) -> None:
+    """Keeps a verdict on ``model``'s cached path that a caller's own passes reached (the same
+    checks as [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]'s probe, on the
+    caller's data); with ``warn``, the probe's warning for a cache that does not reproduce the
+    full pass."""
+    if warn:
+        _warn_inexact_cache(stacklevel=4)
+    _KV_CACHE[model] = supported
+
+
+def may_have_kv_cache(model: Any) -> bool:
+    """The structural part of [`supports_kv_cache`][tl_capability.sites.supports_kv_cache],
+    decided without running the model: a bridge over a Hugging Face decoder, neither an
+    encoder-decoder nor a masked LM."""
+    return (
+        is_bridge(model)
+        and _is_hf_model(model.original_model)
+        and not getattr(model.cfg, "is_encoder_decoder", False)
+        and not is_masked_lm(model)
+    )
+
+
+def own_cache_verdict(model: Any, cache: Any, width: int) -> bool | None:
+    """The first part of [`supports_kv_cache`][tl_capability.sites.supports_kv_cache]'s probe on
+    the cache a full pass of ``width`` tokens filled
+    ([`kv_cache_forward`][tl_capability.sites.kv_cache_forward]): ``False`` (kept) for a cache of
+    another class than ``DynamicCache`` or one left unfilled (with the probe's warning), ``None``
+    where a sliding-window layer kept its window only (these tokens cannot decide), ``True``
+    where the rows over it remain to be checked."""
+    if type(cache).__name__ != "DynamicCache" or not hasattr(cache, "layers"):
+        record_kv_cache(model, False)
+        return False
+    if not all(layer.keys is not None for layer in cache.layers):
+        _warn_inexact_cache(stacklevel=5)
+        record_kv_cache(model, False)
+        return False
+    if any(layer.keys.shape[-2] != width for layer in cache.layers):
+        return None
+    return True
+
+
 def _probe_kv_cache(model: Any) -> bool:
-    if (
-        not is_bridge(model)
-        or not _is_hf_model(model.original_model)
-        or getattr(model.cfg, "is_encoder_decoder", False)
-        or is_masked_lm(model)
-    ):
+    if not may_have_kv_cache(model):
         return False
     tokens = torch.tensor([[0, 1, 2]], device=model_device(model)) % model.cfg.d_vocab
     try:
@@ -195,15 +238,19 @@ def _probe_kv_cache(model: Any) -> bool:
             tol = probe_tolerance(next(model.parameters()).dtype)
             if float((rows - full).abs().max()) <= tol * scale:
                 return True
+    _warn_inexact_cache(stacklevel=4)
+    return False
+
+
+def _warn_inexact_cache(stacklevel: int) -> None:
     warnings.warn(
         "this model's key/value cache, under the cached rows' 4-D mask and position ids, does "
         "not reproduce its full forward pass (attention biases that follow the keys' indices "
         "rather than the position ids do this, as MPT's ALiBi; so does a transformer-lens / "
         "transformers version mismatch: transformer-lens 4.3 needs transformers < 5.24); rows "
         "take the general path: the same numbers, more slowly",
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
-    return False
 
 
 def _is_hf_model(module: Any) -> bool:
@@ -335,8 +382,11 @@ def _hook_point_handles(modules: Any) -> Iterator[Any]:
     """The TransformerLens hook handles (forward and backward) of the hook points among
     ``modules``."""
     for m in modules:
-        yield from getattr(m, "fwd_hooks", ())
-        yield from getattr(m, "bwd_hooks", ())
+        # From the instance's own attributes: a module without them would otherwise go through
+        # nn.Module.__getattr__ and an AttributeError each (most of a model's modules).
+        attributes = vars(m)
+        yield from attributes.get("fwd_hooks", ())
+        yield from attributes.get("bwd_hooks", ())
 
 
 def head_has_hooks(model: Any) -> bool:
@@ -363,32 +413,40 @@ def _probe_mlp_output(model: Any) -> bool:
     if any(post not in model.hook_dict or out not in model.hook_dict for post, out in names):
         return False
     device = model_device(model)
-    tokens = torch.zeros(1, 3, dtype=torch.long, device=device)
+    # One pass of n_layers + 1 three-token sequences, stopped at the last block: sequence 0
+    # runs clean, sequence 1 + l has layer l's post-activations shifted by delta[l], and each
+    # block's output is read for every sequence (the weights, what a short pass spends its time
+    # reading, are read once, not once per layer).
+    tokens = torch.zeros(n_layers + 1, 3, dtype=torch.long, device=device)
     gen = torch.Generator().manual_seed(0)
-    seen: dict[str, Tensor] = {}
+    w_outs = [mlp_w_out(model, layer).detach() for layer in range(n_layers)]
+    deltas = [
+        (0.1 * torch.randn(1, 3, w.shape[0], generator=gen)).to(w.device, w.dtype) for w in w_outs
+    ]
+    seen: dict[int, Tensor] = {}
 
-    def grab(key: str):
-        def hook(resid: Tensor, hook: Any) -> None:
-            seen[key] = resid.detach().float()
+    def shift(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            act = act.clone()
+            act[1 + layer] += deltas[layer][0]
+            return act
 
         return hook
 
-    # Each pass stops at the block it reads: the blocks above and the unembedding never run.
+    def grab(layer: int):
+        def hook(resid: Tensor, hook: Any) -> None:
+            seen[layer] = resid.detach().float()
+
+        return hook
+
+    fwd = [(post, shift(layer)) for layer, (post, _) in enumerate(names)]
+    fwd += [(out, grab(layer)) for layer, (_, out) in enumerate(names[:-1])]
     with torch.no_grad():
-        below = [(out, grab(f"clean{layer}")) for layer, (_, out) in enumerate(names[:-1])]
-        seen[f"clean{n_layers - 1}"] = run_until(model, names[-1][1], tokens, below).float()
-        for layer, (post, out) in enumerate(names):
-            w_out = mlp_w_out(model, layer).detach()
-            delta = 0.1 * torch.randn(1, 3, w_out.shape[0], generator=gen)
-            delta = delta.to(w_out.device, w_out.dtype)
-
-            def shift(act: Tensor, hook: Any, delta: Tensor = delta) -> Tensor:
-                return act + delta
-
-            shifted = run_until(model, out, tokens, [(post, shift)]).float()
-            change = shifted - seen[f"clean{layer}"]
-            expected = (delta @ w_out).float()
-            scale = float(expected.abs().max())
-            if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
-                return False
+        seen[n_layers - 1] = run_until(model, names[-1][1], tokens, fwd).float()
+    for layer in range(n_layers):
+        change = seen[layer][1 + layer] - seen[layer][0]
+        expected = (deltas[layer][0] @ w_outs[layer]).float()
+        scale = float(expected.abs().max())
+        if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
+            return False
     return True
