@@ -11,6 +11,14 @@ import importlib
 from typing import Any
 
 from tl_capability.attribution import NeuronScores, attribute, ig_alphas
+from tl_capability.circuit_figures import circuit_figure
+from tl_capability.circuits import (
+    CircuitMask,
+    Faithfulness,
+    KnowledgeCircuit,
+    faithfulness,
+    knowledge_circuit,
+)
 from tl_capability.curves import EraseCurve, erase_curve
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
@@ -43,6 +51,8 @@ from tl_capability.options import (
     check_option,
 )
 from tl_capability.sites import NeuronSite, neuron_site, position_free, require_eval
+from tl_capability.tracing import CausalTrace, causal_trace
+from tl_capability.tracing_figures import trace_heatmap
 
 __version__ = "0.1.0"
 
@@ -51,12 +61,16 @@ __all__ = [
     "AttributionMethod",
     "Batch",
     "CapabilityDataset",
+    "CausalTrace",
+    "CircuitMask",
     "EditHandle",
     "EmpiricalNEG",
     "EraseCurve",
+    "Faithfulness",
     "Gate",
     "IGRule",
     "InterventionMode",
+    "KnowledgeCircuit",
     "LearnedMask",
     "LocateMethod",
     "Metric",
@@ -78,17 +92,21 @@ __all__ = [
     "attribute",
     "batches",
     "budget_mask",
+    "causal_trace",
     "check_option",
+    "circuit_figure",
     "coarse_masks",
     "contrastive_scores",
     "edit_knowledge",
     "empirical_neg",
     "erase_curve",
     "erase_weights",
+    "faithfulness",
     "finetune_neurons",
     "holdout",
     "ig_alphas",
     "iterative_ranking",
+    "knowledge_circuit",
     "learn_gates",
     "learn_mask",
     "locate",
@@ -101,6 +119,7 @@ __all__ = [
     "require_eval",
     "select",
     "tokenize",
+    "trace_heatmap",
 ]
 
 # Submodules with heavier imports (plots, pandas, the experiments) load on first access, so

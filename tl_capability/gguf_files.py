@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from tl_capability.options import CacheDType, check_option
+
 __all__ = ["cache_dir", "dequantize", "find_gguf", "gguf_architecture"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -112,8 +114,7 @@ def dequantize(path: str | Path, dtype: str = "float32", *, progress: bool = Tru
         FileNotFoundError: When the file does not exist.
     """
     path = Path(path).expanduser()
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    check_option(dtype, CacheDType, "dtype")
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
     out = _entry(path, dtype)

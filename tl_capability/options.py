@@ -57,6 +57,13 @@ Split = Literal["train", "test"]
 DType = Literal["float32", "float16", "bfloat16"]
 """A model's floating-point type when loading ([`load_model`][tl_capability.models.load_model])."""
 
+CacheDType = Literal["float32", "bfloat16"]
+"""The precisions a dequantized GGUF model is cached in."""
+
+Localizer = Literal["kn", "rome", "kc"]
+"""The poster's three localizers: knowledge neurons, ROME's causal-traced layer, knowledge
+circuits."""
+
 _T = TypeVar("_T")
 
 

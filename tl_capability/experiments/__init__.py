@@ -44,6 +44,7 @@ from tl_capability.experiments.erase import (
     erase,
 )
 from tl_capability.experiments.kn import (
+    METHODS,
     DecouplingResult,
     DecouplingRow,
     FactEditResult,
@@ -52,11 +53,13 @@ from tl_capability.experiments.kn import (
     FidelityRow,
     ReliabilityResult,
     ReliabilityRow,
+    corrupt_subjects,
     decoupling,
     fact_edits,
     fidelity,
     knowledge_neurons,
     reliability,
+    trace_window,
 )
 from tl_capability.experiments.neg import (
     AgreementRow,
@@ -70,6 +73,7 @@ from tl_capability.experiments.neg import (
     option_neg,
     skill_probe,
 )
+from tl_capability.experiments.rome_edit import RomeEdit, rome_edit
 from tl_capability.experiments.suite import (
     AccuracyResult,
     AccuracyRow,
@@ -79,6 +83,7 @@ from tl_capability.experiments.suite import (
 from tl_capability.tables import Row, Table, mean_ci
 
 __all__ = [
+    "METHODS",
     "SIGMAS",
     "AccuracyResult",
     "AccuracyRow",
@@ -103,6 +108,7 @@ __all__ = [
     "OverlapRow",
     "ReliabilityResult",
     "ReliabilityRow",
+    "RomeEdit",
     "Row",
     "SkillProbeResult",
     "SkillProbeRow",
@@ -110,6 +116,7 @@ __all__ = [
     "SplitOverlapRow",
     "Table",
     "amplify",
+    "corrupt_subjects",
     "decoupling",
     "enhancement",
     "erase",
@@ -124,6 +131,8 @@ __all__ = [
     "option_neg",
     "overlap_matrix",
     "reliability",
+    "rome_edit",
     "skill_probe",
     "split_overlap",
+    "trace_window",
 ]

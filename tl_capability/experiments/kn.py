@@ -4,10 +4,13 @@
   whichever paraphrase asks for it? Coarse neurons (``s > t · max s`` on one prompt's IG) are
   located from every paraphrase separately and compared pairwise (overlap, IoU). The control
   compares the first paraphrases of two *different* facts: fidelity means something only if it beats
-  that.
+  that. ``method="rome"`` compares the MLP layers causal tracing locates instead, and
+  ``method="kc"`` the heads and MLPs of knowledge circuits.
 - [`reliability`][tl_capability.experiments.kn.reliability]: the IPP of the CNL poster — does
   suppressing a located set lower the answer's probability more than the *best* of ``n`` random sets
-  of the same size per layer?
+  of the same size per layer? ``method="rome"``: a rank-one edit
+  ([`rome_edit`][tl_capability.experiments.rome_edit]) at the located layer against the same edit at
+  random layers; ``method="kc"``: the circuit ablated against random edge sets of its size.
 - [`decoupling`][tl_capability.experiments.kn.decoupling]: the poster's coincidence rate between the
   knowledge neurons of paired samples that share their main part and differ in a replaceable part.
 - [`fact_edits`][tl_capability.experiments.kn.fact_edits]: suppress, amplify and edit (with undo)
@@ -22,19 +25,34 @@ Random sets come from [`random_controls`][tl_capability.masks.random_controls] (
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from tl_capability.attribution import attribute
+from tl_capability.circuits import KnowledgeCircuit, knowledge_circuit
 from tl_capability.data import CapabilityDataset
 from tl_capability.edits import edit_knowledge
 from tl_capability.evaluate import answer_probability
 from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine
+from tl_capability.options import Localizer, check_option
 from tl_capability.tables import Row, Table, mean_ci
+from tl_capability.tracing import CausalTrace, causal_trace
+
+Method = Localizer
+"""What [`fidelity`][tl_capability.experiments.kn.fidelity] and
+[`reliability`][tl_capability.experiments.kn.reliability] locate: knowledge neurons (Dai et al.),
+the MLP layer of causal tracing (ROME, Meng et al.), or a knowledge circuit (Yao et al.)."""
+
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+def _check_method(method: Any) -> str:
+    return check_option(method, Localizer, "method")
 
 
 @dataclass(frozen=True)
@@ -68,12 +86,22 @@ class FidelityResult(Table):
     Attributes:
         rows: One row per fact, then the ``mean`` row and (for two facts or more) the
             ``different facts`` control row.
-        masks: Each fact's refined knowledge neurons (what
-            [`knowledge_neurons`][tl_capability.experiments.kn.knowledge_neurons] gives).
+        masks: Each fact's located parameters over all its paraphrases: ``"kn"``, its refined
+            knowledge neurons (what
+            [`knowledge_neurons`][tl_capability.experiments.kn.knowledge_neurons] gives);
+            ``"rome"``, every neuron of the MLP layer of the largest average indirect effect
+            over its paraphrases (a [`NeuronMask`][tl_capability.masks.NeuronMask]); ``"kc"``,
+            the [`CircuitMask`][tl_capability.circuits.CircuitMask] of the circuit found on
+            all its paraphrases at once.
+        method: ``"kn"``, ``"rome"`` or ``"kc"``.
+        located: Each fact's located parameters per paraphrase, the sets compared (coarse
+            neurons, the located layer's neurons, or the circuit's heads and MLPs).
     """
 
     rows: tuple[FidelityRow, ...]
-    masks: dict[str, NeuronMask]
+    masks: dict[str, Any]
+    method: str = "kn"
+    located: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def summary(self) -> tuple[FidelityRow, ...]:
@@ -118,12 +146,21 @@ class ReliabilityResult(Table):
     Attributes:
         rows: One row per item, then the ``IPP`` row.
         n_random: Random sets per item.
-        seed: Seed of the first random set (set ``i`` uses ``seed + i``).
+        seed: Seed of the first random set (set ``i`` uses ``seed + i``), of the random
+            layers (``"rome"``) or of the random edge sets (``"kc"``).
+        method: ``"kn"``, ``"rome"`` or ``"kc"``.
+        located: Per item, what was intervened on: the mask (``"kn"``), the edited layer
+            (``"rome"``) or the [`KnowledgeCircuit`][tl_capability.circuits.KnowledgeCircuit]
+            with its edges chosen (``"kc"``).
+        new_answers: ``"rome"``: the object each fact's edit writes in.
     """
 
     rows: tuple[ReliabilityRow, ...]
     n_random: int
     seed: int
+    method: str = "kn"
+    located: dict[str, Any] = field(default_factory=dict)
+    new_answers: dict[str, str] = field(default_factory=dict)
 
     @property
     def ipp(self) -> float:
@@ -160,39 +197,97 @@ def fidelity(
     model: Any,
     facts: Mapping[str, CapabilityDataset],
     *,
+    method: Method = "kn",
     fraction_of_max: float = 0.2,
     share: float = 0.7,
-    **attribute_kwargs: Any,
+    n_edges: int = 50,
+    corrupted: Mapping[str, CapabilityDataset] | None = None,
+    **locate_kwargs: Any,
 ) -> FidelityResult:
-    """Overlap of the knowledge neurons located from different paraphrases of the same fact.
+    """Overlap of the parameters located from different paraphrases of the same fact.
+
+    Every paraphrase locates its own set, and the sets of a fact's paraphrases are compared
+    pairwise with the poster's overlap ``(|a∩b|/|a| + |a∩b|/|b|) / 2`` and with IoU:
+
+    - ``"kn"`` (default): coarse knowledge neurons (``s > t · max s`` on the paraphrase's IG).
+    - ``"rome"``: causal tracing of the MLP outputs (``causal_trace(..., kind="mlp")``, with
+      ``window`` [`trace_window`][tl_capability.experiments.kn.trace_window] unless given); the
+      set is every neuron of the layer of the largest indirect effect at the last subject token
+      ([`CausalTrace.mask`][tl_capability.tracing.CausalTrace.mask]), so two paraphrases
+      overlap 1 when they locate the same layer and 0 otherwise.
+    - ``"kc"``: a knowledge circuit (EAP by default) of the paraphrase against its corruption,
+      its ``n_edges`` top edges (after pruning), compared by its heads and MLPs
+      ([`CircuitMask`][tl_capability.circuits.CircuitMask]).
 
     Args:
-        model: The model.
-        facts: For each fact, a dataset of its paraphrased prompts (same answer), at least two.
-        fraction_of_max: Coarse rule threshold ``t`` per prompt (Dai et al.: 0.2).
-        share: Refinement threshold for the per-fact refined set (Dai et al.: 0.7).
+        model: The model (``"kc"``: with split q/k/v inputs, see
+            [`knowledge_circuit`][tl_capability.circuits.knowledge_circuit]).
+        facts: For each fact, a dataset of its paraphrased prompts (same answer), at least two;
+            ``"rome"`` and ``"kc"`` need subjects (``from_pairs(..., subjects=[...])``).
+        method: ``"kn"``, ``"rome"`` or ``"kc"``.
+        fraction_of_max: ``"kn"``: coarse rule threshold ``t`` per prompt (Dai et al.: 0.2).
+        share: ``"kn"``: refinement threshold of the per-fact refined set (Dai et al.: 0.7).
+        n_edges: ``"kc"``: edges per circuit (50 suits the zoo's 4-layer models; Yao et al.
+            keep a few hundred on GPT-2 small).
+        corrupted: ``"kc"``: each fact's corrupted paraphrases, aligned with ``facts`` (same
+            token lengths; their answers are the corrupted answers). By default each
+            paraphrase's subject is replaced by another given fact's subject that tokenizes to
+            as many tokens in it (one whose answer starts with another token when there is one),
+            and that fact's answer is the corrupted answer.
+        **locate_kwargs: Passed to [`attribute`][tl_capability.attribution.attribute]
+            (``"kn"``), [`causal_trace`][tl_capability.tracing.causal_trace] (``"rome"``:
+            ``samples``, ``noise``, ``window``, ``seed``...) or
+            [`knowledge_circuit`][tl_capability.circuits.knowledge_circuit] (``"kc"``:
+            ``method`` as ``circuit_method``, ``metric``, ``steps``, ``batch_size``).
 
     Returns:
-        One row per fact (paraphrases, coarse neurons per prompt, refined neurons, mean
-        pairwise overlap and IoU), then a ``mean`` row (± 95 % over facts) and a
-        ``different facts`` control row (pairwise overlap of different facts' first
-        paraphrases); and each fact's refined knowledge neurons (``masks``).
+        One row per fact (paraphrases, located set size per prompt, size of the fact's set
+        over all its paraphrases, mean pairwise overlap and IoU), then a ``mean`` row (± 95 %
+        over facts) and a ``different facts`` control row (pairwise overlap of different facts'
+        first paraphrases); each fact's set over all its paraphrases (``masks``) and the
+        per-paraphrase sets (``located``).
+
+    Raises:
+        ValueError: For an unknown method, a fact with fewer than two paraphrases, or (``"rome"``,
+            ``"kc"``) without subjects; ``"kc"``: a fact no other fact's subject can corrupt.
     """
-    attribute_kwargs.setdefault("progress", False)
-    rows = []
-    refined: dict[str, NeuronMask] = {}
-    firsts: list[NeuronMask] = []
-    overlaps: list[float] = []
+    _check_method(method)
     for name, data in facts.items():
         if len(data) < 2:
             raise ValueError(f"fact {name!r} needs at least two paraphrases")
-        scores = attribute(model, data, per_sample=True, **attribute_kwargs)
-        masks = coarse_masks(scores, fraction_of_max)
+    if method == "kn":
+        locate_kwargs.setdefault("progress", False)
+    else:
+        _require_subjects(facts, method)
+    if method == "kc":
+        corrupted = _corruptions(model, facts, corrupted)
+    rows = []
+    refined: dict[str, Any] = {}
+    located: dict[str, tuple[Any, ...]] = {}
+    firsts: list[Any] = []
+    overlaps: list[float] = []
+    for name, data in facts.items():
+        if method == "kn":
+            scores = attribute(model, data, per_sample=True, **locate_kwargs)
+            masks = coarse_masks(scores, fraction_of_max)
+            refined[name] = refine(masks, share)
+        elif method == "rome":
+            locate_kwargs.setdefault("window", trace_window(model))
+            trace = causal_trace(model, data, "mlp", **locate_kwargs)
+            masks = list(trace.masks)
+            refined[name] = _layer_mask(trace, trace.aie_peak)
+        else:
+            bad = corrupted[name]  # type: ignore[index]
+            masks = [
+                _circuit(model, data.select([i]), bad.select([i]), n_edges, locate_kwargs).mask
+                for i in range(len(data))
+            ]
+            refined[name] = _circuit(model, data, bad, n_edges, locate_kwargs).mask
+        located[name] = tuple(masks)
         firsts.append(masks[0])
         pairs = list(combinations(masks, 2))
         overlap = sum(a.overlap(b) for a, b in pairs) / len(pairs)
         overlaps.append(overlap)
-        refined[name] = refine(masks, share)
         rows.append(
             FidelityRow(
                 fact=name,
@@ -210,7 +305,109 @@ def fidelity(
     for label, values in summaries:
         mean, half = mean_ci(values)
         rows.append(FidelityRow(label, None, None, None, mean, None, half))
-    return FidelityResult("Knowledge-neuron fidelity across paraphrases", tuple(rows), refined)
+    title = {
+        "kn": "Knowledge-neuron fidelity across paraphrases",
+        "rome": "ROME (causal tracing, MLP layer) fidelity across paraphrases",
+        "kc": f"Knowledge-circuit fidelity across paraphrases ({n_edges} edges)",
+    }[method]
+    return FidelityResult(title, tuple(rows), refined, method, located)
+
+
+def trace_window(model: Any) -> int:
+    """The MLP window ``"rome"`` traces with unless given: ROME's 10 layers on GPT-2 XL's 48,
+    a quarter of the layers on shallower models (``max(1, min(10, n_layers // 4))``). The
+    window of [`causal_trace`][tl_capability.tracing.causal_trace] (10) restores every MLP of
+    a model of 5 layers or fewer at once, so every layer would tie and the located layer
+    would always be the first."""
+    return max(1, min(10, model.cfg.n_layers // 4))
+
+
+def _require_subjects(facts: Mapping[str, CapabilityDataset], method: str) -> None:
+    for name, data in facts.items():
+        if data.subjects is None or not all(isinstance(s, str) and s for s in data.subjects):
+            raise ValueError(
+                f"fact {name!r} has no subjects: method {method!r} needs each paraphrase's "
+                "subject (CapabilityDataset.from_pairs(prompts, answers, subjects=[...]))"
+            )
+
+
+def _layer_mask(trace: CausalTrace, layer: int) -> NeuronMask:
+    tensor = torch.zeros(trace.scores[0].shape[1], trace.d_mlp, dtype=torch.bool)
+    tensor[layer] = True
+    selection = {"method": "causal_trace", "kind": trace.kind, "layer": layer, "rule": "AIE peak"}
+    return NeuronMask(tensor, model_name=trace.model_name, selection=selection)
+
+
+def _circuit(
+    model: Any,
+    clean: CapabilityDataset,
+    bad: CapabilityDataset,
+    n_edges: int,
+    kwargs: Mapping[str, Any],
+) -> KnowledgeCircuit:
+    options = dict(kwargs)
+    circuit_method = options.pop("circuit_method", options.pop("method", "eap"))
+    return knowledge_circuit(model, clean, bad, circuit_method, n=n_edges, **options)
+
+
+def corrupt_subjects(
+    model: Any, facts: Mapping[str, CapabilityDataset]
+) -> dict[str, CapabilityDataset]:
+    """Each fact's paraphrases with the subject replaced by another fact's subject, for
+    knowledge circuits: the first other fact (in order) whose subject makes every paraphrase
+    tokenize to as many tokens as before, preferring one whose answer's first token differs
+    from the fact's (so that a logit difference means something). The corrupted answers are
+    that fact's answer.
+
+    Raises:
+        ValueError: For a fact without subjects, or naming the fact no other subject fits.
+    """
+    _require_subjects(facts, "kc")
+    from tl_capability.data import tokenize
+
+    first = {n: tokenize(model, d.select([0]))[0].answer[0] for n, d in facts.items()}
+    out = {}
+    for name, data in facts.items():
+        lengths = [len(s.prompt) for s in tokenize(model, data)]
+        fits = []
+        for other, odata in facts.items():
+            new = odata.subjects[0]  # type: ignore[index]
+            if other == name or new in data.subjects:  # type: ignore[operator]
+                continue
+            prompts = [
+                p.replace(s, new, 1)
+                for p, s in zip(data.prompts, data.subjects, strict=True)  # type: ignore[arg-type]
+            ]
+            candidate = CapabilityDataset.from_pairs(
+                prompts, [odata.answers[0]] * len(data), name=f"{name} -> {other}"
+            )
+            if [len(s.prompt) for s in tokenize(model, candidate)] == lengths:
+                fits.append((first[other] == first[name], candidate))
+        if not fits:
+            raise ValueError(
+                f"fact {name!r}: no other fact's subject tokenizes to as many tokens in its "
+                "paraphrases; give the corrupted prompts with corrupted={...}"
+            )
+        out[name] = min(fits, key=lambda fit: fit[0])[1]
+    return out
+
+
+def _corruptions(
+    model: Any,
+    facts: Mapping[str, CapabilityDataset],
+    corrupted: Mapping[str, CapabilityDataset] | None,
+) -> dict[str, CapabilityDataset]:
+    if corrupted is None:
+        return corrupt_subjects(model, facts)
+    missing = [n for n in facts if n not in corrupted]
+    if missing:
+        raise ValueError(f"no corrupted prompts given for the facts {missing}")
+    for name, data in facts.items():
+        if len(corrupted[name]) != len(data):
+            raise ValueError(
+                f"fact {name!r}: {len(data)} paraphrases but {len(corrupted[name])} corrupted"
+            )
+    return dict(corrupted)
 
 
 def knowledge_neurons(
@@ -245,26 +442,139 @@ def _suppressed_probability(model: Any, mask: NeuronMask, data: CapabilityDatase
 
 def reliability(
     model: Any,
-    masks: Mapping[str, NeuronMask],
-    datasets: Mapping[str, CapabilityDataset],
+    masks: Mapping[str, Any] | None = None,
+    datasets: Mapping[str, CapabilityDataset] | None = None,
     *,
+    method: Method = "kn",
     n_random: int = 20,
     seed: int = 0,
+    n_edges: int = 50,
+    corrupted: Mapping[str, CapabilityDataset] | None = None,
+    new_answers: Mapping[str, str] | None = None,
+    edit_steps: int = 20,
+    edit_lr: float = 0.5,
+    **locate_kwargs: Any,
 ) -> ReliabilityResult:
-    """IPP: how often a located set beats the best of ``n_random`` random sets of its size.
+    """IPP: how often a method's own intervention on the located parameters beats the best of
+    ``n_random`` random choices of the same kind.
 
-    For every item (a fact, or a capability) the located set and ``n_random`` random sets with
-    the same number of neurons per layer (``random_controls(mask, n_random, seed=seed)``) are
-    zeroed in turn; the effect is the drop of the mean answer probability
-    ([`answer_probability`][tl_capability.evaluate.answer_probability]) on the item's data.
+    - ``"kn"`` (default): ``masks`` (each item's located neurons) and ``n_random`` random sets
+      with the same number of neurons per layer
+      (``random_controls(mask, n_random, seed=seed)``) are zeroed in turn; the effect is the
+      drop of the mean answer probability
+      ([`answer_probability`][tl_capability.evaluate.answer_probability]) on the item's data.
+    - ``"rome"``: a rank-one edit of ``W_out``
+      ([`rome_edit`][tl_capability.experiments.rome_edit.rome_edit], a simplified ROME: no key
+      covariance, no prefix averaging; see that module) at the fact's located layer writes a new
+      object (``new_answers``, default the next fact's answer, facts in a ring) from the fact's
+      first paraphrase; the effect is the gain of ``log P(new object)`` (teacher forced, summed
+      over its tokens, in nats; a probability saturates), mean over all its paraphrases, and
+      ``base_prob`` is the mean ``P(new object)`` before the edit; the edit is undone (bit for
+      bit) after each measurement. The random choices
+      are the same edit at ``n_random`` layers drawn uniformly (``random.Random(seed)``) from
+      the other layers. The located layer is the first layer of ``masks[fact]`` when given
+      (e.g. ``fidelity(..., method="rome").masks``), else the peak of the average MLP indirect
+      effect of the fact's paraphrases (``causal_trace(..., kind="mlp")``, ``window`` as for
+      ``fidelity``).
+    - ``"kc"``: the fact's circuit (``masks[fact]``, a
+      [`KnowledgeCircuit`][tl_capability.circuits.KnowledgeCircuit] with edges chosen, else
+      found on all its paraphrases with ``n_edges`` edges) is ablated: its edges carry their
+      corrupted values (the corruptions as for ``fidelity``) and every other edge its clean
+      one; the effect is the drop of the circuit's metric (logit difference by default) from
+      the clean model. The random choices are ``n_random`` random edge sets of the same size
+      (from every edge of the graph, ``torch.Generator().manual_seed(seed)``), ablated alike.
+
+    Args:
+        model: The model (restored after every measurement).
+        masks: ``"kn"``: each item's neurons (required); ``"rome"`` / ``"kc"``: optional
+            located layers / circuits.
+        datasets: Each item's data (``"rome"`` / ``"kc"``: each fact's paraphrases, with
+            subjects).
+        method: ``"kn"``, ``"rome"`` or ``"kc"``.
+        n_random: Random choices per item.
+        seed: Their seed.
+        n_edges: ``"kc"``: edges per circuit when it is located here.
+        corrupted: ``"kc"``: each fact's corrupted paraphrases (default: see ``fidelity``).
+        new_answers: ``"rome"``: the object each fact's edit writes.
+        edit_steps: ``"rome"``: Adam steps of the value optimisation.
+        edit_lr: ``"rome"``: their learning rate.
+        **locate_kwargs: ``"rome"``: passed to ``causal_trace``; ``"kc"``: to
+            ``knowledge_circuit`` (``circuit_method``, ``metric``, ``batch_size``...).
 
     Returns:
-        One row per item (neurons, base probability, located effect, best and mean random
-        effect, whether the located set beats the best random one), then an ``IPP`` row: the
-        share of items whose located set wins (items with an empty set count as losses).
+        One row per item (size of the located set: neurons, the layer's neurons, or edges;
+        base value: P(answer), P(new object) before the edit, or the clean metric; located
+        effect, best and mean random effect, whether the located one beats the best random
+        one), then an ``IPP`` row: the share of items whose located choice wins (items with an
+        empty set count as losses).
+
+    Raises:
+        ValueError: For an unknown method, ``n_random < 1``, a missing dataset or mask, or
+            (``"rome"``, ``"kc"``) facts without subjects.
     """
+    _check_method(method)
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
+    if method == "kn":
+        if masks is None or datasets is None:
+            raise ValueError("method 'kn' needs the masks and the datasets")
+        rows = _kn_rows(model, masks, datasets, n_random, seed)
+        located: dict[str, Any] = dict(masks)
+        news: dict[str, str] = {}
+    else:
+        if datasets is None:
+            raise ValueError(f"method {method!r} needs the facts' paraphrases as datasets=")
+        _require_subjects(datasets, method)
+        extra = sorted(set(masks or {}) - set(datasets))
+        if extra:
+            raise ValueError(f"no dataset for the masks {extra}")
+        if method == "rome":
+            rows, located, news = _rome_rows(
+                model, masks, datasets, n_random, seed, new_answers, edit_steps, edit_lr,
+                locate_kwargs,
+            )  # fmt: skip
+        else:
+            rows, located = _kc_rows(
+                model, masks, datasets, n_random, seed, n_edges, corrupted, locate_kwargs
+            )
+            news = {}
+    wins = [float(r.beats_best_random) for r in rows]
+    rows.append(ReliabilityRow("IPP", None, None, None, None, None, sum(wins) / max(1, len(wins))))
+    against = {
+        "kn": f"the best of {n_random} random sets",
+        "rome": f"the same rank-one edit at the best of {n_random} random layers",
+        "kc": f"the best of {n_random} random edge sets of the circuit's size",
+    }[method]
+    return ReliabilityResult(
+        f"Reliability ({method}: IPP against {against})",
+        tuple(rows),
+        n_random,
+        seed,
+        method,
+        located,
+        news,
+    )
+
+
+def _row(name: str, size: int, base: float, located: float, randoms: list[float]) -> ReliabilityRow:
+    return ReliabilityRow(
+        item=name,
+        neurons=size,
+        base_prob=base,
+        located_effect=located,
+        best_random_effect=max(randoms),
+        mean_random_effect=sum(randoms) / len(randoms),
+        beats_best_random=bool(size) and located > max(randoms),
+    )
+
+
+def _kn_rows(
+    model: Any,
+    masks: Mapping[str, NeuronMask],
+    datasets: Mapping[str, CapabilityDataset],
+    n_random: int,
+    seed: int,
+) -> list[ReliabilityRow]:
     missing = sorted(set(masks) - set(datasets))
     if missing:
         raise ValueError(f"no dataset for the masks {missing}")
@@ -280,25 +590,127 @@ def reliability(
             ]
         else:
             located, randoms = 0.0, [0.0]
-        rows.append(
-            ReliabilityRow(
-                item=name,
-                neurons=len(mask),
-                base_prob=base,
-                located_effect=located,
-                best_random_effect=max(randoms),
-                mean_random_effect=sum(randoms) / len(randoms),
-                beats_best_random=bool(len(mask)) and located > max(randoms),
-            )
+        rows.append(_row(name, len(mask), base, located, randoms))
+    return rows
+
+
+def _answer_logprob(model: Any, data: CapabilityDataset) -> float:
+    """The mean over samples of ``log P(answer)`` (teacher forced, summed over its tokens)."""
+    from tl_capability.evaluate import _answer_logits
+
+    total = torch.zeros(len(data), dtype=torch.float64)
+    for batch, logits in _answer_logits(model, data, 64, False, None):
+        logp = logits.float().log_softmax(-1).gather(-1, batch.target_token[:, None])[:, 0]
+        rows = batch.sample_index.cpu()[batch.target_row.cpu()]
+        total.index_add_(0, rows, logp.double().cpu())
+    return float(total.mean())
+
+
+def _rome_rows(
+    model: Any,
+    masks: Mapping[str, Any] | None,
+    facts: Mapping[str, CapabilityDataset],
+    n_random: int,
+    seed: int,
+    new_answers: Mapping[str, str] | None,
+    steps: int,
+    lr: float,
+    trace_kwargs: Mapping[str, Any],
+) -> tuple[list[ReliabilityRow], dict[str, Any], dict[str, str]]:
+    from tl_capability.experiments.rome_edit import rome_edit
+
+    names, n_layers = list(facts), model.cfg.n_layers
+    if new_answers is None:
+        new_answers = {}
+        for i, name in enumerate(names):
+            own = facts[name].answers[0]
+            ring = [facts[m].answers[0] for m in names[i + 1 :] + names[:i]]
+            new = next((a for a in ring if a != own), None)
+            if new is None:
+                raise ValueError(
+                    f"fact {name!r}: method 'rome' writes another fact's answer and no other "
+                    "fact has another answer; give new_answers={...}"
+                )
+            new_answers[name] = new
+    missing = [n for n in names if n not in new_answers]
+    if missing:
+        raise ValueError(f"no new answer given for the facts {missing}")
+    if n_layers < 2:
+        raise ValueError("method 'rome' compares the located layer with other layers: 1 layer")
+    rng = random.Random(seed)
+    rows, layers = [], {}
+    for name in names:
+        data = facts[name]
+        new = new_answers[name]
+        if masks is not None and name in masks:
+            used = masks[name].tensor.any(1).nonzero().flatten().tolist()
+            if not used:
+                raise ValueError(f"the mask of {name!r} selects no layer")
+            layer = int(used[0])
+        else:
+            options = {"window": trace_window(model), **trace_kwargs}
+            layer = causal_trace(model, data, "mlp", **options).aie_peak
+        layers[name] = layer
+        renamed = CapabilityDataset.from_pairs(
+            data.prompts, [new] * len(data), name, subjects=data.subjects
         )
-    wins = [float(r.beats_best_random) for r in rows]
-    rows.append(ReliabilityRow("IPP", None, None, None, None, None, sum(wins) / max(1, len(wins))))
-    return ReliabilityResult(
-        f"Reliability (IPP against the best of {n_random} random sets)",
-        tuple(rows),
-        n_random,
-        seed,
-    )
+        base = answer_probability(model, renamed).mean().item()
+        base_logp = _answer_logprob(model, renamed)
+        effects: dict[int, float] = {}
+        others = [k for k in range(n_layers) if k != layer]
+        rng_layers = [rng.choice(others) for _ in range(n_random)]
+        for at in [layer, *rng_layers]:
+            if at not in effects:
+                handle, _ = rome_edit(model, renamed.select([0]), at, steps=steps, lr=lr)
+                try:
+                    effects[at] = _answer_logprob(model, renamed) - base_logp
+                finally:
+                    handle.undo()
+        randoms = [effects[at] for at in rng_layers]
+        rows.append(_row(name, model.cfg.d_mlp, base, effects[layer], randoms))
+    return rows, layers, dict(new_answers)
+
+
+def _kc_rows(
+    model: Any,
+    masks: Mapping[str, Any] | None,
+    facts: Mapping[str, CapabilityDataset],
+    n_random: int,
+    seed: int,
+    n_edges: int,
+    corrupted: Mapping[str, CapabilityDataset] | None,
+    circuit_kwargs: Mapping[str, Any],
+) -> tuple[list[ReliabilityRow], dict[str, Any]]:
+    from tl_capability._circuit_data import pairs_of, patched_means
+
+    bad = _corruptions(model, facts, corrupted)
+    batch_size = circuit_kwargs.get("batch_size", 8)
+    rows, circuits = [], {}
+    for name, data in facts.items():
+        if masks is not None and name in masks:
+            circuit = masks[name]
+            if not isinstance(circuit, KnowledgeCircuit):
+                raise ValueError(
+                    f"method 'kc' takes KnowledgeCircuits as masks; {name!r} has a "
+                    f"{type(circuit).__name__}"
+                )
+        else:
+            circuit = _circuit(model, data, bad[name], n_edges, circuit_kwargs)
+        circuits[name] = circuit
+        chosen, graph = circuit._chosen(), circuit.graph
+        size = int(chosen.sum())
+        gen = torch.Generator().manual_seed(seed)
+        sets = [chosen]
+        for _ in range(n_random):
+            sets.append(graph.top(torch.rand(graph.valid.shape, generator=gen), graph.valid, size))
+        kept = [graph.valid & ~edges for edges in sets]  # the set's edges carry corrupted values
+        means = patched_means(
+            model, graph, pairs_of(model, data, bad[name]), circuit.metric, kept, batch_size
+        )
+        clean = means[0]
+        drops = [clean - m for m in means[2:]]
+        rows.append(_row(name, size, clean, drops[0], drops[1:]))
+    return rows, circuits
 
 
 def decoupling(
