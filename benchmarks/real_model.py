@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import matmul_rate, sizes  # noqa: E402
+from peers import matmul_rate, sizes
 
 
 def _timed(fn, repeat: int) -> tuple[float, float]:
