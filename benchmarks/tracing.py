@@ -19,7 +19,8 @@ the shipped PARAREL data, printing the total effect, the AIE per layer and the l
 and writing the figures to ``--out``.
 
     python benchmarks/tracing.py speed [--model smollm2-135m|tiny] [--facts 2] [--samples 10]
-    python benchmarks/tracing.py smollm2 [--facts 10] [--samples 10] [--out tracing-smollm2]
+    python benchmarks/tracing.py smollm2 [--facts 10] [--samples 10] [--kinds none mlp]
+        [--out tracing-smollm2]
 """
 
 from __future__ import annotations
@@ -163,22 +164,28 @@ def smollm2(args: argparse.Namespace) -> None:
     model = zoo.load_model("smollm2-135m")
     data = real.fact_dataset("P36", n_facts=args.facts, model=model)
     out = Path(args.out)
-    results = []
-    for kind in (None, "mlp"):
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in args.kinds:
         start = time.perf_counter()
         result = tlc.causal_trace(model, data, kind=kind, samples=args.samples)
         seconds = time.perf_counter() - start
-        results.append(result)
+        torch.save(result, out / f"trace-{kind or 'hidden'}.pt")  # kept if a later kind fails
         aie = ", ".join(f"{a:+.4f}" for a in result.aie.tolist())
         print(
             f"kind={kind}: {len(data)} prompts in {seconds:.0f} s; mean high "
             f"{float(result.high.mean()):.4f}, mean low {float(result.low.mean()):.4f}, total "
             f"effect {result.total_effect:.4f}; AIE peak layer {result.aie_peak} "
             f"({float(result.aie.max()):.4f})\n  AIE per layer: {aie}\n  located: "
-            f"{list(result.located)}"
+            f"{list(result.located)}",
+            flush=True,
         )
         counts = np.bincount(result.located, minlength=model.cfg.n_layers)
         print(f"  located-layer counts: {dict((i, int(c)) for i, c in enumerate(counts) if c)}")
+    results = [
+        torch.load(out / f"trace-{k}.pt", weights_only=False)
+        for k in ("hidden", "mlp", "attn")
+        if (out / f"trace-{k}.pt").exists()
+    ]
     doc = report.Report("Causal tracing, SmolLM2-135M, P36")
     doc.figure("aie", aie_curves(*results))
     for result in results:
@@ -201,9 +208,10 @@ def main() -> None:
     r.add_argument("--facts", type=int, default=10)
     r.add_argument("--samples", type=int, default=10)
     r.add_argument("--out", default="tracing-smollm2")
+    r.add_argument("--kinds", nargs="+", default=["none", "mlp"])
     args = parser.parse_args()
+    args.kinds = [None if k == "none" else k for k in args.kinds]
     if args.mode == "speed":
-        args.kinds = [None if k == "none" else k for k in args.kinds]
         speed(args)
     else:
         smollm2(args)

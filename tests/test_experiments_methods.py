@@ -166,7 +166,7 @@ def test_kc_reliability_ablates_the_circuit_against_random_edge_sets(zoo_model, 
 
 
 def test_unknown_methods_and_missing_subjects_are_refused(zoo_model, facts):
-    with pytest.raises(ValueError, match="method must be one of 'kn', 'rome', 'kc'; got 'acdc'"):
+    with pytest.raises(ValueError, match="method must be one of 'kn', 'rome', 'kc', got 'acdc'"):
         fidelity(zoo_model, facts, method="acdc")
     with pytest.raises(ValueError, match="method must be one of 'kn', 'rome', 'kc'"):
         reliability(zoo_model, None, facts, method="acdc")
