@@ -238,6 +238,11 @@ def run(
             stages.update()
         stages.set_postfix_str(name)
 
+    def done() -> None:
+        # a long run on a real model leaves a readable partial report behind each stage
+        report.save(out)
+        stages.update()
+
     found = localization(
         model,
         train,
@@ -257,7 +262,7 @@ def run(
             "sets do): these neurons are critical to the model, not to one capability. Read "
             "an own drop only beside the other capabilities' drops and the random sets'."
         )
-    stages.update()
+    done()
 
     stages.set_postfix_str("knowledge neurons")
     facts = suite.facts
@@ -282,7 +287,7 @@ def run(
             "mean set size."
         )
         report.table(decoupling(model, *suite.pairs, steps=sizes.steps))
-    stages.update()
+    done()
 
     stages.set_postfix_str("neuron empirical gradients")
     agreement = neurgrad_agreement(model, suite.neg, top=20)
@@ -301,7 +306,7 @@ def run(
         f"How linear P(answer) is in each neuron's activation ({suite.linear.name}): |Pearson r| "
         "over shifts ±0.1…2.0, for the top 20 neurons by NeurGrad and 20 random ones.",
     )
-    stages.update()
+    done()
 
     stages.set_postfix_str("enhancement")
     target, enhance_train = suite.enhance
@@ -322,7 +327,7 @@ def run(
     )
     report.figure("enhancement", enhancement_curves(enhanced), f"Repairing {target}.")
     report.table(enhanced)
-    stages.update()
+    done()
     stages.close()
 
     s0 = found.sigma
