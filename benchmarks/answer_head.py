@@ -1,6 +1,6 @@
 """Evaluation and learned masks with the head on the answer positions only, against the full pass.
 
-[`tl_capability.head.answer_logits`] unembeds only the positions whose logits are read; the
+[`tl_capability._answer_head.answer_logits`] unembeds only the positions whose logits are read; the
 plain reference is the model's own forward pass, which unembeds every position and indexes
 the answer positions afterwards (what ``accuracy``, ``learn_mask`` and ``finetune_neurons``
 did before). Both run in this process, interleaved, on the same model and data: a zoo
@@ -37,7 +37,7 @@ from peers import build_model
 @contextlib.contextmanager
 def full_pass() -> Iterator[None]:
     """Within: every answer_logits call runs the whole forward pass (the reference)."""
-    import tl_capability.head as head
+    import tl_capability._answer_head as head
 
     original = head.head_is_separable
     head.head_is_separable = lambda model: False
@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from tl_capability import accuracy, tokenize, zoo
-    from tl_capability.head import head_is_separable
+    from tl_capability._answer_head import head_is_separable
     from tl_capability.learned import learn_gates
 
     target = zoo.dataset("sentiment", n=args.n, split="test", seed=0)

@@ -37,7 +37,7 @@ def child(positions: str, batch_size: int, max_rows: int, prompts: int, threads:
     from _rss import PeakRSS
     from peers import build_model
 
-    from tl_capability import CapabilityDataset, attribute
+    from tl_capability import AttributionConfig, CapabilityDataset, attribute
 
     with tempfile.TemporaryDirectory() as d:
         model, _, _ = build_model(Path(d), 6)
@@ -53,8 +53,8 @@ def child(positions: str, batch_size: int, max_rows: int, prompts: int, threads:
                 data,
                 positions=positions,
                 batch_size=batch_size,
-                max_rows=max_rows,
                 progress=False,
+                config=AttributionConfig(max_rows=max_rows),
             )
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "base_mb": peak.start_mb, "extra_mb": peak.extra_mb}

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.models import tiny_model
 from tl_capability import CapabilityDataset
-from tl_capability.attribution import attribute
+from tl_capability.attribution import AttributionConfig, attribute
 
 _PID = os.getpid()  # the real one, to kill this process even under TLC_TEST_PID
 
@@ -42,8 +42,7 @@ def checkpointed_run(model, checkpoint_dir=None, n=40):
         batch_size=2,
         per_sample=True,
         progress=False,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=1,
+        config=AttributionConfig(checkpoint_dir=checkpoint_dir, checkpoint_every=1),
     )
 
 
@@ -51,7 +50,7 @@ def killed_run(model, checkpoint_dir, saves: int, mode: str) -> None:
     """``checkpointed_run``, SIGKILLed after its ``saves``-th checkpoint: ``kill-batch`` during
     the next batch's forward pass, ``kill-write`` halfway through writing the next checkpoint
     (its temporary file cut in half)."""
-    import tl_capability.stats as stats
+    import tl_capability._storage as stats
 
     done = 0
     real = stats.save_file
@@ -101,7 +100,7 @@ def main() -> None:
     if os.environ.get("TLC_TEST_PID"):
         os.getpid = lambda: int(os.environ["TLC_TEST_PID"])
     if os.environ.get("TLC_TEST_SAVE_DELAY"):
-        import tl_capability.stats as stats
+        import tl_capability._storage as stats
 
         write, delay = stats.save_file, float(os.environ["TLC_TEST_SAVE_DELAY"])
 

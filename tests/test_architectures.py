@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from tests.models import ARCHITECTURES, GATED, HAS_BRIDGE, save_hf_model
-from tl_capability import CapabilityDataset, accuracy, answer_correct, neuron_site, tokenize
+from tl_capability import (
+    AttributionConfig,
+    CapabilityDataset,
+    accuracy,
+    answer_correct,
+    neuron_site,
+    tokenize,
+)
 
 pytestmark = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
 
@@ -103,18 +110,22 @@ def test_cached_path_equals_the_general_path_and_the_reference(arch_model, metho
     """The one-token cached rows give the same scores as re-running z_m, on every architecture.
     IG rows enter at their own layer (layered rows): all layers and steps in one pass, steps
     split over sequences with a padded last chunk (7 rows), one layer per pass (1 row)."""
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability.attribution import attribute
-    from tl_capability.layered_rows import layered_rows_exact
+    from tl_capability.attribution._layered_rows import layered_rows_exact
     from tl_capability.sites import supports_kv_cache
 
     _, _, model = arch_model
     assert supports_kv_cache(model)
     assert layered_rows_exact(model, neuron_site(model))
     ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
-    kw = {"steps": 3, "per_sample": True, "progress": False, "max_rows": max_rows}
-    fast = attribute(model, ds, method, use_cache=True, **kw)
-    slow = attribute(model, ds, method, use_cache=False, **kw)
+    kw = {"steps": 3, "per_sample": True, "progress": False}
+    fast = attribute(
+        model, ds, method, **kw, config=AttributionConfig(max_rows=max_rows, use_cache=True)
+    )
+    slow = attribute(
+        model, ds, method, **kw, config=AttributionConfig(max_rows=max_rows, use_cache=False)
+    )
     assert fast.params["kv_cache"] and not slow.params["kv_cache"]
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
     ref = reference_scores(model, ds, method, steps=3)
@@ -136,7 +147,8 @@ def test_empirical_neg_cached_equals_general(arch_model):
 def test_cached_rows_split_into_groups_read_the_same_values(arch_model):
     """Rows of one target spread over several sequences give the same metric as one sequence."""
     from tl_capability import batches
-    from tl_capability.rows import cached_rows, clean_pass, general_rows, row_metric
+    from tl_capability.attribution._row_gradients import row_metric
+    from tl_capability.attribution._rows import cached_rows, clean_pass, general_rows
 
     _, _, model = arch_model
     ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"])
@@ -322,8 +334,8 @@ def test_a_sliding_window_shorter_than_the_prompt_takes_the_general_path(tmp_pat
     from transformer_lens import TransformerBridge
 
     from tl_capability import attribute
+    from tl_capability.attribution._rows import clean_pass
     from tl_capability.data import collate
-    from tl_capability.rows import clean_pass
 
     directory = save_hf_model("mistral", tmp_path / "m", sliding_window=4)
     model = TransformerBridge.boot_transformers(str(directory)).eval()
@@ -334,7 +346,7 @@ def test_a_sliding_window_shorter_than_the_prompt_takes_the_general_path(tmp_pat
     assert cache is None
     kw = {"steps": 3, "per_sample": True, "progress": False}
     fast = attribute(model, data, **kw)
-    slow = attribute(model, data, use_cache=False, **kw)
+    slow = attribute(model, data, **kw, config=AttributionConfig(use_cache=False))
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
 
 
@@ -345,7 +357,7 @@ def test_a_local_window_the_rows_would_outgrow_takes_the_general_path(tmp_path, 
     rows outgrow it (the scores were off by 16-32 % here): such batches re-run ``z_m``."""
     from transformer_lens import TransformerBridge
 
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability import attribute
 
     directory = save_hf_model("gpt_neo", tmp_path / "neo", window_size=8)
@@ -380,7 +392,7 @@ def test_a_model_whose_cache_rows_would_differ_takes_the_general_path(tmp_path, 
     ``use_cache=True`` is refused."""
     from transformer_lens import TransformerBridge
 
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability import attribute, empirical_neg
     from tl_capability.sites import supports_kv_cache
 
@@ -393,7 +405,7 @@ def test_a_model_whose_cache_rows_would_differ_takes_the_general_path(tmp_path, 
     expected = reference_scores(model, data, "ig", steps=3)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="use_cache=True"):
-        attribute(model, data, steps=3, use_cache=True, progress=False)
+        attribute(model, data, steps=3, progress=False, config=AttributionConfig(use_cache=True))
     with pytest.raises(ValueError, match="use_cache=True"):
         empirical_neg(model, data, [(0, 0)], use_cache=True, progress=False)
 
@@ -407,7 +419,7 @@ def test_the_first_call_finds_such_a_cache_on_its_own_passes(tmp_path, arch, war
     the probe does, and the scores are the reference's."""
     from transformer_lens import TransformerBridge
 
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability import attribute
     from tl_capability.sites import kv_cache_known
 
@@ -467,7 +479,7 @@ def test_neurgrad_of_a_silent_relu_neuron_is_its_slope(tmp_path):
     NeurGrad must read their gradient there (``torch.sign(0) = 0`` used to zero them all)."""
     from transformer_lens import TransformerBridge
 
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability import attribute
 
     directory = save_hf_model("opt", tmp_path / "opt")
@@ -489,7 +501,7 @@ def test_a_users_positional_hook_sends_rows_to_the_general_path(tmp_path):
     marked with ``position_free``, keep the cached one."""
     from transformer_lens import TransformerBridge
 
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability import NeuronMask, ablate, attribute, empirical_neg, position_free
     from tl_capability.sites import model_name
 
@@ -598,7 +610,9 @@ def test_permanent_and_plain_pytorch_hooks_of_the_user_count_too(tmp_path):
     ):
         with pytest.warns(UserWarning, match="not marked position-free"):
             scores = attribute(model, data, "grad_x_act", **kw)
-        general = attribute(model, data, "grad_x_act", use_cache=False, **kw)
+        general = attribute(
+            model, data, "grad_x_act", **kw, config=AttributionConfig(use_cache=False)
+        )
         torch.testing.assert_close(scores.per_sample, general.per_sample)
         remove()
     assert hooks_are_position_free(model)

@@ -52,14 +52,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import tl_capability.attribution as attribution
+import tl_capability.attribution._checkpoint as checkpoint_module
 from tests.models import tiny_model
 from tests.scaleout_worker import checkpointed_run
 from tl_capability import CapabilityDataset
-from tl_capability.attribution import NeuronScores, attribute
+from tl_capability._storage import load_atomic, save_atomic, tensors_digest
+from tl_capability.attribution import AttributionConfig, NeuronScores, attribute
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask, select
-from tl_capability.stats import load_atomic, save_atomic, tensors_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scaleout_worker.py"
@@ -102,14 +102,13 @@ def checkpoint_run(model: Any, folder: Path, data: CapabilityDataset = DATA) -> 
         batch_size=2,
         per_sample=True,
         progress=False,
-        checkpoint_dir=folder,
-        checkpoint_every=1,
+        config=AttributionConfig(checkpoint_dir=folder, checkpoint_every=1),
     )
 
 
 def interrupted_run(model: Any, folder: Path, data: CapabilityDataset = DATA) -> Path:
     """``checkpoint_run`` stopped right after its second save; returns the checkpoint."""
-    real, saves = attribution.save_atomic, []
+    real, saves = checkpoint_module.save_atomic, []
 
     def save_then_stop(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
@@ -117,12 +116,12 @@ def interrupted_run(model: Any, folder: Path, data: CapabilityDataset = DATA) ->
         if len(saves) == 2:
             raise Interrupted
 
-    attribution.save_atomic = save_then_stop
+    checkpoint_module.save_atomic = save_then_stop
     try:
         with pytest.raises(Interrupted):
             checkpoint_run(model, folder, data)
     finally:
-        attribution.save_atomic = real
+        checkpoint_module.save_atomic = real
     assert load_atomic(folder / CHECKPOINT)[1]["batches_done"] == 2
     return folder / CHECKPOINT
 

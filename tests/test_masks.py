@@ -187,7 +187,7 @@ def test_refine_keeps_shared_neurons_and_removes_negatives():
 
 
 def test_coarse_masks_per_prompt(model):
-    from tests.test_attribution import DATA
+    from tests.attribution.test_attribute import DATA
     from tl_capability.attribution import attribute
 
     scores = attribute(model, DATA, "grad_x_act", per_sample=True, progress=False)

@@ -26,11 +26,12 @@ from tl_capability import (
     rank_neurons,
     select,
 )
-from tl_capability.all_positions import all_position_scores
+from tl_capability._storage import save_pair
+from tl_capability.attribution import AttributionConfig
+from tl_capability.attribution._all_positions import all_position_scores
 from tl_capability.interventions import mask_hooks
 from tl_capability.options import check_option
 from tl_capability.sites import neuron_hook_name
-from tl_capability.stats import save_pair
 
 pytestmark = pytest.mark.core
 
@@ -70,10 +71,10 @@ OPTIONS = [
      lambda m, v, p: attribute(m, DATA, v, progress=False), (attribute, "method")),
     ("attribute-metric", "Metric", "metric",
      lambda m, v, p: attribute(m, DATA, metric=v, progress=False), (attribute, "metric")),
-    ("attribute-site", "Site", "site",
-     lambda m, v, p: attribute(m, DATA, site=v, progress=False), (attribute, "site")),
-    ("attribute-rule", "IGRule", "rule",
-     lambda m, v, p: attribute(m, DATA, rule=v, progress=False), (attribute, "rule")),
+    ("AttributionConfig-site", "Site", "site",
+     lambda m, v, p: AttributionConfig(site=v), (AttributionConfig, "site")),
+    ("AttributionConfig-rule", "IGRule", "rule",
+     lambda m, v, p: AttributionConfig(rule=v), (AttributionConfig, "rule")),
     ("attribute-positions", "Positions", "positions",
      lambda m, v, p: attribute(m, DATA, positions=v, progress=False), (attribute, "positions")),
     ("attribute-all-positions-method", "AllPositionMethod", "method",
@@ -171,15 +172,10 @@ def test_check_option_returns_the_value_and_refuses_non_strings():
 
 
 def test_the_old_tuples_are_the_aliases_values():
-    from tl_capability import all_positions, attribution, interventions, learned, localization
+    from tl_capability import interventions, learned, localization
     from tl_capability import masks as masks_module
 
     pairs = [
-        (attribution.METHODS, options.AttributionMethod),
-        (attribution.METRICS, options.Metric),
-        (attribution.RULES, options.IGRule),
-        (attribution.POSITIONS, options.Positions),
-        (all_positions.ALL_POSITION_METHODS, options.AllPositionMethod),
         (masks_module.SITES, options.Site),
         (masks_module.SIDES, options.Side),
         (interventions.MODES, options.InterventionMode),

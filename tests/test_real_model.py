@@ -49,7 +49,7 @@ def test_loads_offline_as_a_30_layer_llama(smol):
 
 def test_answer_ig_equals_the_plain_rerun_reference(smol):
     """The cached, layered rows against re-running the whole model per layer and step."""
-    from tests.test_attribution import reference_scores
+    from tests.attribution.test_attribute import reference_scores
     from tl_capability.attribution import attribute
 
     data = FACTS.select([0])
@@ -64,7 +64,7 @@ def test_answer_ig_equals_the_plain_rerun_reference(smol):
 
 def test_all_position_ig_equals_captum(smol):
     pytest.importorskip("captum", reason="captum is in the dev extra")
-    from tests.test_all_positions import _captum
+    from tests.attribution.test_all_positions import _captum
     from tl_capability.attribution import attribute
 
     data = WORDS.select([1])

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tests.scaleout_worker import checkpointed_run, dataset
-from tl_capability.attribution import NeuronScores, attribute
-from tl_capability.stats import Moments, load_atomic
+from tl_capability._storage import load_atomic
+from tl_capability.attribution import AttributionConfig, NeuronScores, attribute
+from tl_capability.attribution._moments import Moments
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scaleout_worker.py"
@@ -82,7 +83,19 @@ def test_killed_run_resumes_to_the_same_result(model, tmp_path):
 
 
 def test_checkpoint_of_another_run_is_refused(model, tmp_path):
-    attribute(model, dataset(4), "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+    attribute(
+        model,
+        dataset(4),
+        "grad_x_act",
+        progress=False,
+        config=AttributionConfig(checkpoint_dir=tmp_path),
+    )
     with pytest.raises(ValueError, match="belongs to another run"):
-        attribute(model, dataset(5), "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+        attribute(
+            model,
+            dataset(5),
+            "grad_x_act",
+            progress=False,
+            config=AttributionConfig(checkpoint_dir=tmp_path),
+        )
     assert load_atomic(tmp_path / "attribution-rank0-of-1.safetensors")[1]["batches_done"] == 1

@@ -10,7 +10,7 @@ See the README for the quickstart and ``tutorials/`` for the methods.
 import importlib
 from typing import Any
 
-from tl_capability.attribution import NeuronScores, attribute, ig_alphas
+from tl_capability.attribution import AttributionConfig, NeuronScores, attribute, ig_alphas
 from tl_capability.circuit_figures import circuit_figure
 from tl_capability.circuits import (
     CircuitMask,
@@ -58,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllPositionMethod",
+    "AttributionConfig",
     "AttributionMethod",
     "Batch",
     "CapabilityDataset",

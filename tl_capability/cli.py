@@ -185,7 +185,7 @@ def _selection(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _locate(args: argparse.Namespace) -> int:
-    from tl_capability.attribution import METHODS, attribute
+    from tl_capability.attribution import attribute
     from tl_capability.loaders import resolve
     from tl_capability.localization import locate
     from tl_capability.masks import select
@@ -194,7 +194,7 @@ def _locate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
     out = Path(args.out)
-    if args.method in METHODS:  # the papers' pipeline: scores, then a selection rule
+    if args.method in options(AttributionMethod):  # the papers' pipeline: scores, then a rule
         scores = attribute(
             model,
             data,

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability._answer_head import answer_logits
 from tl_capability.data import CapabilityDataset, batches, model_tokenizer, tokenize
-from tl_capability.head import answer_logits
 from tl_capability.masks import NeuronMask
 from tl_capability.sites import (
     mlp_parameters,

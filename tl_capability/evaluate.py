@@ -19,6 +19,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability._answer_head import answer_logits
 from tl_capability.data import (
     Batch,
     CapabilityDataset,
@@ -27,7 +28,6 @@ from tl_capability.data import (
     count_batches,
     tokenize,
 )
-from tl_capability.head import answer_logits
 from tl_capability.sites import require_eval
 
 #: A dataset, or its samples as [`tokenize`][tl_capability.data.tokenize] returned them.

@@ -47,10 +47,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability._answer_head import answer_logits
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import Batch, CapabilityDataset, collate, tokenize
 from tl_capability.evaluate import accuracy
-from tl_capability.head import answer_logits
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask
 from tl_capability.options import Gate, Site, Suppression, check_option

@@ -10,7 +10,7 @@ of several training regimes (``docs/findings.md`` has the measurements,
   ``P(answer)`` at the answer positions) then [`select`][tl_capability.masks.select] (σ rule). It
   has no budget rule; the size is what σ gives.
 - ``"all"``: IG of ``log P(answer)`` with the neuron scaled at every position at once
-  ([`tl_capability.all_positions`][tl_capability.all_positions]), ranked by score.
+  ([`attribute`][tl_capability.attribution.attribute]), ranked by score.
 - ``"contrastive"``: the same, minus the controls' scores
   ([`contrastive_scores`][tl_capability.localization.contrastive_scores]): a neuron that the
   controls need as much as the target is not the target's.

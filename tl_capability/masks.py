@@ -34,8 +34,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_capability._storage import load_pair, save_pair
 from tl_capability.options import Side, Site, check_option
-from tl_capability.stats import load_pair, save_pair
 
 SITES = get_args(Site)
 
@@ -193,8 +193,7 @@ class NeuronMask:
     def save(self, path: str | Path) -> None:
         """Writes ``mask.safetensors`` and ``mask.json`` into the directory ``path``.
 
-        The pair is replaced as a whole (see
-        [`tl_capability.stats.save_pair`][tl_capability.stats.save_pair]): an interrupted save
+        The pair is replaced as a whole (see ``_storage.save_pair``): an interrupted save
         leaves the previous pair, or one that [`load`][tl_capability.masks.NeuronMask.load] refuses.
         """
         meta = {

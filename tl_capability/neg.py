@@ -21,10 +21,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_capability._answer_head import require_separable_head
+from tl_capability.attribution._row_gradients import row_metric
+from tl_capability.attribution._rows import Rows, clean_pass, neg_direction, rows_for
 from tl_capability.data import CapabilityDataset, batches, count_batches, tokenize
-from tl_capability.head import require_separable_head
 from tl_capability.options import Metric, Site, check_option
-from tl_capability.rows import Rows, clean_pass, neg_direction, row_metric, rows_for
 from tl_capability.sites import NeuronSite, neuron_site, require_eval, resolve_use_cache
 
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)

@@ -17,7 +17,7 @@ AttributionMethod = Literal["ig", "grad_x_act", "neurgrad", "activation"]
 
 AllPositionMethod = Literal["ig", "grad_x_act", "activation"]
 """The attribution methods that ``positions="all"`` supports
-([`tl_capability.all_positions`][tl_capability.all_positions])."""
+([`attribute`][tl_capability.attribution.attribute])."""
 
 Metric = Literal["prob", "logprob"]
 """What a row reads: ``P(answer token)`` or its log."""

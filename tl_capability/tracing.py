@@ -14,7 +14,7 @@ tokens are those overlapping its first occurrence in the prompt (``find_token_ra
 
 One pass gives the clean states and ``low``; the restorations run in batches of ``samples`` rows
 each (a row restores its own (token, layer) through one hook per layer), read at the last
-position only ([`answer_logits`][tl_capability.head.answer_logits]). A token before the subject
+position only (``_answer_head.answer_logits``). A token before the subject
 has the same state clean and corrupted (causal attention): its scores are ``low``, with no pass.
 """
 
@@ -31,8 +31,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
+from tl_capability._answer_head import answer_logits
 from tl_capability.data import CapabilityDataset, TokenizedSample, prepends_bos, tokenize
-from tl_capability.head import answer_logits
 from tl_capability.masks import NeuronMask
 from tl_capability.sites import is_masked_lm, model_device, model_name, require_eval, run_until
 from tl_capability.tables import Row, Table

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
+from tl_capability._answer_head import answer_logits
 from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.edits import EditHandle, _register
-from tl_capability.head import answer_logits
 from tl_capability.sites import mlp_w_out, model_device, neuron_hook_name, require_eval, run_until
 from tl_capability.tracing import subject_ranges
 

@@ -60,7 +60,7 @@ def attention_window(model: Any) -> int | None:
     layer) and GPT-Neo's ``window_size`` (where ``attention_layers`` has a ``"local"`` layer).
     GPT-Neo masks its local layers by the index of a query in the sequence it is given, not by
     its position id, so rows appended after a cached prefix see the wrong window once the prefix
-    and the rows together outgrow it (see [`clean_pass`][tl_capability.rows.clean_pass]).
+    and the rows together outgrow it (see ``attribution._rows.clean_pass``).
     """
     config = getattr(getattr(model, "original_model", None), "config", None)
     if config is None:
@@ -83,7 +83,7 @@ def attention_window(model: Any) -> int | None:
 
 def supports_kv_cache(model: Any) -> bool:
     """Whether ``model`` takes the fast, exact cached path of
-    [`tl_capability.rows`][tl_capability.rows]: a bridge over a Hugging Face causal decoder whose
+    attribution's rows (``attribution._rows``): a bridge over a Hugging Face causal decoder whose
     cache is a ``DynamicCache``; other models take the general path.
 
     The structural part is decided without running the model: a bridge
@@ -205,7 +205,7 @@ def _probe_kv_cache(model: Any) -> bool:
     # The cache must also be *used*: a bridge whose attention does not read the cache argument
     # the Hugging Face blocks pass (transformer-lens 4.3 under transformers >= 5.24, which
     # renamed it) leaves it empty, and cached rows would then silently see no prefix. The third
-    # token runs as cached rows do (tl_capability.rows.over_cached_prefix): two copies after the
+    # token runs as cached rows do (attribution._rows.over_cached_prefix): two copies after the
     # prefix, a 4-D mask letting each see the prefix and itself, both at position 2.
     with torch.no_grad():
         filled = all(layer.keys is not None for layer in cache.layers)

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset, tokenize
-from tl_capability.attribution import NeuronScores, attribute, ig_alphas
-from tl_capability.stats import tensors_digest
+from tl_capability._storage import tensors_digest
+from tl_capability.attribution import AttributionConfig, NeuronScores, attribute, ig_alphas
 
 pytestmark = pytest.mark.core
 
@@ -95,7 +95,13 @@ def test_matches_the_plain_reference(model, method):
 def test_logprob_and_left_rule_match_the_reference(model):
     ref = reference_scores(model, DATA, "ig", steps=3, rule="left", metric="logprob")
     got = attribute(
-        model, DATA, steps=3, rule="left", metric="logprob", per_sample=True, progress=False
+        model,
+        DATA,
+        steps=3,
+        metric="logprob",
+        per_sample=True,
+        progress=False,
+        config=AttributionConfig(rule="left"),
     )
     torch.testing.assert_close(got.per_sample, ref, rtol=1e-4, atol=1e-7)
 
@@ -136,9 +142,9 @@ def test_results_do_not_depend_on_batching(model, batch_size, max_rows):
         DATA,
         steps=2,
         batch_size=batch_size,
-        max_rows=max_rows,
         progress=False,
         per_sample=True,
+        config=AttributionConfig(max_rows=max_rows),
     )
     torch.testing.assert_close(other.per_sample, base.per_sample, rtol=1e-4, atol=1e-7)
 
@@ -166,7 +172,7 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match="steps must be"):
         attribute(model, DATA, steps=0)
     with pytest.raises(ValueError, match="site must be"):
-        attribute(model, DATA, site="gate")
+        attribute(model, DATA, config=AttributionConfig(site="gate"))
     model.train()
     try:
         with pytest.raises(ValueError, match="training mode"):
@@ -213,9 +219,12 @@ def test_non_finite_scores_name_the_sample_and_leave_no_hooks(model):
     ],
 )
 def test_degenerate_sizes_are_refused_not_silently_wrong(model, kwargs, tmp_path):
-    """max_rows=-1 used to give all-zero IG scores; batch_size=0 a ZeroDivisionError."""
+    """max_rows=-1 used to give all-zero IG scores; batch_size=0 a ZeroDivisionError. The
+    settings of AttributionConfig are refused when the config is made."""
+    config = {k: kwargs.pop(k) for k in ("max_rows", "checkpoint_every") if k in kwargs}
     with pytest.raises(ValueError, match="must be a positive integer"):
-        attribute(model, DATA, "ig", progress=False, checkpoint_dir=tmp_path, **kwargs)
+        settings = AttributionConfig(checkpoint_dir=tmp_path, **config)
+        attribute(model, DATA, "ig", progress=False, **kwargs, config=settings)
 
 
 # ---------------------------------------------------------------------- checkpoints and files
@@ -230,29 +239,47 @@ def test_checkpoint_of_edited_weights_is_refused(model, tmp_path):
     from tl_capability.edits import erase_weights
     from tl_capability.masks import NeuronMask
 
-    clean = attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+    clean = attribute(
+        model, DATA, "grad_x_act", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
+    )
     mask = NeuronMask.from_indices([(0, 3), (1, 5)], model.cfg.n_layers, model.cfg.d_mlp)
     with erase_weights(model, mask):
         edited = attribute(model, DATA, "grad_x_act", progress=False)
         assert not torch.equal(edited.values, clean.values)
         with pytest.raises(ValueError, match="another run"):
-            attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
-    resumed = attribute(model, DATA, "grad_x_act", progress=False, checkpoint_dir=tmp_path)
+            attribute(
+                model,
+                DATA,
+                "grad_x_act",
+                progress=False,
+                config=AttributionConfig(checkpoint_dir=tmp_path),
+            )
+    resumed = attribute(
+        model, DATA, "grad_x_act", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
+    )
     assert torch.equal(resumed.values, clean.values)
 
 
 def test_checkpoint_of_another_dtype_is_refused(model, tmp_path):
-    attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+    attribute(
+        model, DATA, "activation", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
+    )
     model.to(torch.float64)
     try:
         with pytest.raises(ValueError, match="another run"):
-            attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+            attribute(
+                model,
+                DATA,
+                "activation",
+                progress=False,
+                config=AttributionConfig(checkpoint_dir=tmp_path),
+            )
     finally:
         model.to(torch.float32)
 
 
 def _rewrite(path, **changes):
-    from tl_capability.stats import load_atomic, save_atomic
+    from tl_capability._storage import load_atomic, save_atomic
 
     state, meta = load_atomic(path)
     for key, value in changes.items():
@@ -278,23 +305,43 @@ def _rewrite(path, **changes):
     ],
 )
 def test_corrupt_checkpoint_is_refused_naming_the_file(model, tmp_path, change):
-    attribute(model, DATA, "activation", per_sample=True, progress=False, checkpoint_dir=tmp_path)
+    attribute(
+        model,
+        DATA,
+        "activation",
+        per_sample=True,
+        progress=False,
+        config=AttributionConfig(checkpoint_dir=tmp_path),
+    )
     _rewrite(_checkpoint(tmp_path), **change)
     with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
         attribute(
-            model, DATA, "activation", per_sample=True, progress=False, checkpoint_dir=tmp_path
+            model,
+            DATA,
+            "activation",
+            per_sample=True,
+            progress=False,
+            config=AttributionConfig(checkpoint_dir=tmp_path),
         )
 
 
 @pytest.mark.parametrize("where", [12, -3])
 def test_checkpoint_with_flipped_bytes_is_refused(model, tmp_path, where):
-    attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+    attribute(
+        model, DATA, "activation", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
+    )
     path = _checkpoint(tmp_path)
     raw = bytearray(path.read_bytes())
     raw[where] ^= 0x5A
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
-        attribute(model, DATA, "activation", progress=False, checkpoint_dir=tmp_path)
+        attribute(
+            model,
+            DATA,
+            "activation",
+            progress=False,
+            config=AttributionConfig(checkpoint_dir=tmp_path),
+        )
 
 
 def _saved_scores(model, tmp_path):
@@ -438,10 +485,41 @@ def test_top_refuses_impossible_counts(k):
 def test_layers_sharing_a_pass_give_the_same_scores(model, monkeypatch, rows_per_pass):
     """Integrated-gradients rows of several layers in one pass (few rows per layer) equal one
     layer per pass (many rows per layer)."""
-    import tl_capability.attribution as attribution
+    import tl_capability.attribution._methods as methods
 
     kwargs = {"steps": 3, "per_sample": True, "progress": False}
     expected = reference_scores(model, DATA, "ig", steps=3)
-    monkeypatch.setattr(attribution, "_ROWS_PER_PASS", rows_per_pass)
+    monkeypatch.setattr(methods, "_ROWS_PER_PASS", rows_per_pass)
     scores = attribute(model, DATA, **kwargs)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["values", "std", "per_sample"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_scores_that_load_would_refuse_are_refused_at_save(tmp_path, name, bad):
+    """Scores holding NaN (or infinite) values used to save, and then not load."""
+    tensors = {"values": torch.zeros(2, 3), "std": torch.zeros(2, 3)}
+    tensors["per_sample"] = torch.zeros(4, 2, 3)
+    tensors[name].view(-1)[1] = bad
+    scores = NeuronScores(tensors["values"], tensors["std"], 4, "ig", {}, tensors["per_sample"])
+    with pytest.raises(ValueError, match=f"{name} holds NaN or infinite values"):
+        scores.save(tmp_path / "scores")
+    assert not (tmp_path / "scores").exists()
+
+
+def test_the_config_is_checked_when_it_is_made(tmp_path):
+    with pytest.raises(TypeError):
+        AttributionConfig("pre")  # keywords only: a positional setting would be ambiguous
+    with pytest.raises(TypeError, match="use_cache"):
+        AttributionConfig(use_cache="yes")
+    with pytest.raises(TypeError, match="checkpoint_dir"):
+        AttributionConfig(checkpoint_dir=3)
+    with pytest.raises(TypeError, match="AttributionConfig"):
+        attribute(None, DATA, config={"rule": "left"})
+    assert AttributionConfig(checkpoint_dir=tmp_path, max_rows=3).max_rows == 3
+
+
+def test_attribute_keeps_to_ten_parameters():
+    import inspect
+
+    assert len(inspect.signature(attribute).parameters) <= 10

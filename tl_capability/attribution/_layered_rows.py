@@ -2,9 +2,10 @@
 
 An answer-position IG row of layer ``l`` (Dai et al., ACL 2022) replaces one neuron vector at
 layer ``l`` of the last position of ``z_m``; below ``l`` it is the clean run. On the cached path
-([`tl_capability.rows`][tl_capability.rows]) a row is one token over the clean run's keys and
-values, but it still runs every block, forward and backward, though only the blocks from ``l`` up
-see anything but the clean run. Here the rows of a pass share sequences that grow along the way:
+([`_rows`][tl_capability.attribution._rows]) a row is one token over the clean run's
+keys and values, but it still runs every block, forward and backward, though only the blocks from
+``l`` up see anything but the clean run. Here the rows of a pass share sequences that grow along the
+way:
 
 - position 0 of each sequence, the *carrier*, runs the clean token through every block;
 - at the input of block ``l`` the rows of layer ``l`` are appended as copies of the carrier's
@@ -16,11 +17,11 @@ see anything but the clean run. Here the rows of a pass share sequences that gro
 The model's forward pass builds one attention mask, one set of position ids and rotary tables
 for the longest sequence; a forward pre-hook on every block cuts those to the positions alive
 there. Whether that cut is exact depends on what a Hugging Face block reads, so
-[`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact] checks it once per model
-against the plain cached rows; where it differs or fails, attribution keeps the plain rows.
-Attribution's first call on a model checks it on its own passes instead (every row against the
+[`layered_rows_exact`][tl_capability.attribution._layered_rows.layered_rows_exact] checks it once
+per model against the plain cached rows; where it differs or fails, attribution keeps the plain
+rows. Attribution's first call on a model checks it on its own passes instead (every row against the
 clean run where it enters its layer: ``layered_ig_grad_sum(check=True)``, see
-[`tl_capability.first_call`][tl_capability.first_call]).
+[`tl_capability.attribution._first_call`][tl_capability.attribution._first_call]).
 """
 
 from __future__ import annotations
@@ -36,17 +37,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_capability.data import Batch
-from tl_capability.options import Metric
-from tl_capability.rows import (
+from tl_capability.attribution._row_gradients import layer_row_gradients, probe_head
+from tl_capability.attribution._rows import (
     ROWS_PER_SEQUENCE,
     Rows,
     cached_rows,
     clean_pass,
-    layer_row_gradients,
     over_cached_prefix,
-    probe_head,
 )
+from tl_capability.data import Batch
+from tl_capability.options import Metric
 from tl_capability.sites import (
     NeuronSite,
     ProbeMemo,
@@ -177,8 +177,9 @@ def layered_gradients(
 ) -> Float[Tensor, "row d_mlp"]:
     """Gradient of each row's metric at its own layer, its activation there first replaced by
     its ``patch_value``; the same numbers as
-    [`layer_row_gradients`][tl_capability.rows.layer_row_gradients] on the plain cached rows
-    (which checks each row against its ``clean`` activation on the way, where given)."""
+    [`layer_row_gradients`][tl_capability.attribution._row_gradients.layer_row_gradients] on the
+    plain cached rows (which checks each row against its ``clean`` activation on the way, where
+    given)."""
     with entering_at_layers(model, layout):
         return layer_row_gradients(
             model, site, layout.rows, metric, layout.layer, patch_value, clean
@@ -232,10 +233,10 @@ def layered_ig_grad_sum(
 
     With ``check``, every row's activation at its own layer, before it is replaced, must be
     the clean pass's ``acts`` there, else
-    [`RowsInexact`][tl_capability.rows.RowsInexact]: a row enters its layer's block as a copy
-    of the carrier and runs the block over the cached prefix with the arguments cut to the live
-    positions, so this checks the cache, the 4-D mask and the cut at every block, for every
-    row of the pass, at no cost: the check of a model's first call.
+    [`RowsInexact`][tl_capability.attribution._row_gradients.RowsInexact]: a row enters its layer's
+    block as a copy of the carrier and runs the block over the cached prefix with the arguments cut
+    to the live positions, so this checks the cache, the 4-D mask and the cut at every block, for
+    every row of the pass, at no cost: the check of a model's first call.
     """
     device = batch.tokens.device
     n_targets, n_steps = len(batch.target_row), len(alphas)
@@ -267,9 +268,9 @@ def pass_kinds(n_layers: int, n_steps: int, max_rows: int) -> set[bool]:
 
 def layered_rows_known(model: Any, site: NeuronSite, kinds: set[bool]) -> bool | None:
     """What is known, under the hooks attached now, of layered rows on ``model`` for passes of
-    ``kinds`` ([`pass_kinds`][tl_capability.layered_rows.pass_kinds]): ``True`` (exact:
-    [`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact]'s probe said so, or
-    a checked pass of every kind did), ``False`` (not), ``None`` (not yet checked)."""
+    ``kinds`` ([`pass_kinds`][tl_capability.attribution._layered_rows.pass_kinds]): ``True`` (exact:
+    [`layered_rows_exact`][tl_capability.attribution._layered_rows.layered_rows_exact]'s probe said
+    so, or a checked pass of every kind did), ``False`` (not), ``None`` (not yet checked)."""
     known = _EXACT.get(model, {})
     signature = hook_signature(model)
 
@@ -286,8 +287,8 @@ def layered_rows_known(model: Any, site: NeuronSite, kinds: set[bool]) -> bool |
 
 def record_layered_rows(model: Any, site: NeuronSite, kinds: set[bool], exact: bool) -> None:
     """Keeps what a checked layered pass found (see
-    [`layered_rows_known`][tl_capability.layered_rows.layered_rows_known]): exact for these
-    kinds of passes, or not exact at all, until the hooks attached to ``model`` change."""
+    [`layered_rows_known`][tl_capability.attribution._layered_rows.layered_rows_known]): exact for
+    these kinds of passes, or not exact at all, until the hooks attached to ``model`` change."""
     known = _EXACT.setdefault(model, {})
     signature = hook_signature(model)
     if not exact:

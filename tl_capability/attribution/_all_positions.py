@@ -31,37 +31,32 @@ Sequences are right padded and end at their last answer token, so no position af
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, get_args
-from weakref import WeakKeyDictionary
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_capability._answer_head import final_residual
+from tl_capability.attribution._all_position_probes import (
+    ReadsOnly,
+    causal_mask,
+    expands,
+    packed_last_mlp,
+)
+from tl_capability.attribution._layered_rows import plan
+from tl_capability.attribution._row_gradients import metric_surrogate
+from tl_capability.attribution._rows import Rows
 from tl_capability.data import Batch
-from tl_capability.layered_rows import plan
 from tl_capability.options import AllPositionMethod, Metric, check_option
-from tl_capability.rows import Rows, _metric_surrogate, final_residual
 from tl_capability.sites import (
     NeuronSite,
-    ProbeMemo,
-    attention_window,
-    hooks_are_position_free,
-    is_bridge,
-    is_masked_lm,
-    kept_until_hooks_change,
-    mlp_io_hook_names,
     mlp_output_adds_linearly,
     mlp_w_out,
-    model_device,
-    probe_tolerance,
     resid_post_hook_name,
     resid_pre_hook_name,
-    unembedding,
 )
-
-ALL_POSITION_METHODS = get_args(AllPositionMethod)
 
 
 def check_all_position_method(method: str) -> AllPositionMethod:
@@ -73,158 +68,6 @@ def check_all_position_method(method: str) -> AllPositionMethod:
     return check_option(
         method, AllPositionMethod, "method", note="positions='all' supports no other"
     )
-
-
-def _expands(model: Any, width: int) -> bool:
-    """Whether rows of ``width`` positions can share the layers below the scaled one: a causal
-    model, and on a bridge one whose batch may grow inside the forward pass under one broadcast
-    causal mask ([`_batch_grows`][tl_capability.all_positions._batch_grows], kept per model
-    until its hooks change) with no attention window narrower than the rows: an explicit 4-D
-    mask replaces the model's own, sliding window included
-    ([`attention_window`][tl_capability.sites.attention_window])."""
-    if is_masked_lm(model):
-        return False
-    if not is_bridge(model):
-        return True
-    window = attention_window(model)
-    if window is not None and width > window:
-        return False
-    return kept_until_hooks_change(_GROWS, model, None, lambda: _batch_grows(model))
-
-
-_GROWS: ProbeMemo = WeakKeyDictionary()
-
-
-def _batch_grows(model: Any) -> bool:
-    """Two prompts run as the model runs them, and again with a copy of the first appended
-    before the first block under [`_causal_mask`][tl_capability.all_positions._causal_mask]:
-    the grown batch must give the same last residuals. Some attentions refuse a mask whose
-    batch is not theirs (XGLM checks its shape, Bloom builds ALiBi from a 2-D mask): then a
-    warning, and rows re-run the prompt."""
-    device = model_device(model)
-    tokens = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]], device=device) % model.cfg.d_vocab
-
-    def grow(resid: Tensor, hook: Any) -> Tensor:
-        return torch.cat([resid, resid[:1]])
-
-    try:
-        with torch.no_grad():
-            own = final_residual(model, tokens, [])
-            grown = final_residual(
-                model,
-                tokens,
-                [(resid_pre_hook_name(0), grow)],
-                **_causal_mask(model, tokens.shape[1], device),
-            )
-        tol = probe_tolerance(own.dtype)
-        scale = float(own.abs().max())
-        same = grown.shape[0] == 3 and all(
-            float((grown[i] - own[j]).abs().max()) <= tol * scale
-            for i, j in ((0, 0), (1, 1), (2, 0))
-        )
-        why = "its last residuals differ"
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as error:
-        same, why = False, f"{type(error).__name__}: {error}"
-    if not same:
-        warnings.warn(
-            "this model does not run a batch grown inside the forward pass under one broadcast "
-            f"causal mask as it runs the batch itself ({why}); all-position rows re-run the "
-            "prompt (exact, slower)",
-            stacklevel=4,
-        )
-    return same
-
-
-def _causal_mask(model: Any, width: int, device: torch.device) -> dict[str, Any]:
-    """Forward kwargs that let a batch grow inside the model (bridges over HF models only): a
-    4-D causal mask, and the position ids, which some models (OPT) would otherwise derive from
-    the mask as if it were 2-D."""
-    if not is_bridge(model):
-        return {}  # HookedTransformer builds its causal mask per position, not per batch
-    dtype = unembedding(model)[0].dtype
-    mask = torch.full((1, 1, width, width), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return {
-        "attention_mask": mask.triu(1),
-        "position_ids": torch.arange(width, device=device)[None],
-    }
-
-
-class _ReadsOnly:
-    """Hooks that run the last block's MLP only where it is read: at the positions the rows
-    read (and at every position of the batch's first ``whole`` sequences, whose activations
-    there are kept).
-
-    A row's metric reads the last block's output at its answer positions only, and the MLP is
-    the last thing a block does (its output is added to the residual there), so the MLP at any
-    other position of a row feeds nothing that is read: its input is packed to the read
-    positions, ``[whole·pos + reads, 1, d_model]``, and its output scattered back (zeros
-    elsewhere). The MLP is two thirds of a block's multiply-adds, and the last block the one
-    every row runs. Used where [`_packs`][tl_capability.all_positions._packs] holds.
-    """
-
-    def __init__(self, names: tuple[str, str], whole: int, seq: Tensor, pos: Tensor):
-        self.names, self.whole, self.seq, self.pos = names, whole, seq, pos
-        self.shape: tuple[int, int] = (0, 0)
-        self.reads = (seq, pos)
-
-    def hooks(self) -> list:
-        return [(self.names[0], self._take), (self.names[1], self._put)]
-
-    def _take(self, x: Tensor, hook: Any) -> Tensor:
-        n, width = x.shape[:2]
-        here = self.seq < n  # rows already in the batch at this block
-        self.shape, self.reads = (n, width), (self.seq[here], self.pos[here])
-        whole = x[: self.whole].flatten(0, 1)
-        return torch.cat([whole, x[self.reads]])[:, None]
-
-    def _put(self, y: Tensor, hook: Any) -> Tensor:
-        (n, width), cut = self.shape, self.whole * self.shape[1]
-        if y.shape[:2] != (cut + len(self.reads[0]), 1):
-            raise RuntimeError(f"the last MLP's output has shape {tuple(y.shape)}, not its input's")
-        out = y.new_zeros(n, width, y.shape[-1])
-        out[: self.whole] = y[:cut, 0].unflatten(0, (self.whole, width))
-        out[self.reads] = y[cut:, 0]
-        return out
-
-    def whole_part(self, act: Tensor) -> Tensor:
-        """The first ``whole`` sequences of a tensor read inside the packed MLP."""
-        return act[: self.whole * self.shape[1], 0].unflatten(0, (self.whole, self.shape[1]))
-
-
-def _packs(model: Any) -> tuple[str, str] | None:
-    """The last MLP's hook points where rows may run it at their read positions only
-    ([`_ReadsOnly`][tl_capability.all_positions._ReadsOnly]): a bridge whose MLP module has
-    input and output hook points, every hook attached to the model position-free (a hook on
-    the last MLP sees the packed positions), and, checked once per model until its hooks
-    change, a pass that packs a copy of a prompt to its last position ends it as the prompt
-    itself does."""
-    names = mlp_io_hook_names(model, model.cfg.n_layers - 1)
-    if names is None or not is_bridge(model) or not hooks_are_position_free(model):
-        return None
-    exact = kept_until_hooks_change(_PACKS, model, None, lambda: _probe_packs(model, names))
-    return names if exact else None
-
-
-_PACKS: ProbeMemo = WeakKeyDictionary()
-
-
-def _probe_packs(model: Any, names: tuple[str, str]) -> bool:
-    device = model_device(model)
-    tokens = torch.tensor([[0, 1, 2, 3]], device=device).expand(2, -1) % model.cfg.d_vocab
-    last = torch.tensor([1], device=device), torch.tensor([3], device=device)
-    packed = _ReadsOnly(names, 1, *last)
-    try:
-        with torch.no_grad():
-            out = final_residual(model, tokens, packed.hooks())
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError):
-        return False
-    want, got = out[0, 3].float(), out[1, 3].float()
-    scale = max(float(want.abs().max()), 1.0)
-    return float((got - want).abs().max()) <= probe_tolerance(out.dtype) * scale
 
 
 def _rows(
@@ -251,24 +94,39 @@ def all_position_scores(
     alphas: Float[Tensor, " steps"],
     max_rows: int,
 ) -> Float[Tensor, "batch layer d_mlp"]:
-    """Each sample's all-position score of every neuron (see the module docstring)."""
+    """Each sample's all-position score of every neuron (see the module docstring), by the
+    method's entry in ``METHODS``."""
     check_all_position_method(method)
+    return METHODS[method](model, site, batch, metric, alphas, max_rows)
+
+
+def _real_and_weight(batch: Batch) -> tuple[Tensor, Tensor]:
+    """The batch's real (unpadded) positions, and each sample's weight ``1/Y`` (its answer
+    tokens' mean)."""
+    device = batch.tokens.device
+    return batch.mask.to(device), 1.0 / batch.n_targets.to(device).float()
+
+
+def _ig(
+    model: Any,
+    site: NeuronSite,
+    batch: Batch,
+    metric: Metric,
+    alphas: Float[Tensor, " steps"],
+    max_rows: int,
+) -> Float[Tensor, "batch layer d_mlp"]:
+    """Integrated gradients with the layer scaled at every position."""
     device = batch.tokens.device
     n_samples = batch.tokens.shape[0]
-    real = batch.mask.to(device)
-    weight = 1.0 / batch.n_targets.to(device).float()
-    if method == "activation":
-        return _activation(model, site, batch, real)
-    if method == "grad_x_act":
-        return _grad_x_act(model, site, batch, metric, real, weight)
-    expand = _expands(model, batch.tokens.shape[1])
-    kwargs = _causal_mask(model, batch.tokens.shape[1], device) if expand else {}
+    real, weight = _real_and_weight(batch)
+    expand = expands(model, batch.tokens.shape[1])
+    kwargs = causal_mask(model, batch.tokens.shape[1], device) if expand else {}
     # Rows can even share the scaled layer's own block when the post-activations reach the
     # residual stream only through W_out: then a row's block output is the clean one plus
     # (α a − a) W_out, and the attention, norm, input projection and activation function of
     # that block run once per sample instead of once per (sample, α).
     late = expand and site.kind == "post" and mlp_output_adds_linearly(model)
-    packs = _packs(model)  # the last block's MLP at the read positions only, where it may
+    packs = packed_last_mlp(model)  # the last block's MLP at the read positions only, where it may
     alphas = alphas.to(device)
     n_steps = len(alphas)
     out = torch.zeros(n_samples, site.n_layers, site.d_mlp, device=device)
@@ -320,7 +178,7 @@ def _scaled_gradient(
 ) -> tuple[Float[Tensor, "row pos d_mlp"], Float[Tensor, "row pos d_mlp"]]:
     """The clean activations of ``layer`` and the gradient of each row's metric at ``α·a``
     (with ``packs``, the last block's MLP runs at the read positions only:
-    [`_ReadsOnly`][tl_capability.all_positions._ReadsOnly])."""
+    [`ReadsOnly`][tl_capability.attribution._all_position_probes.ReadsOnly])."""
     held: dict[str, Tensor] = {}
 
     def copy_rows(resid: Tensor, hook: Any) -> Tensor:
@@ -336,9 +194,9 @@ def _scaled_gradient(
     if expand:
         fwd.insert(0, (resid_pre_hook_name(layer), copy_rows))
     if packs is not None:
-        fwd += _ReadsOnly(packs, 0, rows.seq, rows.pos).hooks()
+        fwd += ReadsOnly(packs, 0, rows.seq, rows.pos).hooks()
     with torch.enable_grad():
-        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight)
+        _, surrogate = metric_surrogate(model, rows, metric, fwd, weight)
         (grad,) = torch.autograd.grad(surrogate, [held["scaled"]])
     return held["clean"], grad.float()
 
@@ -368,7 +226,8 @@ def _grown_scores(
     ``G W_outᵀ``, which is linear, so the steps' ``G`` are summed first and multiplied by
     ``W_outᵀ`` once per sample: no ``[row, pos, d_mlp]`` tensor is made, forward or backward.
     With ``packs``, the last block's MLP runs at the rows' read positions only (and at every
-    position of the clean samples: [`_ReadsOnly`][tl_capability.all_positions._ReadsOnly]).
+    position of the clean samples:
+    [`ReadsOnly`][tl_capability.attribution._all_position_probes.ReadsOnly]).
     """
     b, c = len(samples), len(alpha)
     local = torch.arange(b, device=samples.device).repeat_interleave(c)
@@ -376,7 +235,7 @@ def _grown_scores(
     grown: dict[int, Tensor] = {}
     row_sample = samples[local].repeat(len(layers))
     rows, t = _rows(batch, row_sample, batch.tokens[samples], kwargs, offset=b)
-    last = None if packs is None else _ReadsOnly(packs, b, rows.seq, rows.pos)
+    last = None if packs is None else ReadsOnly(packs, b, rows.seq, rows.pos)
     top = site.n_layers - 1
     w_outs = {layer: mlp_w_out(model, layer).detach() for layer in layers}
 
@@ -402,7 +261,7 @@ def _grown_scores(
     for layer in layers:
         fwd += [(site.hook_name(layer), keep(layer)), (resid_post_hook_name(layer), fork(layer))]
     with torch.enable_grad():
-        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
+        _, surrogate = metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
         grads = torch.autograd.grad(surrogate, [grown[layer] for layer in layers])
     real = batch.mask.to(samples.device)[samples, :, None]
     out = []
@@ -418,10 +277,12 @@ def _grad_x_act(
     site: NeuronSite,
     batch: Batch,
     metric: Metric,
-    real: Tensor,
-    weight: Tensor,
+    alphas: Tensor,
+    max_rows: int,
 ) -> Float[Tensor, "batch layer d_mlp"]:
-    """``Σ_p a ∂f/∂a`` at the clean run, every layer in one forward and backward pass."""
+    """``Σ_p a ∂f/∂a`` at the clean run, every layer in one forward and backward pass (one
+    pass per batch: no steps, no row limit)."""
+    real, weight = _real_and_weight(batch)
     every = torch.arange(batch.tokens.shape[0], device=real.device)
     rows, t = _rows(batch, every, batch.tokens, {})
     held: list[Tensor] = []
@@ -435,7 +296,7 @@ def _grad_x_act(
 
     fwd = [(site.hook_name(layer), keep) for layer in range(site.n_layers)]
     with torch.enable_grad():
-        _, surrogate = _metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
+        _, surrogate = metric_surrogate(model, rows, metric, fwd, weight[batch.target_row[t]])
         grads = torch.autograd.grad(surrogate, held, allow_unused=True)
     out = [
         torch.zeros_like(a[:, 0]) if g is None else (a.detach() * g * real[..., None]).sum(1)
@@ -445,9 +306,10 @@ def _grad_x_act(
 
 
 def _activation(
-    model: Any, site: NeuronSite, batch: Batch, real: Tensor
+    model: Any, site: NeuronSite, batch: Batch, metric: Metric, alphas: Tensor, max_rows: int
 ) -> Float[Tensor, "batch layer d_mlp"]:
-    """Mean ``|a|`` over each sample's real positions."""
+    """Mean ``|a|`` over each sample's real positions (no metric, no gradient)."""
+    real = _real_and_weight(batch)[0]
     acts: list[Tensor] = [torch.empty(0)] * site.n_layers
 
     def grab(layer: int):
@@ -461,3 +323,13 @@ def _activation(
             model, batch.tokens, [(site.hook_name(i), grab(i)) for i in range(site.n_layers)]
         )
     return torch.stack(acts, dim=1) / real.sum(1)[:, None, None]
+
+
+#: The all-position methods: each scores a batch as ``(model, site, batch, metric, alphas,
+#: max_rows) -> [batch, layer, d_mlp]``. A new method is one such function and one entry here
+#: (and its name in ``options.AllPositionMethod``).
+METHODS: dict[str, Callable[..., Tensor]] = {
+    "ig": _ig,
+    "grad_x_act": _grad_x_act,
+    "activation": _activation,
+}

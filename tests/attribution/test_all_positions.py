@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability import CapabilityDataset, tokenize
-from tl_capability.attribution import attribute, ig_alphas
+from tl_capability.attribution import AttributionConfig, attribute, ig_alphas
 
 pytestmark = pytest.mark.core
 
@@ -166,14 +166,14 @@ def test_matches_captum_on_hugging_face_architectures(arch, grows):
 
     from transformer_lens import TransformerBridge
 
-    from tl_capability.all_positions import _expands
+    from tl_capability.attribution._all_position_probes import expands
 
     path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
     model = TransformerBridge.boot_transformers(str(path))
     model.eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert _expands(model, 8) == grows
+        assert expands(model, 8) == grows
     assert any("grown inside" in str(w.message) for w in caught) == (not grows)
     scores = attribute(model, DATA, "ig", steps=4, positions="all", progress=False)
     torch.testing.assert_close(scores.values, _captum(model, DATA, 4, "prob"), rtol=1e-4, atol=1e-7)
@@ -187,11 +187,11 @@ def test_a_sliding_window_narrower_than_the_prompts_is_kept(arch):
     the model's own pass. The grown-batch path gave 45-65 % errors here."""
     from transformer_lens import TransformerBridge
 
-    from tl_capability.all_positions import _expands
+    from tl_capability.attribution._all_position_probes import expands
 
     path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")), sliding_window=4)
     model = TransformerBridge.boot_transformers(str(path)).eval()
-    assert _expands(model, 4) and not _expands(model, 5)
+    assert expands(model, 4) and not expands(model, 5)
     scores = attribute(model, DATA, "ig", steps=4, positions="all", per_sample=True, progress=False)
     expected = reference(model, DATA, "ig", steps=4)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
@@ -203,7 +203,7 @@ def test_the_grown_batch_probe_runs_again_when_the_hooks_change():
     once it is removed, the probe runs again and says yes."""
     from transformer_lens import TransformerBridge
 
-    from tl_capability.all_positions import _expands
+    from tl_capability.attribution._all_position_probes import expands
 
     path = save_hf_model("gpt2", Path(tempfile.mkdtemp(prefix="tlc-gpt2-")))
     model = TransformerBridge.boot_transformers(str(path)).eval()
@@ -215,9 +215,9 @@ def test_the_grown_batch_probe_runs_again_when_the_hooks_change():
 
     model.blocks[1].hook_resid_pre.add_hook(two_rows_only)
     with pytest.warns(UserWarning, match="this hook takes two rows"):
-        assert not _expands(model, 8)
+        assert not expands(model, 8)
     model.reset_hooks()
-    assert _expands(model, 8)
+    assert expands(model, 8)
 
 
 def test_completeness_per_layer(model):
@@ -254,7 +254,7 @@ def test_independent_of_batching(model, batch_size, max_rows):
         positions="all",
         progress=False,
         batch_size=batch_size,
-        max_rows=max_rows,
+        config=AttributionConfig(max_rows=max_rows),
     )
     torch.testing.assert_close(other.values, base.values, rtol=1e-4, atol=1e-7)
 
@@ -267,10 +267,23 @@ def test_bad_options_are_refused(model):
 
 
 def test_answer_and_all_position_checkpoints_do_not_mix(model, tmp_path):
-    attribute(model, DATA, "ig", steps=2, progress=False, checkpoint_dir=tmp_path)
+    attribute(
+        model,
+        DATA,
+        "ig",
+        steps=2,
+        progress=False,
+        config=AttributionConfig(checkpoint_dir=tmp_path),
+    )
     with pytest.raises(ValueError, match="another run"):
         attribute(
-            model, DATA, "ig", steps=2, progress=False, checkpoint_dir=tmp_path, positions="all"
+            model,
+            DATA,
+            "ig",
+            steps=2,
+            progress=False,
+            positions="all",
+            config=AttributionConfig(checkpoint_dir=tmp_path),
         )
 
 
@@ -278,7 +291,7 @@ def test_answer_and_all_position_checkpoints_do_not_mix(model, tmp_path):
 def test_rows_forked_after_the_scaled_block_equal_rows_forked_before_it(model, arch, monkeypatch):
     """Sharing the scaled layer's own block (rows fork after it, adding (α a − a) W_out) gives
     the scores of rows that run that block themselves."""
-    import tl_capability.all_positions as all_positions
+    import tl_capability.attribution._all_positions as all_positions
 
     if arch is not None:
         if not HAS_BRIDGE:
@@ -343,16 +356,16 @@ def test_the_last_mlp_runs_where_it_is_read_only(arch, monkeypatch):
     on the grown-batch path and on the rows that re-run the scaled block."""
     from transformer_lens import TransformerBridge
 
-    import tl_capability.all_positions as all_positions
+    import tl_capability.attribution._all_positions as all_positions
 
     path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
     model = TransformerBridge.boot_transformers(str(path)).eval()
-    assert all_positions._packs(model) is not None
+    assert all_positions.packed_last_mlp(model) is not None
     kwargs = {"steps": 3, "positions": "all", "per_sample": True, "progress": False}
     packed = attribute(model, DATA, "ig", **kwargs)
     monkeypatch.setattr(all_positions, "mlp_output_adds_linearly", lambda m: False)
     packed_per_row = attribute(model, DATA, "ig", **kwargs)
-    monkeypatch.setattr(all_positions, "_packs", lambda m: None)
+    monkeypatch.setattr(all_positions, "packed_last_mlp", lambda m: None)
     whole = attribute(model, DATA, "ig", **kwargs)
     torch.testing.assert_close(packed.per_sample, whole.per_sample, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(packed_per_row.per_sample, whole.per_sample, rtol=1e-4, atol=1e-7)
@@ -365,7 +378,7 @@ def test_a_last_block_that_mixes_positions_after_its_mlp_runs_it_everywhere():
     check finds it, and rows run the MLP everywhere."""
     from transformer_lens import TransformerBridge
 
-    import tl_capability.all_positions as all_positions
+    import tl_capability.attribution._all_positions as all_positions
     from tl_capability import position_free
 
     path = save_hf_model("gpt2", Path(tempfile.mkdtemp(prefix="tlc-gpt2-")))
@@ -373,10 +386,10 @@ def test_a_last_block_that_mixes_positions_after_its_mlp_runs_it_everywhere():
     last = model.cfg.n_layers - 1
     mix = position_free(lambda out, hook: out + 0.1 * out.cumsum(1))
     with model.hooks(fwd_hooks=[(f"blocks.{last}.hook_resid_post", mix)]):
-        assert all_positions._packs(model) is None
+        assert all_positions.packed_last_mlp(model) is None
         scores = attribute(
             model, DATA, "ig", steps=2, positions="all", per_sample=True, progress=False
         )
         expected = reference(model, DATA, "ig", steps=2)
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
-    assert all_positions._packs(model) is not None
+    assert all_positions.packed_last_mlp(model) is not None

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.models import HAS_BRIDGE, save_hf_model
-from tl_capability import CapabilityDataset, attribute, neuron_site
-from tl_capability import layered_rows as lr
+from tl_capability import AttributionConfig, CapabilityDataset, attribute, neuron_site
+from tl_capability.attribution import _layered_rows as lr
 from tl_capability.sites import hook_signature
 
 DS = CapabilityDataset.from_pairs(["12+34=", "rev abc:", "q"], ["46", "cba", "xy"])
@@ -77,17 +77,18 @@ def gpt2(tmp_path, monkeypatch):
     ],
 )
 def test_probe_refuses_a_wrong_cut_and_attribution_keeps_the_plain_rows(gpt2, monkeypatch, cut):
-    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    plain = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=False))
     monkeypatch.setattr(lr, "_cut", cut)
     assert not lr.layered_rows_exact(gpt2, neuron_site(gpt2))
     calls = _count_layered(monkeypatch)
-    cached = attribute(gpt2, DS, use_cache=True, **KW)
+    cached = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=True))
     torch.testing.assert_close(cached.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
     assert calls == []
 
 
 def _count_layered(monkeypatch) -> list:
-    from tl_capability import attribution, first_call
+    from tl_capability.attribution import _first_call as first_call
+    from tl_capability.attribution import _methods as methods
 
     calls = []
 
@@ -96,7 +97,7 @@ def _count_layered(monkeypatch) -> list:
         return lr.layered_ig_grad_sum(*args, **kwargs)
 
     # a model's first call takes them through its checks (first_call), later calls directly
-    monkeypatch.setattr(attribution, "layered_ig_grad_sum", counted)
+    monkeypatch.setattr(methods, "layered_ig_grad_sum", counted)
     monkeypatch.setattr(first_call, "layered_ig_grad_sum", counted)
     return calls
 
@@ -104,11 +105,11 @@ def _count_layered(monkeypatch) -> list:
 @needs_bridge
 def test_attribution_takes_layered_rows_where_the_probe_accepts_them(gpt2, monkeypatch):
     calls = _count_layered(monkeypatch)
-    fast = attribute(gpt2, DS, use_cache=True, **KW)
+    fast = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=True))
     assert calls == [1]
-    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    plain = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=False))
     torch.testing.assert_close(fast.per_sample, plain.per_sample, rtol=1e-4, atol=1e-7)
-    attribute(gpt2, DS, "grad_x_act", use_cache=True, progress=False)
+    attribute(gpt2, DS, "grad_x_act", progress=False, config=AttributionConfig(use_cache=True))
     assert calls == [1]  # IG only
 
 
@@ -139,11 +140,11 @@ def test_user_hooks_compose_with_layered_rows(gpt2):
     hooks = [("blocks.1.hook_resid_pre", add), ("blocks.0.mlp.hook_post", zero)]
     with gpt2.hooks(fwd_hooks=hooks):
         assert lr.layered_rows_exact(gpt2, neuron_site(gpt2))
-        fast = attribute(gpt2, DS, use_cache=True, **KW)
-        slow = attribute(gpt2, DS, use_cache=False, **KW)
+        fast = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=True))
+        slow = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=False))
     torch.testing.assert_close(fast.per_sample, slow.per_sample, rtol=1e-4, atol=1e-7)
     assert fast.per_sample[:, 0, 3].abs().max() == 0
-    clean = attribute(gpt2, DS, use_cache=True, **KW)
+    clean = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=True))
     assert not torch.allclose(clean.per_sample, fast.per_sample)
 
 
@@ -160,7 +161,7 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
     with gpt2.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", fail)]):
         lr._EXACT[gpt2] = {site: (hook_signature(gpt2), True)}  # skip the probe
         with pytest.raises(RuntimeError, match="user hook failed"):
-            attribute(gpt2, DS, use_cache=True, **KW)
+            attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=True))
     assert [len(b._forward_pre_hooks) for b in blocks] == before
 
 
@@ -169,7 +170,7 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
 
 def _no_probes(monkeypatch) -> None:
     """The stand-alone probes fail the test if they run."""
-    from tl_capability import head
+    from tl_capability import _answer_head as head
     from tl_capability.sites import neurons, support
 
     def probe(*args, **kwargs):
@@ -190,8 +191,8 @@ def test_the_first_call_checks_on_its_own_passes(gpt2, monkeypatch, method):
     """A fresh model's first call reads the width, head, cache and layered-rows checks off its
     own passes (no probe of their own), keeps what they found, and gives the reference's
     scores."""
-    from tests.test_attribution import reference_scores
-    from tl_capability import head
+    from tests.attribution.test_attribute import reference_scores
+    from tl_capability import _answer_head as head
     from tl_capability.sites import kv_cache_known, width_checked
 
     _no_probes(monkeypatch)
@@ -222,7 +223,7 @@ def test_the_first_call_checks_on_its_own_passes(gpt2, monkeypatch, method):
 def test_the_first_call_refuses_a_wrong_cut_on_its_own_rows(gpt2, monkeypatch, cut):
     """With no probe run before, the first call's rows find the wrong cut: the batch runs on
     the plain cached rows, and layered rows stay refused."""
-    plain = attribute(gpt2, DS, use_cache=False, **KW)
+    plain = attribute(gpt2, DS, **KW, config=AttributionConfig(use_cache=False))
     lr._EXACT.pop(gpt2, None)
     monkeypatch.setattr(lr, "_cut", cut)
     calls = _count_layered(monkeypatch)
@@ -240,10 +241,10 @@ def test_rows_off_the_clean_run_send_the_first_call_to_the_general_path(gpt2, mo
     """Rows over the cache that do not reproduce the full pass on the call's data (here: run
     one position further than they stand for) are caught by the first call even where the
     cache probe, on its own tokens, passes: a warning, and the general path from then on."""
-    from tl_capability import rows as rows_module
+    from tl_capability.attribution import _rows as rows_module
     from tl_capability.sites import kv_cache_known
 
-    plain = attribute(gpt2, DS, method, use_cache=False, **KW)
+    plain = attribute(gpt2, DS, method, **KW, config=AttributionConfig(use_cache=False))
     real = rows_module.over_cached_prefix
 
     def shifted(*args, **kwargs):

@@ -1,17 +1,17 @@
 import pytest
 import torch
 
-import tl_capability.head as head_module
-import tl_capability.rows as rows_module
+import tl_capability._answer_head as head_module
+import tl_capability.attribution._row_gradients as rows_module
 import tl_capability.sites.weights as site_weights
 from tl_capability import CapabilityDataset, answer_correct, attribute
+from tl_capability._answer_head import answer_logits, head_is_separable
 from tl_capability.data import batches, tokenize
-from tl_capability.head import answer_logits, head_is_separable
 from tl_capability.sites import hook_points_in_use, logit_transform, neuron_hook_name
 
+from .attribution.test_all_positions import reference as all_positions_reference
+from .attribution.test_attribute import reference_scores
 from .models import HAS_BRIDGE, save_hf_model, tiny_model
-from .test_all_positions import reference as all_positions_reference
-from .test_attribution import reference_scores
 from .test_evaluate import _reference_correct
 from .test_neg import test_delta_matches_a_manual_intervention as neg_delta_check
 

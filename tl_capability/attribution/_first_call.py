@@ -3,13 +3,14 @@
 Attribution's fast paths rest on facts about the model, each checked once per model (and again
 where the hooks attached to it change): the neuron hooks carry ``d_mlp`` values
 ([`neuron_site`][tl_capability.sites.neuron_site]), ``ln_final`` and the unembedding alone give
-the model's logits ([`head_is_separable`][tl_capability.head.head_is_separable]), rows run over
-the clean run's key/value cache under a 4-D mask reproduce the full pass
+the model's logits ([`head_is_separable`][tl_capability._answer_head.head_is_separable]), rows run
+over the clean run's key/value cache under a 4-D mask reproduce the full pass
 ([`supports_kv_cache`][tl_capability.sites.supports_kv_cache]), and rows entering at their own
 layer, with the blocks' arguments cut to the live positions, run as the plain cached rows do
-([`layered_rows_exact`][tl_capability.layered_rows.layered_rows_exact]). Each has a probe of its
-own: a few short passes, and on a CPU a short pass costs reading every weight of the model, so
-on a 6-layer, 768-wide model the probes took twice as long as the two-prompt call they served.
+([`layered_rows_exact`][tl_capability.attribution._layered_rows.layered_rows_exact]). Each has a
+probe of its own: a few short passes, and on a CPU a short pass costs reading every weight of the
+model, so on a 6-layer, 768-wide model the probes took twice as long as the two-prompt call they
+served.
 
 At the answer position the first call reads the same facts off its own passes instead:
 
@@ -45,22 +46,21 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_capability.data import Batch
-from tl_capability.head import check_pending, head_matches, require_separable_head
-from tl_capability.layered_rows import (
+from tl_capability._answer_head import (
+    check_pending,
+    final_residual,
+    head_matches,
+    require_separable_head,
+)
+from tl_capability.attribution._layered_rows import (
     layered_ig_grad_sum,
     layered_rows_known,
     record_layered_rows,
 )
+from tl_capability.attribution._row_gradients import RowsInexact
+from tl_capability.attribution._rows import CleanRun, cached_rows, clean_run, usable_cache
+from tl_capability.data import Batch
 from tl_capability.options import Metric
-from tl_capability.rows import (
-    CleanRun,
-    RowsInexact,
-    cached_rows,
-    clean_run,
-    final_residual,
-    usable_cache,
-)
 from tl_capability.sites import (
     NeuronSite,
     final_resid_hook_name,
@@ -158,7 +158,7 @@ class FirstCall:
         """``Σ_k ∂P/∂a (α_k a)`` by layered rows where they are (or are found) exact, checking
         the cache on the way where it is still to be checked; ``None`` where the call takes the
         plain cached rows instead (over
-        [`rows_checked`][tl_capability.first_call.FirstCall.rows_checked]'s cache)."""
+        [`rows_checked`][tl_capability.attribution._first_call.FirstCall.rows_checked]'s cache)."""
         model, site = self.model, self.site
         known = layered_rows_known(model, site, self.kinds)
         if known is False:

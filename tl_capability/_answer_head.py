@@ -1,21 +1,24 @@
-"""The logits at the positions that are read, without the unembedding at every other one.
+"""The answer head: the logits at the positions that are read, without the unembedding at
+every other one.
 
-Evaluation, learned masks and fine-tuning read the logits at a sample's answer-predicting
-positions only, a few of a prompt's tokens; a full forward pass unembeds every position, a
-``[batch, pos, vocab]`` product that on a 50,257-token vocabulary costs a third of a GPT-2-small
-pass and most of its memory. [`answer_logits`][tl_capability.head.answer_logits] runs the
-blocks, stops at the last one, and applies ``ln_final`` and the unembedding to the positions
-read, the path attribution's rows take
-([`unembed_input`][tl_capability.rows.unembed_input]).
+Evaluation, learned masks, fine-tuning and attribution's rows read the logits at a sample's
+answer-predicting positions only, a few of a prompt's tokens; a full forward pass unembeds every
+position, a ``[batch, pos, vocab]`` product that on a 50,257-token vocabulary costs a third of a
+GPT-2-small pass and most of its memory. [`answer_logits`][tl_capability._answer_head.answer_logits]
+runs the blocks, stops at the last one
+([`final_residual`][tl_capability._answer_head.final_residual]), and applies ``ln_final`` and the
+unembedding to the positions read ([`unembed_input`][tl_capability._answer_head.unembed_input]).
 
 That path applies the model's [`logit_transform`][tl_capability.sites.logit_transform] (Gemma
 2's final soft-cap, Granite's or Cohere's logit scale), so it equals the model's own logits;
 a hook a user put on ``ln_final`` or ``unembed`` would see other shapes there, so
-[`head_is_separable`][tl_capability.head.head_is_separable] is false while one is attached, and
-a three-token pass checks the rest once per model (or attribution's first clean pass does, with
-[`head_matches`][tl_capability.head.head_matches]). Where it is false, ``answer_logits`` runs the
-full forward pass and attribution refuses the model with a clear error instead of attributing
-logits the model never produces.
+[`head_is_separable`][tl_capability._answer_head.head_is_separable] is false while one is
+attached, and a three-token pass checks the rest once per model (or attribution's first clean
+pass does, with [`head_matches`][tl_capability._answer_head.head_matches]). Where it is false,
+``answer_logits`` runs the full forward pass and attribution refuses the model with a clear
+error instead of attributing logits the model never produces.
+
+A private module: the evaluation, editing, tracing, learning and attribution modules share it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_capability.rows import unembed_input
 from tl_capability.sites import (
     HookNotReached,
     final_norm,
@@ -37,9 +39,40 @@ from tl_capability.sites import (
     is_head_hook,
     model_device,
     probe_tolerance,
+    run_until,
     unembed,
     unembed_input_hook,
 )
+
+
+def final_residual(
+    model: Any, tokens: Tensor, fwd_hooks: list, **forward_kwargs: Any
+) -> Float[Tensor, "seq pos d_model"]:
+    """Runs the model up to the end of its last block and returns the residual stream there.
+
+    A hook raises once the last block is done, so the unembedding never runs; callers apply
+    ``ln_final`` and ``unembed`` to the positions they read.
+    """
+    last = final_resid_hook_name(model)
+    return run_until(model, last, tokens, fwd_hooks, **forward_kwargs)
+
+
+def unembed_input(
+    model: Any, tokens: Tensor, fwd_hooks: list, seq: Tensor, pos: Tensor, **forward_kwargs: Any
+) -> Float[Tensor, "row d_model"]:
+    """What the unembedding reads at ``(seq, pos)``: ``ln_final`` of the last block's output.
+
+    Masked-LM bridges (BERT) put a transform (dense, activation) before ``ln_final`` that is not
+    exposed as modules, so there the forward pass stops at the hook point
+    [`unembed_input_hook`][tl_capability.sites.unembed_input_hook] names instead.
+    """
+    hook = unembed_input_hook(model)
+    if hook is not None:
+        x = run_until(model, hook, tokens, fwd_hooks, **forward_kwargs)
+        return x[seq, pos]
+    resid = final_residual(model, tokens, fwd_hooks, **forward_kwargs)
+    return final_norm(model, resid[seq, pos])
+
 
 # The numeric check of the head, once per model: run only in eval mode and while no hook point
 # carries a temporary hook (the user's hooks would run in it, see what it feeds them, and could
@@ -92,8 +125,8 @@ def head_matches(
 ) -> bool:
     """Whether the head applied to ``before`` (what hook point ``name`` carried in a full pass,
     ``None`` where it never ran) gives ``logits`` (that pass's own at the same positions), kept
-    as [`head_is_separable`][tl_capability.head.head_is_separable]'s answer: the check of its
-    probe, on a pass a caller runs anyway (attribution's first clean pass on a model)."""
+    as [`head_is_separable`][tl_capability._answer_head.head_is_separable]'s answer: the check of
+    its probe, on a pass a caller runs anyway (attribution's first clean pass on a model)."""
     try:
         if before is None:
             raise HookNotReached(
@@ -115,18 +148,18 @@ def head_matches(
 
 
 def check_pending(model: Any) -> bool:
-    """Whether [`head_is_separable`][tl_capability.head.head_is_separable] would run its probe
-    now (no hook on the head, not yet checked, eval mode, no temporary hook on any hook point):
-    a caller that runs a full pass anyway can check it there with
-    [`head_matches`][tl_capability.head.head_matches]."""
+    """Whether [`head_is_separable`][tl_capability._answer_head.head_is_separable] would run its
+    probe now (no hook on the head, not yet checked, eval mode, no temporary hook on any hook
+    point): a caller that runs a full pass anyway can check it there with
+    [`head_matches`][tl_capability._answer_head.head_matches]."""
     return not (
         head_has_hooks(model) or model in _CHECKED or model.training or hook_points_in_use(model)
     )
 
 
 def require_separable_head(model: Any) -> None:
-    """Raises unless [`head_is_separable`][tl_capability.head.head_is_separable]: attribution
-    reads the logits of its rows through the head alone.
+    """Raises unless [`head_is_separable`][tl_capability._answer_head.head_is_separable]:
+    attribution reads the logits of its rows through the head alone.
 
     Raises:
         ValueError: For a model whose logits the head alone does not reproduce.
