@@ -33,7 +33,7 @@ from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate, mask_hooks
 from tl_capability.masks import NeuronMask, random_controls
 from tl_capability.options import check_fraction as _check_share  # holdout: a parameter
-from tl_capability.options import check_range
+from tl_capability.options import check_positive_int, check_range
 from tl_capability.sites import model_name, neuron_site, require_eval
 from tl_capability.tables import Table, mean_ci
 
@@ -190,13 +190,14 @@ def _sizes(sizes: Sequence[int] | None, available: int, n_neurons: int) -> list[
     if sizes is None:
         grid = {max(1, round(f * n_neurons)) for f in FRACTIONS}
         return sorted(k for k in grid if k <= available) or [available]
+    if isinstance(sizes, (str, bytes, Mapping)) or not hasattr(sizes, "__len__"):
+        raise ValueError(f"sizes must be a sequence of positive integers, got {sizes!r}")
     if len(sizes) == 0:
         raise ValueError("sizes is empty")
     where = "of the model" if available == n_neurons else "in the explicit order"
     out = set()
     for k in sizes:
-        if isinstance(k, bool) or not hasattr(k, "__index__") or int(k) < 1:
-            raise ValueError(f"sizes must be positive integers, got {k!r}")
+        check_positive_int(k, "every size")
         if int(k) > available:
             raise ValueError(f"size {k} is more than the {available} neurons {where}")
         out.add(int(k))
@@ -255,8 +256,7 @@ def erase_curve(
     resolved = neuron_site(model, site, check_width=False)
     order = erase_order(ranking, resolved.n_layers, resolved.d_mlp)
     sizes = _sizes(sizes, len(order), resolved.n_neurons)
-    if n_random < 0:
-        raise ValueError(f"n_random must be non-negative, got {n_random}")
+    check_positive_int(n_random, "n_random", minimum=0)
     mask_hooks(NeuronMask.empty(resolved.n_layers, resolved.d_mlp, site=site), mode, **hook_kwargs)
     own = target.name or "target"
     others = {k: v for k, v in (others or {}).items() if v is not target}

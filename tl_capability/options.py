@@ -15,7 +15,8 @@ Numbers are checked here too, so that every refusal of a count or a share reads 
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+import operator
+from numbers import Real
 from typing import Any, Literal, TypeVar, get_args
 
 AttributionMethod = Literal["ig", "grad_x_act", "neurgrad", "activation"]
@@ -121,7 +122,7 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     """Returns ``value`` as an ``int`` when it is an integer of at least ``minimum``.
 
     Args:
-        value: What the caller passed; a bool is not an integer here.
+        value: What the caller passed: anything with ``__index__`` but a bool.
         name: The parameter's name, for the message.
         minimum: The smallest value allowed (1: a positive integer, 0: a count).
 
@@ -129,8 +130,12 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
         ValueError: ``"{name} must be a positive integer, got {value!r}"`` (``"an integer of
             at least {minimum}"`` for another ``minimum``).
     """
-    if isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum:
-        return int(value)
+    try:  # ints, NumPy's and 0-d integer tensors: whatever indexes a sequence
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is not None and number >= minimum:
+        return number
     what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
     raise ValueError(f"{name} must be {what}, got {value!r}")
 
