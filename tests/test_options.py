@@ -202,7 +202,7 @@ _INT, _FRACTION, _RANGE = options.check_positive_int, options.check_fraction, op
         (partial(_FRACTION, name="f"), 0, "f must be a finite number in (0, 1], got 0"),
         (partial(_FRACTION, name="f", zero_ok=True, one_ok=False), 1.0, "in [0, 1)"),
         (partial(_RANGE, name="w", low=0.0), float("nan"), "w must be a finite number in [0, inf)"),
-        (partial(_RANGE, name="d", low=0.0, high=100.0, low_open=True, unit=" pts"), 0, "(0, 100] pts"),
+        (partial(_RANGE, name="d", low=0, high=100, low_open=True, unit=" pt"), 0, "(0, 100] pt"),
         (partial(_RANGE, name="x"), "3", "x must be a finite number, got '3'"),
     ],
 )  # fmt: skip
