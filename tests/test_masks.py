@@ -246,6 +246,27 @@ def test_mask_load_validates_the_json(tmp_path, change, match):
     assert str(tmp_path / "m") in str(err.value)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs stats.load_pair to refuse a save_id without a sha256 (attribution branch)",
+)
+def test_a_mask_whose_checksum_was_deleted_is_refused(tmp_path):
+    """A swapped tensor whose checksum entry was deleted loaded: a file written with a save_id
+    always carries its checksum, so a missing one means the file was changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _saved(tmp_path)
+    path = tmp_path / "m" / "mask.safetensors"
+    with safe_open(path, framework="pt") as f:
+        header = dict(f.metadata())
+    del header["sha256"]
+    swapped = NeuronMask.from_indices([(1, 1), (2, 6)], *SHAPE).tensor  # same count
+    save_file({"mask": swapped}, path, metadata=header)
+    with pytest.raises(ValueError, match="checksum"):
+        NeuronMask.load(tmp_path / "m")
+
+
 def test_mask_load_refuses_a_non_bool_tensor_and_unreadable_files(tmp_path):
     from safetensors.torch import save_file
 
