@@ -103,7 +103,7 @@ def test_random_controls_anywhere_and_their_errors():
     (anywhere,) = random_controls(top, 1, seed=0, per_layer=False, exclude=top, size=45)
     assert len(anywhere) == 45 and anywhere == ~top  # every other neuron: nothing else fits
     assert random_controls(top, 0, seed=0) == ()
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="an integer of at least 0"):
         random_controls(top, -1, seed=0)
     with pytest.raises(ValueError, match="size is for per_layer=False"):
         random_controls(top, 1, seed=0, size=3)

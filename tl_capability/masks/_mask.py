@@ -14,7 +14,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from tl_capability._neuron_hooks import neuron_hooks
-from tl_capability.options import InterventionMode, Site, check_option
+from tl_capability.options import InterventionMode, Site, check_option, check_positive_int
 from tl_capability.stats import load_pair, save_pair
 
 
@@ -271,13 +271,11 @@ def random_controls(
             or fewer neurons left to draw from (after ``exclude``) than a set needs.
         TypeError: For an ``exclude`` that is not a [`NeuronMask`][tl_capability.masks.NeuronMask].
     """
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    check_positive_int(n, "n", minimum=0)
     if per_layer and size is not None:
         raise ValueError("size is for per_layer=False; per-layer sets keep mask's counts")
     size = len(mask) if size is None else size
-    if size < 0:
-        raise ValueError(f"size must be non-negative, got {size}")
+    check_positive_int(size, "size", minimum=0)
     allowed = ~mask._other(exclude) if exclude is not None else torch.ones_like(mask.tensor)
     if per_layer:
         counts = mask.per_layer()

@@ -13,7 +13,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_capability.masks._mask import NeuronMask
-from tl_capability.options import Side, check_option
+from tl_capability.options import (
+    Side,
+    check_fraction,
+    check_option,
+    check_positive_int,
+    check_range,
+)
 
 
 def _scores_tensor(scores: Any) -> Float[Tensor, "layer d_mlp"]:
@@ -67,24 +73,21 @@ def select(
         raise ValueError(f"choose one selection rule, got {sorted(given)}")
     rule, param = next(iter(given.items())) if given else ("sigma", DEFAULT_SIGMA)
     if rule == "sigma":
-        if param < 0:
-            raise ValueError("sigma must be non-negative")
+        check_range(param, "sigma", 0.0)
         centred = values - values.mean()
         deviation = {"positive": centred, "negative": -centred, "both": centred.abs()}[side]
         mask = deviation > param * values.std()
     elif rule == "top_k":
-        if not 0 <= param <= values.numel():
-            raise ValueError(f"top_k must be in 0..{values.numel()}")
+        if check_positive_int(param, "top_k", minimum=0) > values.numel():
+            raise ValueError(f"top_k must be in 0..{values.numel()}, got {param}")
         mask = torch.zeros(values.numel(), dtype=torch.bool)
         mask[signed.flatten().topk(int(param)).indices] = True
         mask = mask.view_as(values)
     elif rule == "fraction_of_max":
-        if not 0 <= param <= 1:
-            raise ValueError("fraction_of_max must be in [0, 1]")
+        check_fraction(param, "fraction_of_max", zero_ok=True)
         mask = values > param * values.max()
     else:
-        if not 0 <= param <= 1:
-            raise ValueError("quantile must be in [0, 1]")
+        check_fraction(param, "quantile", zero_ok=True)
         mask = signed >= torch.quantile(signed.flatten(), param)
     params = {} if isinstance(scores, Tensor) else getattr(scores, "params", {})
     return NeuronMask(
