@@ -296,15 +296,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tl-capability`` console script.
-
-    Returns:
-        0 on success; 2 after a library error (``ValueError``, ``TypeError``, ``OSError``),
-        printed as one line ``tl-capability: error: <message>`` on stderr (``--debug`` raises
-        it instead, with its traceback); 130 after Ctrl-C. Commands with ``--out`` leave no
-        partial folder behind either way. Usage errors exit with 2 through argparse.
-    """
+def _parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
     parser = argparse.ArgumentParser(
         prog="tl-capability",
         description="Find and edit the neurons behind a language model's capabilities.",
@@ -384,6 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--out", default="capability-report", help="report folder")
     report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tl-capability`` console script.
+
+    Returns:
+        0 on success; 2 after a library error (``ValueError``, ``TypeError``, ``OSError``),
+        printed as one line ``tl-capability: error: <message>`` on stderr (``--debug`` raises
+        it instead, with its traceback); 130 after Ctrl-C. Commands with ``--out`` leave no
+        partial folder behind either way. Usage errors exit with 2 through argparse.
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
