@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -20,9 +20,6 @@ from tl_capability.data import Batch, CapabilityDataset, collate, tokenize
 from tl_capability.head import answer_logits
 from tl_capability.options import Gate, Suppression
 from tl_capability.sites import model_device
-
-if TYPE_CHECKING:  # learned imports this module: the config's class only annotates here
-    from tl_capability.learned import LearnConfig
 
 # Hard concrete (Louizos et al., 2018): temperature β, stretch interval (γ, ζ).
 _BETA, _GAMMA, _ZETA = 2.0 / 3.0, -0.1, 1.1
@@ -162,7 +159,7 @@ class Training:
         controls: dict[str, CapabilityDataset],
         theta: Tensor,
         hook_names: list[str],
-        config: LearnConfig,
+        config: Any,  # a learned.LearnConfig; not imported: learned imports this module
         budget: int,
         seed: int,
     ) -> None:
