@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tl_capability.options import check_positive_int, check_range
 
 
@@ -44,7 +46,6 @@ tolerance = checked(check_range, low=0.0, high=100.0, unit=" points")
 def device(text: str) -> str:
     """An argparse type: a device torch knows and this machine has (``cpu``, ``cuda``,
     ``cuda:1``, ``mps``, ...), checked before any model is loaded."""
-    import torch
 
     try:
         device = torch.device(text)

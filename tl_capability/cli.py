@@ -41,6 +41,10 @@ from tl_capability._cli_args import (
 from tl_capability.localization import DEFAULT_LOCATE_METHOD
 from tl_capability.options import AttributionMethod, DType, LocateMethod, Metric, Side, options
 
+# Each command imports what it uses when it runs: the layers above the core (experiments,
+# report, loaders, models, zoo, demo: plots, pandas, hub loaders) load lazily (see
+# tl_capability/__init__.py), so a command loads only its own.
+
 
 def _demo(args: argparse.Namespace) -> int:
     from tl_capability import zoo
