@@ -70,7 +70,7 @@ def main() -> None:
 
     from tl_capability import accuracy, tokenize, zoo
     from tl_capability._answer_head import head_is_separable
-    from tl_capability.learned import learn_gates
+    from tl_capability.learned import LearnConfig, learn_gates
 
     target = zoo.dataset("sentiment", n=args.n, split="test", seed=0)
     control = {"facts": zoo.dataset("facts", n=args.n, split="test", seed=0)}
@@ -86,7 +86,7 @@ def main() -> None:
             calls = {
                 "accuracy": lambda m=model, s=samples: accuracy(m, s, progress=False),
                 "learn_gates": lambda m=model: learn_gates(
-                    m, target, control, steps=args.steps, progress=False
+                    m, target, control, config=LearnConfig(steps=args.steps), progress=False
                 )[0],
             }
             for name, call in calls.items():

@@ -60,10 +60,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from tl_capability import ablate, accuracy, attribute, random_controls, zoo
-    from tl_capability.curves import erase_curve
+    from tl_capability import (
+        LearnConfig,
+        LocateConfig,
+        ablate,
+        accuracy,
+        attribute,
+        random_controls,
+        zoo,
+    )
+    from tl_capability.curves import budget_mask, erase_curve, holdout
     from tl_capability.experiments import mean_ci
-    from tl_capability.localization import budget_mask, holdout, locate, rank_neurons
+    from tl_capability.localization import locate, rank_neurons
     from tl_capability.report import Report, erase_curves_figure
 
     model = zoo.load_model(args.model)
@@ -97,9 +105,9 @@ def main() -> None:
         }
     per_capability_scoring = (time.perf_counter() - start) / len(names)
 
-    learn_kwargs = {
-        k: v for k, v in (("steps", args.learn_steps), ("lr", args.learn_lr)) if v is not None
-    }
+    learn = LearnConfig(
+        **{k: v for k, v in (("steps", args.learn_steps), ("lr", args.learn_lr)) if v is not None}
+    )
     rows, curves = [], {n: [] for n in names}
     for target in names:
         controls = {o: train[o] for o in names if o != target}
@@ -113,9 +121,9 @@ def main() -> None:
                     model,
                     train[target],
                     method="answer",
-                    ig_steps=20,
                     max_fraction=args.budget,
                     progress=False,
+                    config=LocateConfig(ig_steps=20),
                 )
                 seconds = time.perf_counter() - start
             else:
@@ -125,13 +133,13 @@ def main() -> None:
                     fit_controls,
                     method=method,
                     max_fraction=args.budget,
-                    ig_steps=args.steps,
                     progress=False,
-                    scores=shared,
-                    chunk_fraction=args.chunk,
-                    seed=args.seed,
-                    **(learn_kwargs if method == "learned" else {}),
-                )
+                    config=LocateConfig(
+                        ig_steps=args.steps, chunk_fraction=args.chunk, seed=args.seed,
+                        scores=shared,
+                    ),
+                    learn=learn,
+                )  # fmt: skip
                 seconds = time.perf_counter() - start
                 if method in ("all", "contrastive"):
                     seconds += per_capability_scoring * (1 if method == "all" else len(names))

@@ -307,3 +307,86 @@ def test_the_demo_flags_sets_that_break_every_capability():
     assert _breaks_everything(erased(critical), 2.0) == ["a"]
     local = {("a", "a"): (90, 0), ("a", "b"): (4, 0), ("b", "b"): (80, 2), ("b", "a"): (75, 70)}
     assert _breaks_everything(erased(local), 2.0) == []  # b's other drop is no more than random's
+
+
+def _usage_error(capsys, argv):
+    """argparse's refusal: exit 2, no traceback, the reason on the last line."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def _no_model_load(monkeypatch):
+    """Fails the test if a command loads a model: its arguments should be refused first."""
+    from tl_capability import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "device", ["bogus", "cuda:0" if not __import__("torch").cuda.is_available() else "cuda:99"]
+)
+def test_a_device_this_machine_lacks_is_one_line(capsys, tmp_path, monkeypatch, device):
+    """--device bogus and --device cuda without a GPU printed 30-40-line tracebacks."""
+    _no_model_load(monkeypatch)
+    argv = ["locate", "--model", "zoo", "--data", "sentiment", "--device", device,
+            "--out", str(tmp_path / "m")]  # fmt: skip
+    line = _usage_error(capsys, argv)
+    assert "--device" in line and repr(device) in line
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--steps", "0"], "--steps: must be a positive integer, got 0"),
+        (["--method", "ig", "--steps", "0"], "--steps: must be a positive integer"),
+        (["--target-drop", "0"], "--target-drop: must be a finite number in (0, 100] points"),
+        (["--target-drop", "-5"], "--target-drop"),
+        (["--budget", "0"], "--budget: must be a finite number in (0, 1]"),
+        (["--method", "ig", "--budget", "0"], "--budget"),
+        (["--batch-size", "0"], "--batch-size: must be a positive integer"),
+    ],
+)
+def test_locate_refuses_values_out_of_range_before_loading(
+    capsys, tmp_path, monkeypatch, extra, words
+):
+    """--steps 0 wrote "steps": 20, and --target-drop 0 reported its goal reached."""
+    _no_model_load(monkeypatch)
+    argv = ["locate", "--model", "zoo", "--data", "sentiment", "--out", str(tmp_path / "m"),
+            *extra]  # fmt: skip
+    assert words in _usage_error(capsys, argv)
+
+
+def test_report_refuses_zero_steps(capsys, tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    argv = ["report", "--model", "zoo", "--data", "addition", "--steps", "0",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert "--steps: must be a positive integer" in _usage_error(capsys, argv)
+
+
+def test_a_budget_for_the_papers_pipeline_is_refused(capsys, tmp_path, monkeypatch):
+    """--method ig --budget 0.1 was accepted and ignored: the σ rule picks the size."""
+    _no_model_load(monkeypatch)
+    argv = ["locate", "--model", "zoo", "--data", "sentiment", "--method", "ig",
+            "--budget", "0.1", "--out", str(tmp_path / "m"), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--budget" in _error_line(capsys)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("command", ["locate", "report"])
+def test_an_unwritable_out_is_found_before_computing(capsys, tmp_path, monkeypatch, command):
+    """An --out under a file used to fail only after the whole computation."""
+    _no_model_load(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = [command, "--model", "zoo", "--data", "sentiment", "--out",
+            str(blocker / "out"), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "a-file" in _error_line(capsys)
+    assert blocker.read_text() == ""

@@ -131,8 +131,10 @@ def test_bad_input_is_refused_with_a_clear_message(model, data, scores):
         (dict(ranking=torch.tensor([[n_layers, 0]])), "out of range"),
         (dict(ranking=torch.zeros(0, 2, dtype=torch.long)), "empty"),
         (dict(ranking=torch.tensor([0, 1])), r"integer \[n, 2\] tensor"),
-        (dict(sizes=[0]), "positive integers"),
-        (dict(sizes=[2.5]), "positive integers"),
+        (dict(sizes=[0]), "every size must be a positive integer, got 0"),
+        (dict(sizes=[2.5]), "every size must be a positive integer, got 2.5"),
+        (dict(sizes=5), "sizes must be a sequence of positive integers, got 5"),  # was TypeError
+        (dict(n_random=1.5), "n_random must be an integer of at least 0"),
         (dict(sizes=[]), "sizes is empty"),
         (dict(n_random=-1), "n_random"),
         (dict(mode="mean"), "means"),

@@ -127,6 +127,35 @@ def test_foreign_mask_is_refused(model):
         _mask(model).hooks("delete")
 
 
+@pytest.mark.parametrize("extra", [-64, 72])
+def test_a_foreign_masks_hooks_refuse_the_model_before_indexing(model, extra):
+    """Hooks of a mask made for another width indexed the activations anyway: past d_mlp (an
+    IndexError inside the hook), or, for a narrower mask, silently the wrong neurons."""
+    other = NeuronMask.from_indices([(0, 1)], model.cfg.n_layers, model.cfg.d_mlp + extra)
+    with pytest.raises(ValueError, match="made for another model"):
+        model.run_with_hooks(TOKENS, fwd_hooks=other.hooks())
+
+
+def test_interventions_import_masks_at_the_top_and_masks_import_no_interventions():
+    """The circle masks <-> interventions is gone."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "tl_capability"
+
+    def imported(path):
+        return {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+
+    masks = set().union(*(imported(p) for p in (package / "masks").glob("*.py")))
+    assert not any(m.startswith("tl_capability.interventions") for m in masks)
+    top = ast.parse((package / "interventions.py").read_text()).body
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "tl_capability.masks" for n in top)
+
+
 def test_ablation_applies_during_generation(zoo_model):
     """Greedy generation with the KV cache under an ablation == greedy re-runs under it."""
     model = zoo_model

@@ -1,11 +1,14 @@
 """Learned masks: they erase the target more than placebos and controls, touch no weight, are
 deterministic, refuse bad input and leave no hook behind."""
 
+import re
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from tl_capability import CapabilityDataset, NeuronMask, ablate, accuracy, attribute, zoo
-from tl_capability.learned import LearnedMask, learn_gates, learn_mask
+from tl_capability.learned import LearnConfig, LearnedMask, learn_gates, learn_mask
 
 pytestmark = pytest.mark.core
 
@@ -25,9 +28,8 @@ def zoo_data():
 def learned(zoo_model, zoo_data):
     train, _ = zoo_data
     controls = {"addition": train["addition"], "sort": train["sort"]}
-    return learn_mask(
-        zoo_model, train["sentiment"], controls, steps=30, max_fraction=0.02, progress=False
-    )
+    return learn_mask(zoo_model, train["sentiment"], controls, config=LearnConfig(steps=30),
+                      max_fraction=0.02, progress=False)  # fmt: skip
 
 
 def _drop(model, mask, data):
@@ -82,7 +84,8 @@ def test_weights_untouched_and_flags_restored(model):
     params[0].requires_grad_(False)  # the user's own flags come back as they were
     flags = [p.requires_grad for p in params]
     try:
-        result = learn_mask(model, target, {"c": control}, steps=4, batch_size=2, progress=False)
+        config = LearnConfig(steps=4, batch_size=2)
+        result = learn_mask(model, target, {"c": control}, config=config, progress=False)
         after = model.state_dict()
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -96,13 +99,13 @@ def test_weights_untouched_and_flags_restored(model):
 
 def test_deterministic_under_seed(model):
     target, control = _datasets()
-    kw = dict(steps=5, batch_size=2, progress=False, gate="hard_concrete")
+    kw = dict(config=LearnConfig(steps=5, batch_size=2, gate="hard_concrete"), progress=False)
     a = learn_mask(model, target, {"c": control}, seed=3, **kw)
     b = learn_mask(model, target, {"c": control}, seed=3, **kw)
     c = learn_mask(model, target, {"c": control}, seed=4, **kw)
     assert torch.equal(a.logits, b.logits) and a.history == b.history
     assert not torch.equal(a.logits, c.logits)
-    kw["gate"] = "sigmoid"
+    kw["config"] = LearnConfig(steps=5, batch_size=2, gate="sigmoid")
     s = learn_mask(model, target, {"c": control}, seed=3, **kw)
     assert torch.equal(s.logits, learn_mask(model, target, {"c": control}, seed=3, **kw).logits)
 
@@ -111,9 +114,13 @@ def test_a_shorter_run_is_the_start_of_a_longer_one(model):
     """``steps=N`` trains exactly the first N steps of a longer run (no schedule depends on the
     total): docs/speed.md's curve of mask quality against steps reads snapshots of one run."""
     target, control = _datasets()
-    kw = dict(batch_size=2, progress=False, seed=1)
-    short, short_history = learn_gates(model, target, {"c": control}, steps=3, **kw)
-    long, long_history = learn_gates(model, target, {"c": control}, steps=6, **kw)
+    kw = dict(progress=False, seed=1)
+    short, short_history = learn_gates(
+        model, target, {"c": control}, config=LearnConfig(steps=3, batch_size=2), **kw
+    )
+    long, long_history = learn_gates(
+        model, target, {"c": control}, config=LearnConfig(steps=6, batch_size=2), **kw
+    )
     # each step's losses depend on the logits the steps before it left
     assert short_history == long_history[:3] and len(long_history) == 6
     assert not torch.equal(short, long)
@@ -122,9 +129,8 @@ def test_a_shorter_run_is_the_start_of_a_longer_one(model):
 def test_init_from_scores_ranks_first(model):
     target, control = _datasets()
     scores = attribute(model, target, "grad_x_act", progress=False)
-    result = learn_mask(
-        model, target, {"c": control}, init=scores, steps=1, lr=1e-4, progress=False
-    )
+    config = LearnConfig(steps=1, lr=1e-4)
+    result = learn_mask(model, target, {"c": control}, config=config, init=scores, progress=False)
     top = scores.values.flatten().argmax()
     assert result.ranking().flatten().argmax() == top
     assert result.mask.selection["init"] == "grad_x_act"
@@ -132,9 +138,9 @@ def test_init_from_scores_ranks_first(model):
 
 def test_progress_bar(model, capsys):
     target, control = _datasets()
-    learn_mask(model, target, {"c": control}, steps=2, progress=False)
+    learn_mask(model, target, {"c": control}, config=LearnConfig(steps=2), progress=False)
     assert "learn_mask" not in capsys.readouterr().err
-    learn_mask(model, target, {"c": control}, steps=2, progress=True)
+    learn_mask(model, target, {"c": control}, config=LearnConfig(steps=2), progress=True)
     assert "learn_mask" in capsys.readouterr().err
 
 
@@ -154,7 +160,7 @@ def test_progress_bar(model, capsys):
 def test_bad_datasets(model, change, message):
     target, control = change(*_datasets())
     with pytest.raises(ValueError, match=message):
-        learn_mask(model, target, control, steps=1, progress=False)
+        learn_mask(model, target, control, config=LearnConfig(steps=1), progress=False)
     assert _no_hooks(model)
 
 
@@ -166,8 +172,6 @@ def test_bad_datasets(model, change, message):
         ({"max_fraction": 0.0}, "max_fraction"),
         ({"max_fraction": 1.5}, "max_fraction"),
         ({"target_drop": 0.0}, "target_drop"),
-        ({"gate": "relu"}, "gate"),
-        ({"steps": 0}, "positive"),
         ({"site": "mid"}, "site"),
     ],
 )
@@ -177,12 +181,40 @@ def test_bad_arguments(model, kwargs, message):
         learn_mask(model, target, {"c": control}, progress=False, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"gate": "relu"}, "gate must be one of"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": 2.5}, "steps must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"lr": 0.0}, "lr must be a finite number in (0, inf)"),
+        ({"sparsity": float("nan")}, "sparsity must be a finite number"),
+        ({"maintain": -1.0}, "maintain must be a finite number in [0, inf)"),
+    ],
+)
+def test_a_config_out_of_range_is_refused_when_made(fields, message):
+    """The config is checked once, when made: no training starts on a bad value."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LearnConfig(**fields)
+
+
+def test_the_selection_records_the_config(model):
+    target, control = _datasets()
+    config = LearnConfig(steps=2, batch_size=2, gate="hard_concrete", sparsity=1.5)
+    mask = learn_mask(model, target, {"c": control}, config=config, seed=3, progress=False).mask
+    assert {k: mask.selection[k] for k in asdict(config)} == asdict(config)
+    assert mask.selection["seed"] == 3 and mask.selection["method"] == "learned"
+    with pytest.raises(ValueError, match="config must be a LearnConfig"):
+        learn_mask(model, target, None, config={"steps": 2}, progress=False)
+
+
 def test_training_mode_refused(model):
     target, control = _datasets()
     model.train()
     try:
         with pytest.raises(ValueError, match="training mode"):
-            learn_mask(model, target, {"c": control}, steps=1, progress=False)
+            learn_mask(model, target, {"c": control}, config=LearnConfig(steps=1), progress=False)
     finally:
         model.eval()
 
@@ -192,7 +224,7 @@ def test_too_long_control_refused_without_leftovers(model):
     long = CapabilityDataset.from_pairs(["a" * 100], [" b"], "long")
     flags = [p.requires_grad for p in model.parameters()]
     with pytest.raises(ValueError, match="context"):
-        learn_mask(model, target, {"long": long}, steps=2, progress=False)
+        learn_mask(model, target, {"long": long}, config=LearnConfig(steps=2), progress=False)
     assert _no_hooks(model)
     assert [p.requires_grad for p in model.parameters()] == flags
 
@@ -211,7 +243,7 @@ def test_exception_mid_training_leaves_only_the_users_hook(model):
 
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", poison)]):
         with pytest.raises(RuntimeError, match="boom"):
-            learn_mask(model, target, {"c": control}, steps=10, progress=False)
+            learn_mask(model, target, {"c": control}, config=LearnConfig(steps=10), progress=False)
         assert len(model.hook_dict["blocks.0.hook_resid_post"]._forward_hooks) == 1
         assert not any(model.hook_dict[f"blocks.{i}.mlp.hook_post"]._forward_hooks for i in (0, 1))
     assert _no_hooks(model)
@@ -221,7 +253,8 @@ def test_exception_mid_training_leaves_only_the_users_hook(model):
 
 def test_without_controls_only_suppression_and_sparsity_are_learned(zoo_model, zoo_data):
     train, _ = zoo_data
-    result = learn_mask(zoo_model, train["sentiment"], None, steps=5, max_fraction=0.01,
+    result = learn_mask(zoo_model, train["sentiment"], None, config=LearnConfig(steps=5),
+                        max_fraction=0.01,
                         progress=False)  # fmt: skip
     assert all(h["maintain"] == 0.0 and h["control"] is None for h in result.history)
     assert result.mask.selection["controls"] == []
@@ -234,7 +267,12 @@ def test_learn_gates_is_the_training_of_learn_mask(zoo_model, zoo_data, learned)
     train, _ = zoo_data
     controls = {"addition": train["addition"], "sort": train["sort"]}
     logits, history = learn_gates(
-        zoo_model, train["sentiment"], controls, steps=30, max_fraction=0.02, progress=False
+        zoo_model,
+        train["sentiment"],
+        controls,
+        config=LearnConfig(steps=30),
+        max_fraction=0.02,
+        progress=False,
     )
     assert torch.equal(logits, learned.logits)
     assert history == learned.history
@@ -243,13 +281,13 @@ def test_learn_gates_is_the_training_of_learn_mask(zoo_model, zoo_data, learned)
 def test_clean_log_probs_kept_equal_those_computed_each_step(zoo_model, zoo_data):
     """The maintenance term's reference, kept per sample, is the clean pass of that step's
     batch (also when it does not fit the memory budget and is computed afresh)."""
+    from tl_capability._gates import CleanLogProbs
     from tl_capability.data import collate, tokenize
-    from tl_capability.learned import _CleanLogProbs
 
     train, _ = zoo_data
     samples = {n: tokenize(zoo_model, train[n]) for n in ("addition", "sort")}
-    kept = _CleanLogProbs(zoo_model, samples, 8, 0)
-    fresh = _CleanLogProbs(zoo_model, samples, 8, 0, budget=0)
+    kept = CleanLogProbs(zoo_model, samples, 8, 0)
+    fresh = CleanLogProbs(zoo_model, samples, 8, 0, budget=0)
     assert kept.keep and not fresh.keep
     picked = [5, 0, 17, 3]
     batch = collate([samples["sort"][i] for i in picked], range(4), 0)
@@ -265,11 +303,11 @@ def test_the_maintenance_reference_is_taken_for_the_controls_in_the_batch(
 ):
     """Every step's clean reference is computed for the very control samples, in the order,
     that follow the target rows in that step's batch."""
-    from tl_capability import learned
+    from tl_capability import _gates, learned
 
     train, _ = zoo_data
     events = []
-    real_collate, real_call = learned.collate, learned._CleanLogProbs.__call__
+    real_collate, real_call = _gates.collate, _gates.CleanLogProbs.__call__
 
     def spy_collate(samples, *args, **kwargs):
         events.append(("batch", list(samples)))
@@ -279,10 +317,11 @@ def test_the_maintenance_reference_is_taken_for_the_controls_in_the_batch(
         events.append(("reference", [self.samples[name][i] for i in indices]))
         return real_call(self, name, indices)
 
-    monkeypatch.setattr(learned, "collate", spy_collate)
-    monkeypatch.setattr(learned._CleanLogProbs, "__call__", spy_call)
+    monkeypatch.setattr(_gates, "collate", spy_collate)
+    monkeypatch.setattr(_gates.CleanLogProbs, "__call__", spy_call)
     controls = {"addition": train["addition"], "sort": train["sort"]}
-    learned.learn_gates(zoo_model, train["sentiment"], controls, steps=4, progress=False)
+    config = learned.LearnConfig(steps=4)
+    learned.learn_gates(zoo_model, train["sentiment"], controls, config=config, progress=False)
     pairs = [
         (events[k - 1][1], ref)
         for k, (kind, ref) in enumerate(events)

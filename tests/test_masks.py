@@ -103,7 +103,7 @@ def test_random_controls_anywhere_and_their_errors():
     (anywhere,) = random_controls(top, 1, seed=0, per_layer=False, exclude=top, size=45)
     assert len(anywhere) == 45 and anywhere == ~top  # every other neuron: nothing else fits
     assert random_controls(top, 0, seed=0) == ()
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="an integer of at least 0"):
         random_controls(top, -1, seed=0)
     with pytest.raises(ValueError, match="size is for per_layer=False"):
         random_controls(top, 1, seed=0, size=3)
@@ -244,6 +244,23 @@ def test_mask_load_validates_the_json(tmp_path, change, match):
     with pytest.raises(ValueError, match=match) as err:
         NeuronMask.load(tmp_path / "m")
     assert str(tmp_path / "m") in str(err.value)
+
+
+def test_a_mask_whose_checksum_was_deleted_is_refused(tmp_path):
+    """A swapped tensor whose checksum entry was deleted loaded: a file written with a save_id
+    always carries its checksum, so a missing one means the file was changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _saved(tmp_path)
+    path = tmp_path / "m" / "mask.safetensors"
+    with safe_open(path, framework="pt") as f:
+        header = dict(f.metadata())
+    del header["sha256"]
+    swapped = NeuronMask.from_indices([(1, 1), (2, 6)], *SHAPE).tensor  # same count
+    save_file({"mask": swapped}, path, metadata=header)
+    with pytest.raises(ValueError, match="checksum"):
+        NeuronMask.load(tmp_path / "m")
 
 
 def test_mask_load_refuses_a_non_bool_tensor_and_unreadable_files(tmp_path):

@@ -19,20 +19,13 @@ from tl_capability.circuits import (
     faithfulness,
     knowledge_circuit,
 )
-from tl_capability.curves import EraseCurve, erase_curve
+from tl_capability.curves import EraseCurve, budget_mask, erase_curve, holdout
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
 from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
-from tl_capability.learned import LearnedMask, learn_gates, learn_mask
-from tl_capability.localization import (
-    budget_mask,
-    contrastive_scores,
-    holdout,
-    iterative_ranking,
-    locate,
-    rank_neurons,
-)
+from tl_capability.learned import LearnConfig, LearnedMask, learn_gates, learn_mask
+from tl_capability.localization import LocateConfig, locate, rank_neurons
 from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine, select
 from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.options import (
@@ -50,6 +43,7 @@ from tl_capability.options import (
     Suppression,
     check_option,
 )
+from tl_capability.rankings import contrastive_scores, iterative_ranking
 from tl_capability.sites import NeuronSite, neuron_site, position_free, require_eval
 from tl_capability.tracing import CausalTrace, causal_trace
 from tl_capability.tracing_figures import trace_heatmap
@@ -72,7 +66,9 @@ __all__ = [
     "IGRule",
     "InterventionMode",
     "KnowledgeCircuit",
+    "LearnConfig",
     "LearnedMask",
+    "LocateConfig",
     "LocateMethod",
     "Metric",
     "NeuronMask",

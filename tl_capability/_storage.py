@@ -126,7 +126,8 @@ def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, 
     Raises:
         FileNotFoundError: When either file is missing.
         ValueError: Naming the file, when one is unreadable, the JSON is not an object, the
-            two files come from different saves, or the tensors do not match their checksum.
+            two files come from different saves, or the tensors do not match their checksum
+            (or lost it).
     """
     tensors_path, json_path = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     for p in (tensors_path, json_path):
@@ -148,6 +149,12 @@ def load_pair(directory: Path, stem: str) -> tuple[dict[str, Tensor], dict[str, 
         raise ValueError(
             f"{tensors_path} and {json_path.name} do not belong together (their save_id "
             "differs: a save was interrupted, or one file was replaced); save again"
+        )
+    if "sha256" not in header and header.get("save_id") is not None:
+        # save_pair writes the checksum with every save_id: its absence means an edit
+        raise ValueError(
+            f"{directory} does not hold valid {stem} files: {tensors_path.name} has no checksum "
+            "(it was changed after it was saved); save again"
         )
     if "sha256" in header and header["sha256"] != tensors_digest(tensors):
         raise ValueError(

@@ -24,78 +24,26 @@ columns).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tl_capability.localization import DEFAULT_LOCATE_METHOD
-from tl_capability.options import (
-    AttributionMethod,
-    DType,
-    LocateMethod,
-    Metric,
-    Side,
-    options,
+from tl_capability._cli_args import (
+    count,
+    device,
+    drop,
+    positive_int,
+    share,
+    staged,
+    tolerance,
 )
+from tl_capability.localization import DEFAULT_LOCATE_METHOD
+from tl_capability.options import AttributionMethod, DType, LocateMethod, Metric, Side, options
 
-
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
-@contextmanager
-def _staged(out: str | Path) -> Iterator[Path]:
-    """A temporary sibling of the folder ``out`` to write into, moved into place on success.
-
-    On any exception (Ctrl-C included) the temporary folder, and any parent folder created for
-    it, is removed: an interrupted command leaves no partial output. Files of an existing
-    ``out`` that the command does not write are kept.
-    """
-    out = Path(out)
-    created = next((p for p in reversed([out.parent, *out.parent.parents]) if not p.exists()), None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        for entry in tmp.iterdir():
-            target = out / entry.name
-            if entry.is_dir() and target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
+# Each command imports what it uses when it runs: the layers above the core (experiments,
+# report, loaders, models, zoo, demo: plots, pandas, hub loaders) load lazily (see
+# tl_capability/__init__.py), so a command loads only its own.
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -135,7 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
             noise=REAL_SIZES.noise if real else 1.0,
         )
     )
-    with _staged(args.out) as folder:
+    with staged(args.out) as folder:
         index, head = run(folder, sizes, progress=not args.quiet, model=model, name=args.model)
     index = Path(args.out) / index.relative_to(folder)
     sigma = sizes.sigmas[0]
@@ -187,49 +135,54 @@ def _selection(args: argparse.Namespace) -> dict[str, Any]:
 def _locate(args: argparse.Namespace) -> int:
     from tl_capability.attribution import attribute
     from tl_capability.loaders import resolve
-    from tl_capability.localization import locate
+    from tl_capability.localization import LocateConfig, locate
     from tl_capability.masks import select
     from tl_capability.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
+    papers = args.method in options(AttributionMethod)  # scores, then a selection rule
+    if papers and args.budget is not None:
+        raise ValueError(
+            f"--budget is a budget of locate's methods; --method {args.method} selects by "
+            "--sigma, --top-k or --quantile"
+        )
     out = Path(args.out)
-    if args.method in options(AttributionMethod):  # the papers' pipeline: scores, then a rule
-        scores = attribute(
-            model,
-            data,
-            args.method,
-            steps=args.steps or 20,
-            metric=args.metric,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
-        mask = select(scores, **_selection(args))
-    else:
-        scores = None
-        controls = {}
-        for spec in args.controls or []:
-            control = resolve(spec, split=args.split, n=args.n, seed=args.seed)
-            name = control.name or spec
-            if name in controls or name == data.name:
-                raise ValueError(f"two datasets are named {name!r}: give each a distinct spec")
-            controls[name] = control
-        mask = locate(
-            model,
-            data,
-            controls or None,
-            method=args.method,
-            max_fraction=args.budget,
-            target_drop=args.target_drop,
-            tolerance=args.tolerance,
-            ig_steps=args.steps,
-            sigma=args.sigma,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
-    with _staged(out) as folder:
-        if scores is not None:
+    # Staged first: an --out that cannot be written fails before the model is loaded.
+    with staged(out) as folder:
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
+        if papers:
+            scores = attribute(
+                model,
+                data,
+                args.method,
+                steps=20 if args.steps is None else args.steps,
+                metric=args.metric,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+            )
+            mask = select(scores, **_selection(args))
             scores.save(folder)
+        else:
+            controls = {}
+            for spec in args.controls or []:
+                control = resolve(spec, split=args.split, n=args.n, seed=args.seed)
+                name = control.name or spec
+                if name in controls or name == data.name:
+                    raise ValueError(f"two datasets are named {name!r}: give each a distinct spec")
+                controls[name] = control
+            mask = locate(
+                model,
+                data,
+                controls or None,
+                method=args.method,
+                max_fraction=0.05 if args.budget is None else args.budget,
+                target_drop=args.target_drop,
+                tolerance=args.tolerance,
+                progress=not args.quiet,
+                config=LocateConfig(
+                    ig_steps=args.steps, sigma=args.sigma, batch_size=args.batch_size
+                ),
+            )
         mask.save(folder)
     print(
         f"{len(mask)} of {mask.tensor.numel()} neurons ({100 * mask.fraction:.2f} %), per layer "
@@ -293,40 +246,41 @@ def _report(args: argparse.Namespace) -> int:
             f"--data names the capability {' and '.join(map(repr, repeated))} more than once "
             f"({', '.join(specs)}): each capability of a report needs its own name"
         )
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    locate_on, evaluate_on = {}, {}
-    for spec, name in zip(args.data, names, strict=True):
-        locate_on[name] = resolve(spec, split=args.locate_split, n=args.n_locate, seed=1)
-        evaluate_on[name] = resolve(spec, split=args.split, n=args.n, seed=2)
-    report = Report(f"tl_capability report: {args.model}")
-    report.text(
-        f"Model: {args.model}. Attribution: {args.method} of P(answer) on {args.n_locate} "
-        f"{args.locate_split} samples per dataset; selection: s − mean > σ·std (positive "
-        f"side); erasure: zero at every position; {args.random} random sets of the same size "
-        "per layer."
-    )
-    bar = tqdm(total=5, desc="report", disable=args.quiet)
+    # Staged first: an --out that cannot be written fails before the model is loaded.
+    with staged(args.out) as folder:
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        locate_on, evaluate_on = {}, {}
+        for spec, name in zip(args.data, names, strict=True):
+            locate_on[name] = resolve(spec, split=args.locate_split, n=args.n_locate, seed=1)
+            evaluate_on[name] = resolve(spec, split=args.split, n=args.n, seed=2)
+        report = Report(f"tl_capability report: {args.model}")
+        report.text(
+            f"Model: {args.model}. Attribution: {args.method} of P(answer) on {args.n_locate} "
+            f"{args.locate_split} samples per dataset; selection: s − mean > σ·std (positive "
+            f"side); erasure: zero at every position; {args.random} random sets of the same size "
+            "per layer."
+        )
+        bar = tqdm(total=5, desc="report", disable=args.quiet)
 
-    def stage(name: str) -> None:
-        if name != "accuracy":
-            bar.update()
-        bar.set_postfix_str(name)
+        def stage(name: str) -> None:
+            if name != "accuracy":
+                bar.update()
+            bar.set_postfix_str(name)
 
-    found = localization(
-        model,
-        locate_on,
-        evaluate_on,
-        sigmas=args.sigmas,
-        n_random=args.random,
-        seed=args.random_seed,
-        stage=stage,
-        method=args.method,
-        steps=args.steps,
-    )
-    add_localization(report, found)
-    bar.update()
-    bar.close()
-    with _staged(args.out) as folder:
+        found = localization(
+            model,
+            locate_on,
+            evaluate_on,
+            sigmas=args.sigmas,
+            n_random=args.random,
+            seed=args.random_seed,
+            stage=stage,
+            method=args.method,
+            steps=args.steps,
+        )
+        add_localization(report, found)
+        bar.update()
+        bar.close()
         index = report.save(folder)
     print(f"Report: {(Path(args.out) / index.relative_to(folder)).resolve()}")
     return 0
@@ -339,22 +293,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), a local model directory, "
         "or a hub name",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--dtype", default=None, choices=options(DType))
     parser.add_argument("--split", default="test", help="dataset split to use")
-    parser.add_argument("--n", type=_positive_int, default=200, help="samples (default 200)")
+    parser.add_argument("--n", type=positive_int, default=200, help="samples (default 200)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tl-capability`` console script.
-
-    Returns:
-        0 on success; 2 after a library error (``ValueError``, ``TypeError``, ``OSError``),
-        printed as one line ``tl-capability: error: <message>`` on stderr (``--debug`` raises
-        it instead, with its traceback); 130 after Ctrl-C. Commands with ``--out`` leave no
-        partial folder behind either way. Usage errors exit with 2 through argparse.
-    """
+def _parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
     parser = argparse.ArgumentParser(
         prog="tl-capability",
         description="Find and edit the neurons behind a language model's capabilities.",
@@ -389,12 +336,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{DEFAULT_LOCATE_METHOD}), or an attribution method for the papers' pipeline "
         "(scores, then --sigma/--top-k/--quantile)",
     )
-    locate.add_argument("--budget", type=float, default=0.05, help="largest share of neurons")
-    locate.add_argument("--target-drop", type=float, default=60.0, help="goal, in points")
-    locate.add_argument("--tolerance", type=float, default=10.0, help="worst control drop")
+    locate.add_argument(
+        "--budget", type=share, default=None, help="largest share of neurons (default 0.05)"
+    )
+    locate.add_argument("--target-drop", type=drop, default=60.0, help="goal, in points")
+    locate.add_argument("--tolerance", type=tolerance, default=10.0, help="worst control drop")
     locate.add_argument("--metric", default="prob", choices=options(Metric))
-    locate.add_argument("--steps", type=int, default=None, help="integrated-gradient steps")
-    locate.add_argument("--batch-size", type=int, default=None)
+    locate.add_argument(
+        "--steps", type=positive_int, default=None, help="integrated-gradient steps"
+    )
+    locate.add_argument("--batch-size", type=positive_int, default=None)
     rule = locate.add_mutually_exclusive_group()
     rule.add_argument("--sigma", type=float, default=2.0, help="σ rule (default 2)")
     rule.add_argument("--top-k", type=int, default=None, help="keep the k largest |scores|")
@@ -409,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     erase.add_argument("--data", required=True, help="dataset spec")
     erase.add_argument("--mask", required=True, help="folder written by `locate`")
     erase.add_argument("--mode", default="zero", choices=["zero", "mean", "scale", "add"])
-    erase.add_argument("--random", type=_count, default=3, help="random control sets")
+    erase.add_argument("--random", type=count, default=3, help="random control sets")
     erase.add_argument(
         "--random-seed", type=int, default=0, help="seed of the first random set (default 0)"
     )
@@ -420,16 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     _common(report)
     report.add_argument("--data", required=True, nargs="+", help="one spec per capability")
     report.add_argument("--method", default="ig")
-    report.add_argument("--steps", type=int, default=20)
-    report.add_argument("--n-locate", type=_positive_int, default=100, help="samples to locate on")
+    report.add_argument("--steps", type=positive_int, default=20)
+    report.add_argument("--n-locate", type=positive_int, default=100, help="samples to locate on")
     report.add_argument("--locate-split", default="train")
     report.add_argument("--sigmas", type=float, nargs="+", default=[2.0, 3.0, 6.0, 12.0])
-    report.add_argument("--random", type=_count, default=3, help="random control sets")
+    report.add_argument("--random", type=count, default=3, help="random control sets")
     report.add_argument(
         "--random-seed", type=int, default=0, help="seed of the first random set (default 0)"
     )
     report.add_argument("--out", default="capability-report", help="report folder")
     report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tl-capability`` console script.
+
+    Returns:
+        0 on success; 2 after a library error (``ValueError``, ``TypeError``, ``OSError``),
+        printed as one line ``tl-capability: error: <message>`` on stderr (``--debug`` raises
+        it instead, with its traceback); 130 after Ctrl-C. Commands with ``--out`` leave no
+        partial folder behind either way. Usage errors exit with 2 through argparse.
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -25,26 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from tl_capability.data import Batch, CapabilityDataset, batches
-from tl_capability.options import InterventionMode, Site, check_option
-from tl_capability.sites import (
-    neuron_hook_name,
-    neuron_site,
-    position_free,
-    require_eval,
-    run_until,
-)
-
-if TYPE_CHECKING:
-    from tl_capability.masks import NeuronMask
-
-MODES = get_args(InterventionMode)
+from tl_capability.masks import NeuronMask
+from tl_capability.options import InterventionMode, Site
+from tl_capability.sites import neuron_site, require_eval, run_until
 
 
 def answer_positions(batch: Batch) -> Bool[Tensor, "batch pos"]:
@@ -64,67 +54,19 @@ def mask_hooks(
     means: Float[Tensor, "layer d_mlp"] | None = None,
     positions: Bool[Tensor, "batch pos"] | None = None,
 ) -> list[tuple[str, Any]]:
-    """Forward hooks applying ``mode`` to the neurons of ``mask`` (one hook per layer with any).
+    """Forward hooks applying ``mode`` to the neurons of ``mask`` (one hook per layer with any):
+    [`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks] as a function.
 
     Raises:
+        TypeError: When ``mask`` is not a [`NeuronMask`][tl_capability.masks.NeuronMask].
         ValueError: For an unknown mode or site, ``"mean"`` without ``means`` of the mask's
             shape.
     """
-    check_option(mode, InterventionMode, "mode")
-    check_option(mask.site, Site, "the mask's site")
-    if mode == "mean":
-        if means is None:
-            raise ValueError("mode='mean' needs means=mean_activations(model, dataset)")
-        if tuple(means.shape) != tuple(mask.tensor.shape):
-            raise ValueError(
-                f"means of shape {tuple(means.shape)} for a mask of shape "
-                f"{tuple(mask.tensor.shape)}"
-            )
-    out = []
-    for layer in range(mask.n_layers):
-        index = mask.tensor[layer].nonzero()[:, 0]
-        if len(index):
-            layer_means = None if means is None else means[layer, index]
-            fn = _make_hook(index, mode, factor, shift, value, layer_means, positions)
-            out.append((neuron_hook_name(layer, mask.site), fn))
-    return out
-
-
-def _make_hook(
-    index: Tensor,
-    mode: InterventionMode,
-    factor: float,
-    shift: float,
-    value: float,
-    means: Tensor | None,
-    positions: Tensor | None,
-) -> Any:
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        idx = index.to(act.device)
-        old = act[..., idx]
-        if mode == "zero":
-            new = torch.zeros_like(old)
-        elif mode == "scale":
-            new = old * factor
-        elif mode == "mean":
-            new = means.to(act.device, act.dtype).expand_as(old)
-        elif mode == "add":
-            new = old + shift * torch.where(old < 0, -1.0, 1.0).to(old.dtype)
-        else:
-            new = torch.full_like(old, value)
-        if positions is not None:
-            if tuple(positions.shape) != tuple(act.shape[:2]):
-                raise ValueError(
-                    f"positions of shape {tuple(positions.shape)} for "
-                    f"activations of shape {tuple(act.shape[:2])}"
-                )
-            new = torch.where(positions.to(act.device)[..., None], new, old)
-        # Clone, edit, return: editing in place breaks points that also carry backward hooks.
-        act = act.clone()
-        act[..., idx] = new
-        return act
-
-    return hook if positions is not None else position_free(hook)
+    if not isinstance(mask, NeuronMask):
+        raise TypeError(f"expected a NeuronMask, got {type(mask).__name__}")
+    return mask.hooks(
+        mode, factor=factor, shift=shift, value=value, means=means, positions=positions
+    )
 
 
 @contextmanager

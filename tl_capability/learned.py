@@ -8,7 +8,7 @@ position**, ``a ← (1 − r_j) · a``, on the neuron hook (``blocks.{l}.mlp.hoo
 model's weights are never changed. The loss has three terms:
 
 - **suppression** of the target's answers (teacher forced): ``−log(1 − P(answer))`` by default
-  (see [`SUPPRESSIONS`][tl_capability.learned.SUPPRESSIONS]);
+  (see [`Suppression`][tl_capability.options.Suppression]);
 - **maintenance** of the controls: ``KL(p_clean ‖ p_removed)`` at their answer positions;
 - **sparsity**: ``λ ·`` the expected number of removed neurons over the budget
   (``max_fraction`` of all neurons); for hard-concrete gates that is the expected L0 of Louizos
@@ -38,43 +38,118 @@ After training, the gates are **binarised**: neurons are ranked by ``θ`` and th
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, get_args
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability._answer_head import answer_logits
+from tl_capability._gates import Training, init_logits
 from tl_capability.attribution import NeuronScores
-from tl_capability.data import Batch, CapabilityDataset, collate, tokenize
+from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate
 from tl_capability.masks import NeuronMask
-from tl_capability.options import Gate, Site, Suppression, check_option
+from tl_capability.options import (
+    Gate,
+    Site,
+    Suppression,
+    check_fraction,
+    check_option,
+    check_positive_int,
+    check_range,
+)
 from tl_capability.sites import is_masked_lm, model_device, model_name, neuron_site, require_eval
 
-GATES = get_args(Gate)
-SUPPRESSIONS = get_args(Suppression)
-"""``"unlikely"``: ``−log(1 − P(answer))``, ``P(answer) = Π_m P(y_m)`` the teacher-forced
-probability of the whole answer; it saturates once the answer is improbable, and one wrong token
-is enough, as for exact-match accuracy. ``"uniform"``: Bayazit et al.'s ``KL(uniform ‖ p)`` at
-each answer token, which keeps pushing every answer position towards the uniform distribution.
-Measured on the zoo model (sigmoid gates, 150 steps, 100 training samples, five controls):
-``"unlikely"`` reached a 60-point drop with 23 neurons (sentiment) and 55 (sort);
-``"uniform"`` did not reach it within 5 % of the neurons (102 neurons: 18 and 55 points).
-Our reading: the uniform target never saturates, so gates keep being spent on answers that are
-already wrong, while exact match needs only one wrong token per answer. Hence the default."""
 
-# Hard concrete (Louizos et al., 2018): temperature β, stretch interval (γ, ζ).
-_BETA, _GAMMA, _ZETA = 2.0 / 3.0, -0.1, 1.1
-# The start logit of every gate. Starting from the removal of a large random part of the
-# network (half of it for sigmoid gates) and pruning works; starting nearly closed (−4) does
-# not move: one neuron's removal barely changes a confident answer, so the gradients that would
-# open the right gates are too small before many are open together.
-_START = {"hard_concrete": -2.0, "sigmoid": 0.0}
+@dataclass(frozen=True)
+class LearnConfig:
+    """How [`learn_mask`][tl_capability.learned.learn_mask] trains its removal gates (also
+    [`learn_gates`][tl_capability.learned.learn_gates] and ``locate(..., learn=...)``).
+
+    Every field is checked when the config is made, so a bad value is refused before any
+    training. The defaults are the measured ones of the module docstring; a mask records
+    ``dataclasses.asdict(config)`` in its ``selection``.
+
+    Example:
+        >>> learn_mask(model, target, controls, config=LearnConfig(steps=300, gate="hard_concrete"))
+
+    Attributes:
+        steps: Optimisation steps (a positive integer).
+        lr: Adam's learning rate on the gate logits ``θ`` (positive).
+        sparsity: Weight ``λ`` (at least 0) of the expected number of removed neurons divided by
+            the budget ``max_fraction · n_neurons``: filling the budget costs ``λ`` nats, on the
+            scale of the other two terms whatever the model's size.
+        maintain: Weight (at least 0) of the controls' KL term.
+        gate: ``"hard_concrete"`` (Louizos et al.; Chang et al.'s HC) or ``"sigmoid"``
+            (Gumbel-sigmoid with a straight-through hard gate; Bayazit et al.).
+        suppression: The target's loss, ``"unlikely"`` or ``"uniform"`` (see
+            [`Suppression`][tl_capability.options.Suppression]).
+        batch_size: Samples per dataset per step, and per evaluation batch (bounds memory).
+
+    Raises:
+        ValueError: For a value out of range or an unknown option, naming the field.
+    """
+
+    steps: int = 150
+    lr: float = 0.1
+    sparsity: float = 3.0
+    maintain: float = 1.0
+    gate: Gate = "sigmoid"
+    suppression: Suppression = "unlikely"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.steps, "steps")
+        check_range(self.lr, "lr", 0.0, low_open=True)
+        check_range(self.sparsity, "sparsity", 0.0)
+        check_range(self.maintain, "maintain", 0.0)
+        check_option(self.gate, Gate, "gate")
+        check_option(self.suppression, Suppression, "suppression")
+        check_positive_int(self.batch_size, "batch_size")
+
+
+def check_datasets(
+    target: CapabilityDataset, controls: Mapping[str, CapabilityDataset] | None
+) -> dict[str, CapabilityDataset]:
+    """The one check of a target and its controls, for every localizer that takes both.
+
+    A control that is the target cannot be both erased and kept: the same object, a control
+    named as the target (by its key or its ``name``), or the same (prompt, answer) pairs in any
+    order (their multiset), whatever its name.
+
+    Returns:
+        The controls as a new ``dict`` (empty for ``None``).
+
+    Raises:
+        ValueError: For a target that is not a ``CapabilityDataset``, controls that are not a
+            non-empty mapping of name -> ``CapabilityDataset``, or a control that is the target.
+    """
+    if not isinstance(target, CapabilityDataset):
+        raise ValueError(f"target must be a CapabilityDataset, got {type(target).__name__}")
+    if controls is None:
+        return {}
+    if not isinstance(controls, Mapping) or not controls:
+        raise ValueError(
+            "controls must be a non-empty mapping of name -> CapabilityDataset (or None, for "
+            f"no controls), got {controls!r:.60}"
+        )
+    pairs = Counter(zip(target.prompts, target.answers, strict=True))
+    for key, data in controls.items():
+        if not isinstance(data, CapabilityDataset):
+            raise ValueError(f"control {key!r} is not a CapabilityDataset")
+        same_name = target.name is not None and target.name in (key, data.name)
+        same_pairs = Counter(zip(data.prompts, data.answers, strict=True)) == pairs
+        if data is target or same_name or same_pairs:
+            raise ValueError(
+                f"control {key!r} is the target itself ({target.name!r}): a mask cannot both "
+                "erase and keep it"
+            )
+    return dict(controls)
 
 
 @dataclass(frozen=True)
@@ -104,136 +179,6 @@ class LearnedMask:
         """The gate logits as scores (for [`select`][tl_capability.masks.select] or erase curves
         over ``k``)."""
         return self.logits.clone()
-
-
-def _init_logits(init: Any, shape: tuple[int, int], gate: Gate) -> Tensor:
-    """``θ₀``: the gate's start logit ([`_START`][tl_capability.learned._START]), plus the
-    standardised scores clamped to ``±3`` when given (higher score: more likely removed; nothing
-    starts saturated)."""
-    start = _START[gate]
-    if init is None:
-        return torch.full(shape, start)
-    values = init.values if isinstance(init, NeuronScores) else init
-    if not isinstance(values, Tensor) or tuple(values.shape) != shape:
-        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"init must be NeuronScores or a tensor of shape {shape}, got {got}")
-    values = values.detach().float().cpu()
-    if not torch.isfinite(values).all():
-        raise ValueError("init has non-finite values")
-    z = (values - values.mean()) / values.std().clamp_min(1e-12)
-    return start + z.clamp(-3, 3)
-
-
-def _removal(theta: Tensor, gate: Gate, gen: torch.Generator) -> Tensor:
-    """One stochastic sample of the removal gates ``r ∈ [0, 1]``, differentiable in ``θ``."""
-    u = torch.rand(theta.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(theta.device)
-    noise = u.log() - (-u).log1p()  # logistic noise (the difference of two Gumbels)
-    if gate == "hard_concrete":
-        s = torch.sigmoid((noise + theta) / _BETA)
-        return (s * (_ZETA - _GAMMA) + _GAMMA).clamp(0.0, 1.0)
-    soft = torch.sigmoid(noise + theta)
-    return (soft > 0.5).to(soft.dtype) + soft - soft.detach()  # straight-through
-
-
-def _expected_removed(theta: Tensor, gate: Gate) -> Tensor:
-    """``P(r_j > 0)`` (hard concrete: the expected-L0 term) or ``P(r_j = 1)`` (sigmoid)."""
-    if gate == "hard_concrete":
-        return torch.sigmoid(theta - _BETA * math.log(-_GAMMA / _ZETA))
-    return torch.sigmoid(theta)
-
-
-def _suppression(logits: Tensor, batch: Batch, n_rows: int, kind: Suppression) -> Tensor:
-    """The suppression loss of the first ``n_rows`` rows (the target's), mean over samples
-    (``"unlikely"``) or answer tokens (``"uniform"``), from logits at every answer position."""
-    picked = batch.target_row < n_rows
-    z = logits[picked].double()
-    if kind == "uniform":  # KL(uniform ‖ p) = −log V − mean_v log p_v
-        return (-math.log(z.shape[-1]) - z.log_softmax(-1).mean(-1)).mean().float()
-    # log(1 − P(y_m)) = logsumexp over v ≠ y − logsumexp over all v: exact when P(y_m) ≈ 1,
-    # where log_softmax rounds log P(y_m) to 0 and the gradient would vanish.
-    total = z.logsumexp(-1)
-    others = z.scatter(-1, batch.target_token[picked, None], -math.inf).logsumexp(-1)
-    log_p = torch.log1p(-(others - total).exp())  # log P(y_m), accurate near 0
-    log_answer = torch.zeros(n_rows, dtype=z.dtype, device=z.device)
-    log_answer = log_answer.index_add(0, batch.target_row[picked], log_p)
-    # −log(1 − P(answer)) with P(answer) = exp(Σ_m log P(y_m)); clamp keeps it finite at P = 1.
-    return -torch.log(-torch.expm1(log_answer.clamp(max=-1e-12))).mean().float()
-
-
-class _Sampler:
-    """Batches of indices without replacement, reshuffled each epoch from ``gen``."""
-
-    def __init__(self, n: int, size: int, gen: torch.Generator) -> None:
-        self.n, self.size, self.gen, self.queue = n, min(size, n), gen, []
-
-    def __call__(self) -> list[int]:
-        if len(self.queue) < self.size:
-            self.queue = self.queue + torch.randperm(self.n, generator=self.gen).tolist()
-        out, self.queue = self.queue[: self.size], self.queue[self.size :]
-        return out
-
-
-def _check_controls(
-    target: CapabilityDataset, controls: Mapping[str, CapabilityDataset] | None
-) -> None:
-    if not isinstance(target, CapabilityDataset):
-        raise ValueError(f"target must be a CapabilityDataset, got {type(target).__name__}")
-    if controls is None:
-        return
-    if not isinstance(controls, Mapping) or not controls:
-        raise ValueError(
-            "controls must be a non-empty mapping of name -> CapabilityDataset (or None, to "
-            "learn without a maintenance term)"
-        )
-    for key, data in controls.items():
-        if not isinstance(data, CapabilityDataset):
-            raise ValueError(f"control {key!r} is not a CapabilityDataset")
-        same_name = target.name is not None and target.name in (key, data.name)
-        if data is target or same_name or data.prompts == target.prompts:
-            raise ValueError(
-                f"control {key!r} is the target itself ({target.name!r}): a mask cannot both "
-                "erase and keep it"
-            )
-
-
-class _CleanLogProbs:
-    """The clean model's log-probabilities at the control samples' answer positions, the
-    maintenance term's reference. They do not change while the gates train, so each sample's are
-    computed once, when first drawn, and kept while the whole control set would fit in
-    ``budget`` bytes; past that, each step's are computed afresh."""
-
-    def __init__(
-        self,
-        model: Any,
-        samples: Mapping[str, list],
-        batch_size: int,
-        pad: int,
-        budget: int = 256 * 2**20,
-    ) -> None:
-        self.model, self.samples, self.batch_size, self.pad = model, samples, batch_size, pad
-        vocab = int(model.cfg.d_vocab)
-        answers = sum(len(s.answer) for data in samples.values() for s in data)
-        self.keep = answers * vocab * 4 <= budget
-        self.kept: dict[tuple[str, int], Tensor] = {}
-
-    def _run(self, chosen: list) -> list[Tensor]:
-        device = model_device(self.model)
-        batch = collate(chosen, range(len(chosen)), self.pad).to(device)
-        with torch.no_grad():
-            logits = answer_logits(self.model, batch.tokens, batch.target_row, batch.target_pos)
-        logp = logits.float().log_softmax(-1)
-        return list(logp.split(batch.n_targets.tolist()))
-
-    def __call__(self, name: str, indices: list[int]) -> Float[Tensor, "target vocab"]:
-        data = self.samples[name]
-        if not self.keep:
-            return torch.cat(self._run([data[i] for i in indices]))
-        missing = list(dict.fromkeys(i for i in indices if (name, i) not in self.kept))
-        for start in range(0, len(missing), self.batch_size):
-            part = missing[start : start + self.batch_size]
-            for i, logp in zip(part, self._run([data[i] for i in part]), strict=True):
-                self.kept[name, i] = logp
-        return torch.cat([self.kept[name, i] for i in indices])
 
 
 def _measure_drops(
@@ -282,109 +227,48 @@ def learn_gates(
     target: CapabilityDataset,
     controls: Mapping[str, CapabilityDataset] | None,
     *,
+    config: LearnConfig | None = None,
     init: Float[Tensor, "layer d_mlp"] | NeuronScores | None = None,
     max_fraction: float = 0.05,
-    steps: int = 150,
-    lr: float = 0.1,
-    sparsity: float = 3.0,
-    maintain: float = 1.0,
-    gate: Gate = "sigmoid",
-    suppression: Suppression = "unlikely",
-    batch_size: int = 32,
     seed: int = 0,
-    progress: bool = True,
     site: Site = "post",
+    progress: bool = True,
 ) -> tuple[Float[Tensor, "layer d_mlp"], list[dict[str, Any]]]:
     """The training part of [`learn_mask`][tl_capability.learned.learn_mask]: the gate logits
     ``θ`` (higher: more surely removed) and the per-step history, without binarising them (what
     [`locate`][tl_capability.localization.locate] ranks by; it picks the set size itself).
     Arguments and errors as for [`learn_mask`][tl_capability.learned.learn_mask]."""
+    config = LearnConfig() if config is None else config
+    if not isinstance(config, LearnConfig):
+        raise ValueError(f"config must be a LearnConfig, got {type(config).__name__}")
     require_eval(model)
     if is_masked_lm(model):
         raise ValueError("learn_mask supports causal LMs only (masked LMs would attend to padding)")
-    _check_controls(target, controls)
-    if not 0 < max_fraction <= 1:
-        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
-    check_option(gate, Gate, "gate")
-    check_option(suppression, Suppression, "suppression")
-    if steps < 1 or batch_size < 1 or lr <= 0 or sparsity < 0 or maintain < 0:
-        raise ValueError("steps, batch_size and lr must be positive; sparsity, maintain >= 0")
+    controls = check_datasets(target, controls)
+    check_fraction(max_fraction, "max_fraction")
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
-    device = model_device(model)
-    theta = _init_logits(init, shape, gate).to(device).requires_grad_(True)
-    target_samples = tokenize(model, target)
-    controls = dict(controls or {})
-    control_samples = {key: tokenize(model, data) for key, data in controls.items()}
-    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
-
-    gen = torch.Generator().manual_seed(seed)
-    draw_target = _Sampler(len(target_samples), batch_size, gen)
-    draw_control = {k: _Sampler(len(s), batch_size, gen) for k, s in control_samples.items()}
-    names = list(controls)
-    optimizer = torch.optim.Adam([theta], lr=lr)
+    theta = init_logits(init, shape, config.gate).to(model_device(model)).requires_grad_(True)
     budget = max(1, math.floor(max_fraction * theta.numel()))
-    removal: list[Tensor] = []
-
-    def gated(layer: int):
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            return act * (1 - removal[0][layer]).to(act.dtype)
-
-        return hook
-
-    fwd = [(resolved.hook_name(layer), gated(layer)) for layer in range(shape[0])]
-    clean_logp = _CleanLogProbs(model, control_samples, batch_size, pad)
+    names = [resolved.hook_name(layer) for layer in range(shape[0])]
+    training = Training(model, target, controls, theta, names, config, budget, seed)
     history: list[dict[str, Any]] = []
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
             p.requires_grad_(False)
-        bar = tqdm(range(steps), disable=not progress, desc=f"learn_mask {target.name or ''}")
+        desc = f"learn_mask {target.name or ''}"
+        bar = tqdm(range(config.steps), disable=not progress, desc=desc)
         for step in bar:
-            name = names[step % len(names)] if names else None
-            rows = [target_samples[i] for i in draw_target()]
-            drawn = draw_control[name]() if name else []
-            ctrl = [control_samples[name][i] for i in drawn]
-            # Target and control rows run as two passes under the same gates, each padded to
-            # its own length (one pass padded the short prompts to the long ones': 16-31 % more
-            # tokens on the zoo's capabilities).
-            parts = [collate(rows, range(len(rows)), pad).to(device)]
-            if ctrl:
-                parts.append(collate(ctrl, range(len(ctrl)), pad).to(device))
-                clean = clean_logp(name, drawn)
-            with torch.enable_grad():
-                removal[:] = [_removal(theta, gate, gen)]
-                logits = [
-                    answer_logits(model, b.tokens, b.target_row, b.target_pos, fwd) for b in parts
-                ]
-                suppress = _suppression(logits[0], parts[0], len(rows), suppression)
-                if ctrl:
-                    kept = logits[1].float().log_softmax(-1)
-                    kl = (clean.exp() * (clean - kept)).sum(-1).mean()
-                else:
-                    kl = suppress.new_zeros(())
-                removed = _expected_removed(theta, gate).sum() / budget
-                loss = suppress + maintain * kl + sparsity * removed
-                optimizer.zero_grad()
-                loss.backward()
-            optimizer.step()
-            history.append(
-                {
-                    "loss": loss.item(),
-                    "suppress": suppress.item(),
-                    "maintain": kl.item(),
-                    "sparsity": removed.item(),
-                    "control": name,
-                }
-            )
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(suppress=f"{suppress.item():.3f}", kl=f"{kl.item():.3f}")
+            history.append(training.step(step))
+            if step % 10 == 0 or step == config.steps - 1:
+                last = history[-1]
+                bar.set_postfix(suppress=f"{last['suppress']:.3f}", kl=f"{last['maintain']:.3f}")
     finally:
-        removal.clear()
+        training.removal.clear()
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-
     return theta.detach().cpu(), history
 
 
@@ -393,113 +277,90 @@ def learn_mask(
     target: CapabilityDataset,
     controls: Mapping[str, CapabilityDataset] | None,
     *,
+    config: LearnConfig | None = None,
     init: Float[Tensor, "layer d_mlp"] | NeuronScores | None = None,
     target_drop: float = 60.0,
     max_fraction: float = 0.05,
-    steps: int = 150,
-    lr: float = 0.1,
-    sparsity: float = 3.0,
-    maintain: float = 1.0,
-    gate: Gate = "sigmoid",
-    suppression: Suppression = "unlikely",
-    batch_size: int = 32,
     seed: int = 0,
-    progress: bool = True,
     site: Site = "post",
+    progress: bool = True,
 ) -> LearnedMask:
     """Learns which neurons to zero-ablate to erase ``target`` while keeping ``controls``.
 
-    Each step draws ``batch_size`` target samples and ``batch_size`` samples of one control
-    dataset (round robin), samples the gates, runs the gated model on both (one forward pass)
-    and the clean model on the control samples (no gradients), and takes an Adam step on ``θ``.
-    See the module docstring for the loss and the papers it follows.
+    Each step draws ``config.batch_size`` target samples and as many of one control dataset
+    (round robin), samples the gates, runs the gated model on both and the clean model on the
+    control samples (no gradients), and takes an Adam step on ``θ``. See the module docstring
+    for the loss and the papers it follows.
 
     Example:
         >>> learned = learn_mask(model, zoo.dataset("sort", 100, "train"),
         ...                      {"addition": zoo.dataset("addition", 100, "train")})
         >>> with ablate(model, learned.mask):
         ...     accuracy(model, zoo.dataset("sort", 100))
+        >>> longer = learn_mask(model, target, controls, config=LearnConfig(steps=300))
 
     Args:
         model: A causal TransformerLens model in eval mode. Its weights are not changed and its
             parameters' ``requires_grad`` flags are restored, also after an exception.
         target: The capability to erase (teacher-forced answers).
-        controls: Capabilities to keep, by name; none may be the target. ``None`` learns
+        controls: Capabilities to keep, by name; none may be the target
+            ([`check_datasets`][tl_capability.learned.check_datasets]). ``None`` learns
             without the maintenance term (suppression and sparsity only).
+        config: How the gates train ([`LearnConfig`][tl_capability.learned.LearnConfig]:
+            steps, learning rate, loss weights, gate, suppression, batch size); ``None``: the
+            defaults.
         init: Attribution scores (higher: more likely removed) to start from, e.g.
             ``attribute(model, target, "grad_x_act")``: ``θ₀`` = the gate's start logit plus
             the standardised scores clamped to ±3. ``None`` (the default, better on the zoo
             model) starts every gate alike: sigmoid gates half removed, hard-concrete gates
             at ``θ = −2``.
-        target_drop: The accuracy drop (points, 0 to 100) on ``target`` the binarised set must
-            reach.
+        target_drop: The accuracy drop (points, in ``(0, 100]``) on ``target`` the binarised
+            set must reach.
         max_fraction: The largest set, as a fraction of all neurons, in ``(0, 1]``.
-        steps: Optimisation steps.
-        lr: Adam's learning rate on ``θ``.
-        sparsity: Weight ``λ`` of the expected number of removed neurons divided by the
-            budget ``max_fraction · n_neurons``: filling the budget costs ``λ`` nats, on the
-            scale of the other two terms whatever the model's size.
-        maintain: Weight of the controls' KL term.
-        gate: ``"hard_concrete"`` (Louizos et al.; Chang et al.'s HC) or ``"sigmoid"``
-            (Gumbel-sigmoid with a straight-through hard gate; Bayazit et al.).
-        suppression: See [`SUPPRESSIONS`][tl_capability.learned.SUPPRESSIONS].
-        batch_size: Samples per dataset per step, and per evaluation batch (bounds memory).
         seed: Seeds the batches and the gate noise; the same seed gives the same logits.
-        progress: Show a progress bar.
         site: ``"post"`` or ``"pre"`` (see [`tl_capability.sites`][tl_capability.sites]).
+        progress: Show a progress bar.
 
     Returns:
-        [`LearnedMask`][tl_capability.learned.LearnedMask].
+        [`LearnedMask`][tl_capability.learned.LearnedMask]; its mask's ``selection`` records
+        ``dataclasses.asdict(config)`` with the other arguments.
 
     Raises:
-        ValueError: For empty controls, a control that is the target (same object, same name or
-            same prompts), a model in training mode or a masked LM, an ``init`` of the wrong
-            shape or with non-finite values, a sample that does not fit the context, or a
-            parameter out of range.
+        ValueError: For empty controls, a control that is the target, a model in training mode
+            or a masked LM, an ``init`` of the wrong shape or with non-finite values, a sample
+            that does not fit the context, or a parameter out of range.
     """
-    if not 0 < target_drop <= 100:
-        raise ValueError(f"target_drop must be in (0, 100] points, got {target_drop}")
+    check_range(target_drop, "target_drop", 0.0, 100.0, low_open=True, unit=" points")
+    config = LearnConfig() if config is None else config
     logits, history = learn_gates(
         model,
         target,
         controls,
+        config=config,
         init=init,
         max_fraction=max_fraction,
-        steps=steps,
-        lr=lr,
-        sparsity=sparsity,
-        maintain=maintain,
-        gate=gate,
-        suppression=suppression,
-        batch_size=batch_size,
         seed=seed,
-        progress=progress,
         site=site,
+        progress=progress,
     )
-    names = list(controls or {})
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
     order = logits.flatten().argsort(descending=True, stable=True)
     max_k = max(1, math.floor(max_fraction * logits.numel()))
-    clean_acc = accuracy(model, target, batch_size=batch_size, progress=False)
+    clean_acc = accuracy(model, target, batch_size=config.batch_size, progress=False)
     selection = {
         "method": "learned",
-        "gate": gate,
-        "suppression": suppression,
-        "steps": steps,
-        "lr": lr,
-        "sparsity": sparsity,
-        "maintain": maintain,
+        **asdict(config),
         "seed": seed,
         "target_drop": target_drop,
         "max_fraction": max_fraction,
         "init": getattr(init, "method", None if init is None else "tensor"),
         "dataset": target.name,
-        "controls": names,
+        "controls": list(controls or {}),
     }
     meta = {"model_name": model_name(model), "site": site, "selection": selection}
     k, drops = _measure_drops(
-        model, target, order, shape, max_k, target_drop, clean_acc, batch_size, meta
+        model, target, order, shape, max_k, target_drop, clean_acc, config.batch_size, meta
     )
     reached = drops[k] >= target_drop
     tensor = torch.zeros(logits.numel(), dtype=torch.bool)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from tl_capability import zoo
 from tl_capability.gguf_files import dequantize, find_gguf
 from tl_capability.options import DType, check_option
 from tl_capability.sites import transformer_lens_has
@@ -47,8 +48,6 @@ def load_model(name: str | Path, *, device: str | None = None, dtype: DType | No
         raise TypeError(f"name must be a string or a path, got {type(name).__name__}")
     if dtype is not None:
         check_option(dtype, DType, "dtype")
-    from tl_capability import zoo
-
     text = str(name)
     if not text.strip():
         raise ValueError("name is empty: give 'zoo', a model directory, a GGUF file or a hub name")
@@ -76,8 +75,6 @@ def load_model(name: str | Path, *, device: str | None = None, dtype: DType | No
 
 
 def _zoo(name: str, device: str | None, dtype: DType | None) -> Any:
-    from tl_capability import zoo
-
     return _to(zoo.load_model(name, device=device, dtype=_zoo_dtype(dtype)), dtype)
 
 
@@ -96,6 +93,7 @@ def _boot(name: str | Path, device: str | None, dtype: DType | None, local: bool
         kwargs["device"] = device
     if dtype is not None:
         kwargs["dtype"] = _DTYPES[dtype]
+    # Imported here: which class exists depends on the installed TransformerLens generation.
     if transformer_lens_has("TransformerBridge"):
         from transformer_lens import TransformerBridge
 

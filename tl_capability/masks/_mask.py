@@ -1,43 +1,21 @@
-"""Sets of neurons: selection from scores, set algebra, overlap, random placebos, save / load.
-
-A [`NeuronMask`][tl_capability.masks.NeuronMask] is a boolean ``[layer, d_mlp]`` tensor plus where
-it came from (the model's shape and name, the neuron site, how it was selected). Selection rules:
-
-- ``sigma``: the capability-localization rule (Huang et al., ICLR 2025),
-  ``|s − mean(s)| > σ · std(s)`` over all neurons of all layers. The poster writes the variance;
-  we read it as the standard deviation (the variance is not in the scores' units).
-- ``top_k`` / ``quantile``: the largest scores.
-
-``side`` says which tail counts: ``"positive"`` (the default: neurons that *raise* the answer's
-probability, the ones whose removal should hurt), ``"negative"``, or ``"both"`` (``|s|``, the
-poster's literal rule). The defaults, ``sigma=2`` on the positive side, were chosen by measuring
-on the zoo model and on two sibling models trained with other seeds and shapes; see
-``docs/findings.md`` (the paper's σ = 3, 6, 12 keep too few neurons of a small model to matter).
-- ``fraction_of_max``: the knowledge-neuron coarse rule (Dai et al., ACL 2022),
-  ``s > t · max(s)``, applied per prompt by [`coarse_masks`][tl_capability.masks.coarse_masks];
-  [`refine`][tl_capability.masks.refine] then keeps the neurons shared by more than a fraction ``p``
-  of one fact's prompts.
-
-Masks give intervention hooks ([`NeuronMask.hooks`][tl_capability.masks.NeuronMask.hooks], see
-[`tl_capability.interventions`][tl_capability.interventions]) that compose with any TransformerLens
-analysis.
-"""
+"""The set of neurons (private module of [`tl_capability.masks`][tl_capability.masks]):
+[`NeuronMask`][tl_capability.masks.NeuronMask] and the random placebo sets of
+[`random_controls`][tl_capability.masks.random_controls]."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
+from tl_capability._neuron_hooks import neuron_hooks
 from tl_capability._storage import load_pair, save_pair
-from tl_capability.options import Side, Site, check_option
-
-SITES = get_args(Site)
+from tl_capability.options import InterventionMode, Site, check_option, check_positive_int
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,13 +224,12 @@ class NeuronMask:
 
     # ------------------------------------------------------------------ interventions
 
-    def hooks(self, mode: str = "zero", **kwargs: Any) -> list[tuple[str, Any]]:
+    def hooks(self, mode: InterventionMode = "zero", **kwargs: Any) -> list[tuple[str, Any]]:
         """Forward hooks applying an intervention to these neurons, for ``model.hooks(...)``,
-        ``run_with_hooks`` or ``run_with_cache``. See
-        [`mask_hooks`][tl_capability.interventions.mask_hooks]."""
-        from tl_capability.interventions import mask_hooks
-
-        return mask_hooks(self, mode, **kwargs)
+        ``run_with_hooks`` or ``run_with_cache``; the keyword arguments and errors are
+        [`mask_hooks`][tl_capability.interventions.mask_hooks]'s. When run, a hook refuses
+        activations of another width than the mask's (a mask made for another model)."""
+        return neuron_hooks(self.tensor, self.site, mode, **kwargs)
 
 
 def random_controls(
@@ -293,13 +270,11 @@ def random_controls(
             or fewer neurons left to draw from (after ``exclude``) than a set needs.
         TypeError: For an ``exclude`` that is not a [`NeuronMask`][tl_capability.masks.NeuronMask].
     """
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    check_positive_int(n, "n", minimum=0)
     if per_layer and size is not None:
         raise ValueError("size is for per_layer=False; per-layer sets keep mask's counts")
     size = len(mask) if size is None else size
-    if size < 0:
-        raise ValueError(f"size must be non-negative, got {size}")
+    check_positive_int(size, "size", minimum=0)
     allowed = ~mask._other(exclude) if exclude is not None else torch.ones_like(mask.tensor)
     if per_layer:
         counts = mask.per_layer()
@@ -329,146 +304,3 @@ def random_controls(
         }
         sets.append(replace(mask, tensor=out, selection=selection))
     return tuple(sets)
-
-
-def _scores_tensor(scores: Any) -> Float[Tensor, "layer d_mlp"]:
-    values = scores if isinstance(scores, Tensor) else getattr(scores, "values", None)
-    if not isinstance(values, Tensor) or values.dim() != 2:
-        raise ValueError("scores must be NeuronScores or a [layer, d_mlp] tensor")
-    if not torch.isfinite(values).all():
-        bad = (~torch.isfinite(values)).nonzero()[0].tolist()
-        raise ValueError(f"scores contain NaN or infinite values (first at layer, neuron {bad})")
-    return values.detach().float().cpu()
-
-
-DEFAULT_SIGMA = 2.0
-SIDES = get_args(Side)
-
-
-def select(
-    scores: Any,
-    *,
-    sigma: float | None = None,
-    top_k: int | None = None,
-    fraction_of_max: float | None = None,
-    quantile: float | None = None,
-    side: Side = "positive",
-) -> NeuronMask:
-    """Selects neurons from scores by one rule (``sigma=2`` when none is given).
-
-    Args:
-        scores: [`NeuronScores`][tl_capability.attribution.NeuronScores] or a ``[layer, d_mlp]``
-            tensor.
-        sigma: ``d > σ · std(s)`` over all neurons, with ``d = s − mean(s)`` on the positive
-            side, ``mean(s) − s`` on the negative side, ``|s − mean(s)|`` for both.
-        top_k: The ``k`` neurons with the largest ``s`` (``−s``, ``|s|`` by ``side``).
-        fraction_of_max: ``s > t · max(s)`` (knowledge-neuron coarse rule; ignores ``side``).
-        quantile: Scores at or above this quantile (0.99 keeps the top 1 %), by ``side``.
-        side: ``"positive"``, ``"negative"`` or ``"both"`` (see the module docstring).
-
-    Raises:
-        ValueError: For more than one rule, an unknown side, or a parameter out of range.
-    """
-    check_option(side, Side, "side")
-    values = _scores_tensor(scores)
-    signed = {"positive": values, "negative": -values, "both": values.abs()}[side]
-    given = {
-        k: v
-        for k, v in dict(
-            sigma=sigma, top_k=top_k, fraction_of_max=fraction_of_max, quantile=quantile
-        ).items()
-        if v is not None
-    }
-    if len(given) > 1:
-        raise ValueError(f"choose one selection rule, got {sorted(given)}")
-    rule, param = next(iter(given.items())) if given else ("sigma", DEFAULT_SIGMA)
-    if rule == "sigma":
-        if param < 0:
-            raise ValueError("sigma must be non-negative")
-        centred = values - values.mean()
-        deviation = {"positive": centred, "negative": -centred, "both": centred.abs()}[side]
-        mask = deviation > param * values.std()
-    elif rule == "top_k":
-        if not 0 <= param <= values.numel():
-            raise ValueError(f"top_k must be in 0..{values.numel()}")
-        mask = torch.zeros(values.numel(), dtype=torch.bool)
-        mask[signed.flatten().topk(int(param)).indices] = True
-        mask = mask.view_as(values)
-    elif rule == "fraction_of_max":
-        if not 0 <= param <= 1:
-            raise ValueError("fraction_of_max must be in [0, 1]")
-        mask = values > param * values.max()
-    else:
-        if not 0 <= param <= 1:
-            raise ValueError("quantile must be in [0, 1]")
-        mask = signed >= torch.quantile(signed.flatten(), param)
-    params = {} if isinstance(scores, Tensor) else getattr(scores, "params", {})
-    return NeuronMask(
-        mask,
-        params.get("model_name"),
-        params.get("site", "post"),
-        {
-            "rule": rule,
-            "value": param,
-            "side": "positive" if rule == "fraction_of_max" else side,
-            "method": getattr(scores, "method", None),
-            "dataset": params.get("dataset"),
-        },
-    )
-
-
-def coarse_masks(scores: Any, fraction_of_max: float = 0.2) -> list[NeuronMask]:
-    """Knowledge-neuron coarse selection per prompt: ``s > t · max(s)`` on each sample's scores
-    (``scores`` computed with ``per_sample=True``; t = 0.2 in Dai et al.'s code)."""
-    per_sample = getattr(scores, "per_sample", None)
-    if per_sample is None:
-        raise ValueError("coarse_masks needs scores computed with per_sample=True")
-    meta = {k: getattr(scores, "params", {}).get(k) for k in ("model_name", "site")}
-    return [
-        replace(
-            select(s, fraction_of_max=fraction_of_max),
-            model_name=meta["model_name"],
-            site=meta["site"] or "post",
-        )
-        for s in per_sample
-    ]
-
-
-def refine(
-    masks: Sequence[NeuronMask],
-    share: float = 0.7,
-    negatives: NeuronMask | Sequence[NeuronMask] | None = None,
-    negative_share: float = 0.0,
-) -> NeuronMask:
-    """Knowledge-neuron refinement: neurons selected in more than ``share`` of the masks.
-
-    Args:
-        masks: One mask per paraphrased prompt of a fact (from
-            [`coarse_masks`][tl_capability.masks.coarse_masks]).
-        share: Keep neurons in strictly more than this fraction of ``masks`` (0.7 in Dai et
-            al.'s code, 0.5 in EleutherAI's library).
-        negatives: Masks of unrelated facts; neurons found in more than ``negative_share`` of
-            them are removed (they express something other than this fact).
-        negative_share: Threshold for ``negatives`` (0: any occurrence removes the neuron).
-    """
-    if not masks:
-        raise ValueError("refine needs at least one mask")
-    first = masks[0]
-    stack = torch.stack([first._other(m) for m in masks])
-    kept = stack.float().mean(0) > share
-    if negatives is not None:
-        negs = [negatives] if isinstance(negatives, NeuronMask) else list(negatives)
-        if negs:
-            neg = torch.stack([first._other(m) for m in negs]).float().mean(0)
-            kept &= ~(neg > negative_share)
-    return replace(
-        first,
-        tensor=kept,
-        selection={
-            "rule": "refine",
-            "share": share,
-            "prompts": len(masks),
-            "negatives": 0 if negatives is None else len(negs),
-            "negative_share": negative_share,
-        },
-    )
