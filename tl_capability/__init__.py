@@ -7,8 +7,8 @@ model ([`tl_capability.zoo`][tl_capability.zoo]), so that everything runs offlin
 See the README for the quickstart and ``tutorials/`` for the methods.
 """
 
-import importlib
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 from tl_capability.attribution import NeuronScores, attribute, ig_alphas
 from tl_capability.circuit_figures import circuit_figure
@@ -127,9 +127,9 @@ __all__ = [
 _LAZY = ("zoo", "experiments", "report", "models", "loaders", "cli", "demo")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
-        return importlib.import_module(f"tl_capability.{name}")
+        return _importlib.import_module(f"tl_capability.{name}")
     raise AttributeError(f"module 'tl_capability' has no attribute {name!r}")
 
 
