@@ -43,7 +43,7 @@ def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
 
     from tl_capability import demo
     from tl_capability import experiments as experiments_package
-    from tl_capability.experiments import kn
+    from tl_capability.experiments import kn_decoupling, kn_fidelity, kn_locators
 
     calls: Counter = Counter()
 
@@ -60,8 +60,9 @@ def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
                    "neurgrad_agreement", "linearity", "skill_probe", "enhancement")  # fmt: skip
     for name in experiments:
         counted(demo, name)
-    counted(kn, "attribute", key=lambda model, data, *a, **k: id(data))
-    counted(kn, "knowledge_neurons")
+    for module in (kn_fidelity, kn_locators, kn_decoupling):
+        counted(module, "attribute", key=lambda model, data, *a, **k: id(data))
+    counted(kn_locators, "knowledge_neurons")
     counted(experiments_package, "knowledge_neurons")
     sizes = demo.DemoSizes(locate=8, evaluate=8, n_random=1, facts=2, probe=12, neg_samples=2,
                            n_random_kn=1, pairs=2, enhance_train=8, epochs=(1,),

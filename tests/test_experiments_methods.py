@@ -14,7 +14,7 @@ from tl_capability.circuits import faithfulness, knowledge_circuit
 from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import answer_probability
 from tl_capability.experiments import fidelity, reliability
-from tl_capability.experiments.kn import corrupt_subjects
+from tl_capability.experiments.kn_locators import corrupt_subjects
 from tl_capability.experiments.rome_edit import rome_edit
 from tl_capability.sites import run_until
 from tl_capability.tracing import causal_trace
@@ -64,7 +64,7 @@ def test_rome_fidelity_compares_the_located_layers(zoo_model, facts):
 
 
 def test_the_default_window_is_a_quarter_of_the_layers(zoo_model, facts):
-    from tl_capability.experiments.kn import trace_window
+    from tl_capability.experiments.kn_locators import trace_window
 
     assert trace_window(zoo_model) == 1
     data = {name: facts[name] for name in list(facts)[:1]}

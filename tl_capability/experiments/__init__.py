@@ -14,9 +14,11 @@ Capability localization: [`split_overlap`][tl_capability.experiments.cnl.split_o
 [`localization`][tl_capability.experiments.suite.localization] (all of them at once, for
 [`tl_capability.report.add_localization`][tl_capability.report.add_localization]) (see
 [`cnl`][tl_capability.experiments.cnl]). Knowledge neurons:
-[`fidelity`][tl_capability.experiments.kn.fidelity],
-[`reliability`][tl_capability.experiments.kn.reliability],
-[`decoupling`][tl_capability.experiments.kn.decoupling] (see [`kn`][tl_capability.experiments.kn]).
+[`fidelity`][tl_capability.experiments.kn_fidelity.fidelity],
+[`reliability`][tl_capability.experiments.kn_reliability.reliability],
+[`decoupling`][tl_capability.experiments.kn_decoupling.decoupling],
+[`fact_edits`][tl_capability.experiments.kn_fact_edits.fact_edits] (the localizers they share:
+[`kn_locators`][tl_capability.experiments.kn_locators]).
 Neuron empirical gradients:
 [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement],
 [`linearity`][tl_capability.experiments.neg.linearity],
@@ -43,24 +45,16 @@ from tl_capability.experiments.erase import (
     amplify,
     erase,
 )
-from tl_capability.experiments.kn import (
+from tl_capability.experiments.kn_decoupling import DecouplingResult, DecouplingRow, decoupling
+from tl_capability.experiments.kn_fact_edits import FactEditResult, FactEditRow, fact_edits
+from tl_capability.experiments.kn_fidelity import FidelityResult, FidelityRow, fidelity
+from tl_capability.experiments.kn_locators import (
     METHODS,
-    DecouplingResult,
-    DecouplingRow,
-    FactEditResult,
-    FactEditRow,
-    FidelityResult,
-    FidelityRow,
-    ReliabilityResult,
-    ReliabilityRow,
     corrupt_subjects,
-    decoupling,
-    fact_edits,
-    fidelity,
     knowledge_neurons,
-    reliability,
     trace_window,
 )
+from tl_capability.experiments.kn_reliability import ReliabilityResult, ReliabilityRow, reliability
 from tl_capability.experiments.neg import (
     AgreementRow,
     LinearityResult,

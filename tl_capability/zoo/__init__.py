@@ -412,7 +412,7 @@ def _load_hooked(directory: Path, device: str | None, model_name: str) -> Any:
 def addition_pairs(n: int = 50, seed: int = 0) -> tuple[CapabilityDataset, CapabilityDataset]:
     """``n`` pairs of addition problems that share their first operand (the main part) and
     differ in the second (the replaceable part), as two aligned datasets, for
-    [`tl_capability.experiments.decoupling`][tl_capability.experiments.kn.decoupling]."""
+    [`tl_capability.experiments.decoupling`][tl_capability.experiments.kn_decoupling.decoupling]."""
     rng = random.Random(seed)
     rows: tuple[list[tuple[str, str]], list[tuple[str, str]]] = ([], [])
     for _ in range(n):
