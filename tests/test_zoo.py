@@ -78,7 +78,7 @@ def test_training_info_records_the_family_and_the_accuracies(name):
     assert set(info["test_accuracy"]) == set(zoo.capability_names())
     assert info["architecture"]["n_layer"] >= 2
     assert (info["family"], info["dropout"]) == EXPECTED[name]
-    assert zoo._family(zoo.model_dir(name)) == info["family"]
+    assert zoo.loading._family(zoo.model_dir(name)) == info["family"]
 
 
 def test_load_model_keeps_its_old_signature():
@@ -96,7 +96,7 @@ def test_load_model_keeps_its_old_signature():
 def test_unknown_and_missing_models(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"unknown zoo model 'gpt5'.*\['gpt2', 'gpt2-dropout'"):
         zoo.load_model("gpt5")
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.loading, "MODELS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="--out tl_capability/zoo/models/llama --family"):
         zoo.load_model("llama")
     with pytest.raises(FileNotFoundError, match="--dropout 0.1 --steps 6000 --seed 0"):
@@ -182,7 +182,7 @@ def test_a_zoo_format_directory_loads_with_the_hugging_face_activations(zoo_form
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(zoo_format_dir).eval()
-    model = zoo._load_dir(zoo_format_dir, kind)
+    model = zoo.loading._load_dir(zoo_format_dir, kind)
     assert not model.training
     tokens = model.to_tokens("12+34= rev abc:")
     expected_logits, expected_post = _hf_logits_and_mlp_post(hf, tokens)
@@ -197,7 +197,7 @@ def test_a_zoo_format_directory_loads_with_the_hugging_face_activations(zoo_form
 def test_a_directory_of_another_family_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="GPT-2 or Llama"):
-        zoo._family(tmp_path)
+        zoo.loading._family(tmp_path)
 
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
