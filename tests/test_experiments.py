@@ -271,8 +271,8 @@ def test_skill_probe_matches_a_probe_by_hand(zoo_model):
 
 
 def test_neurgrad_agreement_matches_interventions_by_hand(zoo_model):
+    from tl_capability.empirical_neg import empirical_neg
     from tl_capability.experiments import NeurgradAgreementResult, neurgrad_agreement
-    from tl_capability.neg import empirical_neg
 
     data = zoo.dataset("sentiment", n=6)
     result = neurgrad_agreement(zoo_model, data, top=5)
@@ -448,8 +448,8 @@ def test_decoupling_follows_the_poster_formula(zoo_model):
 
 
 def test_linearity_rows_are_the_interventions_of_top_and_random_neurons(zoo_model):
+    from tl_capability.empirical_neg import empirical_neg
     from tl_capability.experiments import LinearityResult, linearity
-    from tl_capability.neg import empirical_neg
 
     data = zoo.dataset("sentiment", n=4, seed=6)
     result = linearity(zoo_model, data, top=3, n_random=2, seed=9, shifts=(0.5, 1.0))

@@ -23,7 +23,7 @@ CORE = [
     "tables",
     "attribution",
     "all_positions",
-    "neg",
+    "empirical_neg",
     "masks",
     "interventions",
     "edits",

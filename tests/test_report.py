@@ -42,7 +42,7 @@ COMPUTING = {
     "tl_capability.experiments": (
         "localization", "split_overlap", "erase", "amplify", "overlap_matrix", "locate_scores",
     ),
-    "tl_capability.experiments.cnl": (
+    "tl_capability.experiments.overlap": (
         "attribute", "select", "split_overlap", "overlap_matrix", "locate_scores",
     ),
     "tl_capability.experiments.erase": (

@@ -22,6 +22,7 @@ from tl_capability.circuits import (
 from tl_capability.curves import EraseCurve, erase_curve
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
+from tl_capability.empirical_neg import EmpiricalNEG, empirical_neg
 from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
 from tl_capability.learned import LearnedMask, learn_gates, learn_mask
@@ -34,7 +35,6 @@ from tl_capability.localization import (
     rank_neurons,
 )
 from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine, select
-from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.options import (
     AllPositionMethod,
     AttributionMethod,

@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from tl_capability import _circuit_graph as cg
+import tl_capability._circuit_graph as cg
 from tl_capability._circuit_data import batches, check, metric_fn, pairs_of, patched_means
 from tl_capability.data import CapabilityDataset
 from tl_capability.masks import NeuronMask

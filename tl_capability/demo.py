@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tl_capability import zoo
+import tl_capability.zoo as zoo
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import answer_correct, correct_subset
 from tl_capability.experiments import (

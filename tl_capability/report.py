@@ -152,7 +152,7 @@ def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None
 
 def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
     """Overlap between capabilities' sets (from
-    [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix])."""
+    [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix])."""
     names = list(result.names)
     grid = torch.zeros(len(names), len(names))
     for r in result.rows:
@@ -166,7 +166,7 @@ def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) 
     """Every σ-dependent number against σ: the own-capability drop of located and random sets
     (from [`erase`][tl_capability.experiments.erase.erase]) and, when given, the overlap of sets
     located on two halves of the data (from
-    [`split_overlap`][tl_capability.experiments.cnl.split_overlap])."""
+    [`split_overlap`][tl_capability.experiments.overlap.split_overlap])."""
     own = [r for r in erased.rows if r.located == r.evaluated]
     n_panels = 3 if halves is not None else 1
     fig = Figure(figsize=(5 * n_panels, 3.6), layout="tight")
@@ -219,7 +219,7 @@ def enhancement_curves(result: EnhancementResult) -> Figure:
 
 def linearity_histogram(result: LinearityResult) -> Figure:
     """The distribution over neurons of |Pearson r| under interventions (from
-    [`linearity`][tl_capability.experiments.neg.linearity])."""
+    [`linearity`][tl_capability.experiments.neurgrad.linearity])."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
     for group in dict.fromkeys(r.group for r in result.rows):
@@ -238,7 +238,8 @@ def neg_scatter(
     """NeurGrad (x) against interventional NEG (y), with the identity line.
 
     Args:
-        predicted: A [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement] result
+        predicted: A
+            [`neurgrad_agreement`][tl_capability.experiments.neurgrad.neurgrad_agreement] result
             (then no ``measured``), or NeurGrad per sample and neuron.
         measured: The interventional NEG of the same samples and neurons.
     """

@@ -21,7 +21,7 @@ from typing import Any
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments.cnl import SIGMAS, locate_scores
+from tl_capability.experiments.overlap import SIGMAS, locate_scores
 from tl_capability.interventions import ablate
 from tl_capability.masks import random_controls, select
 from tl_capability.tables import Row, Table, mean_ci

@@ -128,7 +128,7 @@ def empirical_neg(
             not support them raises.
 
     Returns:
-        [`EmpiricalNEG`][tl_capability.neg.EmpiricalNEG], samples in dataset order.
+        [`EmpiricalNEG`][tl_capability.empirical_neg.EmpiricalNEG], samples in dataset order.
     """
     check_option(metric, Metric, "metric")
     if not shifts or any(v <= 0 for v in shifts):
