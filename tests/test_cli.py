@@ -56,7 +56,7 @@ def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
 
         monkeypatch.setattr(module, name, wrapper)
 
-    experiments = ("localization", "fidelity", "reliability", "decoupling",
+    experiments = ("localization_suite", "fidelity", "reliability", "decoupling",
                    "neurgrad_agreement", "linearity", "skill_probe", "enhancement")  # fmt: skip
     for name in experiments:
         counted(demo, name)
@@ -265,7 +265,7 @@ def test_interrupted_report_keeps_the_previous_folder(capsys, tmp_path, monkeypa
     out = tmp_path / "report"
     out.mkdir()
     (out / "index.md").write_text("previous")
-    monkeypatch.setattr(experiments, "localization", lambda *a, **k: None)
+    monkeypatch.setattr(experiments, "localization_suite", lambda *a, **k: None)
     monkeypatch.setattr(report_module, "add_localization", lambda *a, **k: None)
     real_save = report_module.Report.save
 

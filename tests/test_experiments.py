@@ -143,8 +143,8 @@ def test_erase_matches_manual_ablation_and_its_random_sets(zoo_model):
     assert mean_ci(default_sets) != pytest.approx((addition.random_drop, addition.random_ci95))
     with pytest.raises(ValueError, match="n_random"):
         erase(zoo_model, locate, evaluate, n_random=0)
-    with pytest.raises(ValueError, match="mode"):
-        erase(zoo_model, locate, evaluate, mode="mean")
+    with pytest.raises(TypeError, match="mode"):  # erase zeroes; amplify scales
+        erase(zoo_model, locate, evaluate, mode="scale")
 
 
 def test_amplify_matches_manual_scaling_and_its_random_sets(zoo_model):
@@ -178,23 +178,6 @@ def test_amplify_matches_manual_scaling_and_its_random_sets(zoo_model):
         assert (row.random_drop, row.random_ci95) == pytest.approx(mean_ci(randoms))
     with pytest.raises(ValueError, match="n_random"):
         amplify(zoo_model, locate, evaluate, n_random=0, scores=scores)
-
-
-def test_erase_scale_mode_is_deprecated_but_still_amplifies(zoo_model):
-    locate = {"sentiment": zoo.dataset("sentiment", n=16, split="train")}
-    evaluate = {"addition": zoo.dataset("addition", n=40, seed=4)}
-    scores = {"sentiment": attribute(zoo_model, locate["sentiment"], "grad_x_act", progress=False)}
-    with pytest.warns(DeprecationWarning, match="amplify"):
-        old = erase(zoo_model, locate, evaluate, sigmas=(3.0,), n_random=2, seed=2,
-                    scores=scores, mode="scale", factor=3.0)  # fmt: skip
-    new = amplify(zoo_model, locate, evaluate, factor=3.0, sigmas=(3.0,), n_random=2, seed=2,
-                  scores=scores)  # fmt: skip
-    assert "amplified (×3" in old.title and (old.mode, old.factor) == ("scale", 3.0)
-    (o,), (n,) = old.rows, new.rows
-    assert (o["erased"], o["drop"], o["random_drop"]) == (n.amplified, n.drop, n.random_drop)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # erasing (the default mode) does not warn
-        erase(zoo_model, locate, evaluate, sigmas=(3.0,), n_random=1, scores=scores)
 
 
 def test_overlap_matrix_is_set_arithmetic(zoo_model):
@@ -492,14 +475,14 @@ def test_erase_curve_random_drops_are_the_blocks_sets(zoo_model):
 def test_localization_is_the_experiments_it_bundles(zoo_model):
     from tl_capability.experiments import (
         LocalizationResult,
-        localization,
+        localization_suite,
         overlap_matrix,
     )
 
     locate = {n: zoo.dataset(n, n=12, split="train") for n in ("sentiment", "sort")}
     evaluate = {n: zoo.dataset(n, n=20, seed=4) for n in ("sentiment", "sort")}
     stages = []
-    found = localization(
+    found = localization_suite(
         zoo_model, locate, evaluate, sigmas=(2.0, 3.0), n_random=2, seed=1, factor=3.0,
         stage=stages.append, method="grad_x_act",
     )  # fmt: skip
@@ -520,7 +503,7 @@ def test_localization_is_the_experiments_it_bundles(zoo_model):
                                       n_random=1, seed=1, scores=found.scores)  # fmt: skip
     assert found.overlaps == overlap_matrix(found.masks)
     with pytest.raises(ValueError, match="sigmas"):
-        localization(zoo_model, locate, evaluate, sigmas=())
+        localization_suite(zoo_model, locate, evaluate, sigmas=())
 
 
 def test_fact_edits_match_manual_interventions_and_undo(zoo_model):

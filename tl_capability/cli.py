@@ -280,7 +280,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from tl_capability.experiments import localization
+    from tl_capability.experiments import localization_suite as localization
     from tl_capability.loaders import resolve
     from tl_capability.models import load_model
     from tl_capability.report import Report, add_localization

@@ -27,7 +27,7 @@ from tl_capability.experiments import (
     fact_edits,
     fidelity,
     linearity,
-    localization,
+    localization_suite,
     neurgrad_agreement,
     reliability,
     skill_probe,
@@ -243,7 +243,7 @@ def run(
         report.save(out)
         stages.update()
 
-    found = localization(
+    found = localization_suite(
         model,
         train,
         test,

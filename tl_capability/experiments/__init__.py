@@ -11,7 +11,7 @@ Capability localization: [`split_overlap`][tl_capability.experiments.overlap.spl
 [`amplify`][tl_capability.experiments.erase.amplify],
 [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix],
 [`enhancement`][tl_capability.experiments.enhancement.enhancement], and
-[`localization`][tl_capability.experiments.suite.localization] (all of them at once, for
+[`localization`][tl_capability.experiments.suite.localization_suite] (all of them at once, for
 [`tl_capability.report.add_localization`][tl_capability.report.add_localization]) (see
 [`overlap`][tl_capability.experiments.overlap]). Knowledge neurons:
 [`fidelity`][tl_capability.experiments.kn_fidelity.fidelity],
@@ -72,7 +72,7 @@ from tl_capability.experiments.suite import (
     AccuracyResult,
     AccuracyRow,
     LocalizationResult,
-    localization,
+    localization_suite,
 )
 from tl_capability.tables import Row, Table, mean_ci
 
@@ -118,7 +118,7 @@ __all__ = [
     "fidelity",
     "knowledge_neurons",
     "linearity",
-    "localization",
+    "localization_suite",
     "locate_scores",
     "mean_ci",
     "neurgrad_agreement",

@@ -53,7 +53,8 @@ class AccuracyResult(Table):
 
 @dataclass(frozen=True)
 class LocalizationResult:
-    """What [`localization`][tl_capability.experiments.suite.localization] measured (rendered by
+    """What [`localization_suite`][tl_capability.experiments.suite.localization_suite] measured
+    (rendered by
     [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
     Attributes:
@@ -80,7 +81,7 @@ class LocalizationResult:
         return self.erased.sigmas[0]
 
 
-def localization(
+def localization_suite(
     model: Any,
     locate_on: Mapping[str, CapabilityDataset],
     evaluate_on: Mapping[str, CapabilityDataset],
