@@ -14,7 +14,7 @@ tokens are those overlapping its first occurrence in the prompt (``find_token_ra
 
 One pass gives the clean states and ``low``; the restorations run in batches of ``samples`` rows
 each (a row restores its own (token, layer) through one hook per layer), read at the last
-position only ([`answer_logits`][tl_capability.head.answer_logits]). A token before the subject
+position only (the answer head's ``answer_logits``). A token before the subject
 has the same state clean and corrupted (causal attention): its scores are ``low``, with no pass.
 """
 

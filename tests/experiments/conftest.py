@@ -1,8 +1,8 @@
 """Fixtures shared by the tests of this folder."""
 
-from tests.experiments.helpers import _facts
 import pytest
 
+from tests.experiments.helpers import _facts
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def attention_window(model: Any) -> int | None:
     layer) and GPT-Neo's ``window_size`` (where ``attention_layers`` has a ``"local"`` layer).
     GPT-Neo masks its local layers by the index of a query in the sequence it is given, not by
     its position id, so rows appended after a cached prefix see the wrong window once the prefix
-    and the rows together outgrow it (see [`clean_pass`][tl_capability.rows.clean_pass]).
+    and the rows together outgrow it (see the rows engine's ``clean_pass``).
     """
     config = getattr(getattr(model, "original_model", None), "config", None)
     if config is None:
@@ -88,7 +88,7 @@ def attention_window(model: Any) -> int | None:
 
 def supports_kv_cache(model: Any) -> bool:
     """Whether ``model`` takes the fast, exact cached path of
-    [`tl_capability.rows`][tl_capability.rows]: a bridge over a Hugging Face causal decoder whose
+    the rows engine (``tl_capability.rows``): a bridge over a Hugging Face causal decoder whose
     cache is a ``DynamicCache``; other models take the general path.
 
     The structural part is decided without running the model: a bridge
