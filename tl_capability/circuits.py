@@ -43,6 +43,16 @@ from tl_capability.masks import NeuronMask
 from tl_capability.options import check_option
 from tl_capability.sites import model_device, model_name
 
+__all__ = [
+    "CircuitMask",
+    "CircuitMethod",
+    "CircuitMetric",
+    "Faithfulness",
+    "KnowledgeCircuit",
+    "faithfulness",
+    "knowledge_circuit",
+]
+
 CircuitMethod = Literal["eap", "eap-ig"]
 """Edge attribution patching, or its integrated-gradients form."""
 

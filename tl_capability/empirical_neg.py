@@ -27,6 +27,8 @@ from tl_capability.options import Metric, Site, check_option
 from tl_capability.rows import Rows, clean_pass, neg_direction, row_metric, rows_for
 from tl_capability.sites import NeuronSite, neuron_site, require_eval, resolve_use_cache
 
+__all__ = ["DEFAULT_SHIFTS", "EmpiricalNEG", "empirical_neg"]
+
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -56,7 +58,7 @@ class EmpiricalNEG:
         return self.slope.mean(0)
 
 
-def as_neuron_list(neurons: Any, site: NeuronSite) -> Int[Tensor, "neuron 2"]:
+def _as_neuron_list(neurons: Any, site: NeuronSite) -> Int[Tensor, "neuron 2"]:
     """``(layer, index)`` pairs from pairs, a ``[k, 2]`` tensor, a bool ``[layer, d_mlp]``
     tensor or an object with such a ``.tensor`` (a mask).
 
@@ -136,7 +138,7 @@ def empirical_neg(
     require_eval(model)
     resolved = neuron_site(model, site)
     require_separable_head(model)
-    pairs = as_neuron_list(neurons, resolved)
+    pairs = _as_neuron_list(neurons, resolved)
     samples = tokenize(model, dataset)
     x = torch.tensor(sorted({-v for v in shifts} | set(shifts)), dtype=torch.float32)
     use_cache = resolve_use_cache(model, use_cache)

@@ -31,6 +31,19 @@ from tl_capability.curves import EraseCurve
 from tl_capability.masks import NeuronMask
 from tl_capability.tables import Table
 
+__all__ = [
+    "Report",
+    "add_localization",
+    "enhancement_curves",
+    "erase_curves_figure",
+    "erase_matrix",
+    "linearity_histogram",
+    "mask_heatmap",
+    "neg_scatter",
+    "overlap_heatmap",
+    "sigma_curves",
+]
+
 
 @dataclass
 class Report:

@@ -37,6 +37,18 @@ from tl_capability.masks import NeuronMask
 from tl_capability.sites import is_masked_lm, model_device, model_name, require_eval, run_until
 from tl_capability.tables import Row, Table
 
+__all__ = [
+    "EMBED_HOOK",
+    "CausalTrace",
+    "TraceKind",
+    "TraceRow",
+    "causal_trace",
+    "embedding_std",
+    "subject_ranges",
+    "trace_hook_name",
+    "window_layers",
+]
+
 TraceKind = Literal["mlp", "attn"]
 """The outputs [`causal_trace`][tl_capability.tracing.causal_trace] restores, or ``None``."""
 
