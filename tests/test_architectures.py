@@ -133,7 +133,7 @@ def test_cached_path_equals_the_general_path_and_the_reference(arch_model, metho
 
 
 def test_empirical_neg_cached_equals_general(arch_model):
-    from tl_capability.neg import empirical_neg
+    from tl_capability.empirical_neg import empirical_neg
 
     _, _, model = arch_model
     ds = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"])

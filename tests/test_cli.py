@@ -43,7 +43,7 @@ def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
 
     from tl_capability import demo
     from tl_capability import experiments as experiments_package
-    from tl_capability.experiments import kn
+    from tl_capability.experiments import kn_decoupling, kn_fidelity, kn_locators
 
     calls: Counter = Counter()
 
@@ -56,12 +56,13 @@ def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):
 
         monkeypatch.setattr(module, name, wrapper)
 
-    experiments = ("localization", "fidelity", "reliability", "decoupling",
+    experiments = ("localization_suite", "fidelity", "reliability", "decoupling",
                    "neurgrad_agreement", "linearity", "skill_probe", "enhancement")  # fmt: skip
     for name in experiments:
         counted(demo, name)
-    counted(kn, "attribute", key=lambda model, data, *a, **k: id(data))
-    counted(kn, "knowledge_neurons")
+    for module in (kn_fidelity, kn_locators, kn_decoupling):
+        counted(module, "attribute", key=lambda model, data, *a, **k: id(data))
+    counted(kn_locators, "knowledge_neurons")
     counted(experiments_package, "knowledge_neurons")
     sizes = demo.DemoSizes(locate=8, evaluate=8, n_random=1, facts=2, probe=12, neg_samples=2,
                            n_random_kn=1, pairs=2, enhance_train=8, epochs=(1,),
@@ -264,7 +265,7 @@ def test_interrupted_report_keeps_the_previous_folder(capsys, tmp_path, monkeypa
     out = tmp_path / "report"
     out.mkdir()
     (out / "index.md").write_text("previous")
-    monkeypatch.setattr(experiments, "localization", lambda *a, **k: None)
+    monkeypatch.setattr(experiments, "localization_suite", lambda *a, **k: None)
     monkeypatch.setattr(report_module, "add_localization", lambda *a, **k: None)
     real_save = report_module.Report.save
 

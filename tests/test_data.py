@@ -171,7 +171,7 @@ def test_tokenize_reads_each_column_a_constant_number_of_times(model, monkeypatc
 
 
 def test_a_dataset_is_tokenized_once_until_what_its_tokens_depend_on_changes(model, monkeypatch):
-    from tl_capability import data as data_module
+    from tl_capability.data import tokenization as data_module
 
     encoded = []
     real = data_module._encode

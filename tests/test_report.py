@@ -1,5 +1,8 @@
 """Reports only render: figures read the typed results' fields, and nothing is computed."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,7 +22,7 @@ from tl_capability.experiments import (
     OverlapRow,
     SplitOverlapResult,
     SplitOverlapRow,
-    localization,
+    localization_suite,
 )
 from tl_capability.masks import NeuronMask
 from tl_capability.report import (
@@ -40,9 +43,10 @@ COMPUTING = {
     "tl_capability.interventions": ("ablate",),
     "tl_capability.masks": ("select", "random_controls"),
     "tl_capability.experiments": (
-        "localization", "split_overlap", "erase", "amplify", "overlap_matrix", "locate_scores",
+        "localization_suite", "split_overlap", "erase", "amplify", "overlap_matrix",
+        "locate_scores",
     ),
-    "tl_capability.experiments.cnl": (
+    "tl_capability.experiments.overlap": (
         "attribute", "select", "split_overlap", "overlap_matrix", "locate_scores",
     ),
     "tl_capability.experiments.erase": (
@@ -50,8 +54,8 @@ COMPUTING = {
         "_matrix",
     ),
     "tl_capability.experiments.suite": (
-        "accuracy", "select", "localization", "split_overlap", "overlap_matrix", "locate_scores",
-        "_matrix",
+        "accuracy", "select", "localization_suite", "split_overlap", "overlap_matrix",
+        "locate_scores", "_matrix",
     ),
 }  # fmt: skip
 
@@ -67,7 +71,7 @@ def test_rendering_a_localization_computes_nothing(zoo_model, tmp_path, monkeypa
     import importlib
 
     locate, evaluate, kwargs = small_localization(zoo_model)
-    found = localization(zoo_model, locate, evaluate, **kwargs)
+    found = localization_suite(zoo_model, locate, evaluate, **kwargs)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("report.py computed something")
@@ -84,8 +88,8 @@ def test_rendering_a_localization_computes_nothing(zoo_model, tmp_path, monkeypa
     for png in ("neurons", "erase-matrix", "sigma", "amplify-matrix", "overlap-matrix"):
         assert f"({png}.png)" in index and (tmp_path / f"{png}.png").stat().st_size > 1000
     assert "Amplifying (×2)" in index
-    with pytest.raises(TypeError, match="no further arguments"):
-        add_localization(report, found, 3)
+    with pytest.raises(TypeError, match="positional argument"):
+        add_localization(report, found, 3)  # the call of earlier versions is gone
 
 
 def test_report_module_holds_no_computing_function():
@@ -93,19 +97,13 @@ def test_report_module_holds_no_computing_function():
     assert not computing & set(vars(report_module))
 
 
-def test_the_old_add_localization_call_is_deprecated_and_computes_the_same(zoo_model):
-    locate, evaluate, kwargs = small_localization(zoo_model)
-    report = Report("old")
-    with pytest.warns(DeprecationWarning, match="experiments.localization"):
-        old = add_localization(report, zoo_model, locate, evaluate, **kwargs)
-    new = localization(zoo_model, locate, evaluate, **kwargs)
-    assert old == new  # every table and mask (scores are not compared)
-    rendered = Report("new")
-    add_localization(rendered, new)
-    assert [type(p) for p in report.parts] == [type(p) for p in rendered.parts]
-    assert [p for p in report.parts if isinstance(p, str)] == [
-        p for p in rendered.parts if isinstance(p, str)
-    ]
+def test_report_never_imports_the_experiments():
+    """It renders only: results come in, nothing is computed, so it needs no experiment."""
+    source = Path(report_module.__file__).read_text()
+    assert "tl_capability.experiments" not in {
+        node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+    }
+    assert "import tl_capability.experiments" not in source
 
 
 def _grid(fig):

@@ -12,13 +12,13 @@ from tl_capability.sites import hook_points_in_use
 from tl_capability.tracing import (
     EMBED_HOOK,
     CausalTrace,
-    _token_spans,
     embedding_std,
     subject_ranges,
     trace_hook_name,
     window_layers,
 )
 from tl_capability.tracing_figures import aie_curves, trace_heatmap
+from tl_capability.tracing_subjects import _token_spans
 
 pytestmark = pytest.mark.core
 
@@ -232,10 +232,12 @@ def test_facts_without_subjects_are_refused(model):
 
 
 def test_a_subject_that_matches_no_token_names_the_fact(model, monkeypatch):
-    import tl_capability.tracing as tracing
+    import tl_capability.tracing_subjects as tracing_subjects
 
     # A tokenizer whose tokens all have empty character spans.
-    monkeypatch.setattr(tracing, "_token_spans", lambda tok, text, ids: (text, [(0, 0)] * len(ids)))
+    monkeypatch.setattr(
+        tracing_subjects, "_token_spans", lambda tok, text, ids: (text, [(0, 0)] * len(ids))
+    )
     facts = tlc.CapabilityDataset.from_pairs(["the cat is"], [" x"], subjects=["cat"])
     with pytest.raises(ValueError, match=r"fact 0 \('the cat is', subject 'cat'\): no token"):
         subject_ranges(model, facts)

@@ -7,8 +7,8 @@ model ([`tl_capability.zoo`][tl_capability.zoo]), so that everything runs offlin
 See the README for the quickstart and ``tutorials/`` for the methods.
 """
 
-import importlib
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 from tl_capability.attribution import AttributionConfig, NeuronScores, attribute, ig_alphas
 from tl_capability.circuit_figures import circuit_figure
@@ -22,12 +22,12 @@ from tl_capability.circuits import (
 from tl_capability.curves import EraseCurve, budget_mask, erase_curve, holdout
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
+from tl_capability.empirical_neg import EmpiricalNEG, empirical_neg
 from tl_capability.evaluate import accuracy, answer_correct, answer_probability
 from tl_capability.interventions import ablate, answer_positions, mean_activations
 from tl_capability.learned import LearnConfig, LearnedMask, learn_gates, learn_mask
 from tl_capability.localization import LocateConfig, locate, rank_neurons
 from tl_capability.masks import NeuronMask, coarse_masks, random_controls, refine, select
-from tl_capability.neg import EmpiricalNEG, empirical_neg
 from tl_capability.options import (
     AllPositionMethod,
     AttributionMethod,
@@ -124,9 +124,9 @@ __all__ = [
 _LAZY = ("zoo", "experiments", "report", "models", "loaders", "cli", "demo")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
-        return importlib.import_module(f"tl_capability.{name}")
+        return _importlib.import_module(f"tl_capability.{name}")
     raise AttributeError(f"module 'tl_capability' has no attribute {name!r}")
 
 

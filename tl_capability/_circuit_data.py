@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_capability import _circuit_graph as cg
+import tl_capability._circuit_graph as cg
 from tl_capability.data import CapabilityDataset, model_tokenizer, tokenize
 from tl_capability.sites import model_device, require_eval
 

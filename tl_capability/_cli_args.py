@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tl_capability.options import check_positive_int, check_range
+from tl_capability.options import DType, check_positive_int, check_range, options
 
 
 def checked(check: Any, **bounds: Any) -> Any:
@@ -92,3 +92,18 @@ def staged(out: str | Path) -> Iterator[Path]:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command on a model and a dataset takes."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), a local model directory, "
+        "or a hub name",
+    )
+    parser.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--dtype", default=None, choices=options(DType))
+    parser.add_argument("--split", default="test", help="dataset split to use")
+    parser.add_argument("--n", type=positive_int, default=200, help="samples (default 200)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

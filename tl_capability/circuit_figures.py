@@ -18,6 +18,8 @@ from tl_capability.circuits import KnowledgeCircuit
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+__all__ = ["circuit_figure"]
+
 
 def _position(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
     """``(x, y)`` of a node: heads at ``x = h``, the MLP right of them, a layer two rows."""

@@ -11,14 +11,13 @@
   ([`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded by
   ``--random-seed``).
 - ``report``: the capability-localization report for any model and datasets (computed by
-  [`tl_capability.experiments.localization`][tl_capability.experiments.suite.localization], rendered
-  by [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
+  [`localization_suite`][tl_capability.experiments.suite.localization_suite], rendered by
+  [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
-``--model`` is ``zoo`` (or ``zoo:NAME`` for another zoo model: ``zoo:gpt2-dropout``,
-``zoo:llama``), a local Hugging Face directory or a hub name; ``--data`` a spec of
-[`tl_capability.loaders.resolve`][tl_capability.loaders.resolve] (a zoo capability,
-``emotion[:PATH]``-style loaders, a ``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer
-columns).
+``--model`` is ``zoo`` (or ``zoo:NAME``: ``zoo:gpt2-dropout``, ``zoo:llama``), a local Hugging
+Face directory, a GGUF file or a hub name; ``--data`` a spec of
+[`loaders.resolve`][tl_capability.loaders.resolve] (a zoo capability, ``emotion[:PATH]``-style
+loaders, a ``.jsonl``/``.csv`` file, or a hub dataset with prompt/answer columns).
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tl_capability._cli_args import (
+    common_options,
     count,
-    device,
     drop,
     positive_int,
     share,
@@ -39,11 +38,9 @@ from tl_capability._cli_args import (
     tolerance,
 )
 from tl_capability.localization import DEFAULT_LOCATE_METHOD
-from tl_capability.options import AttributionMethod, DType, LocateMethod, Metric, Side, options
+from tl_capability.options import AttributionMethod, LocateMethod, Metric, Side, options
 
-# Each command imports what it uses when it runs: the layers above the core (experiments,
-# report, loaders, models, zoo, demo: plots, pandas, hub loaders) load lazily (see
-# tl_capability/__init__.py), so a command loads only its own.
+# Each command imports what it uses when it runs (plots, pandas, hub loaders load lazily).
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -233,7 +230,7 @@ def _erase(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from tl_capability.experiments import localization
+    from tl_capability.experiments import localization_suite as localization
     from tl_capability.loaders import resolve
     from tl_capability.models import load_model
     from tl_capability.report import Report, add_localization
@@ -286,44 +283,10 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), a local model directory, "
-        "or a hub name",
-    )
-    parser.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default cpu)")
-    parser.add_argument("--dtype", default=None, choices=options(DType))
-    parser.add_argument("--split", default="test", help="dataset split to use")
-    parser.add_argument("--n", type=positive_int, default=200, help="samples (default 200)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _parser() -> argparse.ArgumentParser:
-    """The parser of every command."""
-    parser = argparse.ArgumentParser(
-        prog="tl-capability",
-        description="Find and edit the neurons behind a language model's capabilities.",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of errors instead of one line"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job on the bundled zoo model (offline)")
-    demo.add_argument("--out", default="capability-report", help="report folder")
-    demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
-    demo.add_argument(
-        "--model",
-        default="gpt2",
-        help="zoo model: gpt2 (default), gpt2-dropout, llama, or the pretrained smollm2-135m "
-        "(real tasks and facts; the real extra)",
-    )
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=_demo)
-
+def _add_locate(sub: Any) -> None:
+    """The ``locate`` command's parser."""
     locate = sub.add_parser("locate", help="locate a dataset's neurons and save the mask")
-    _common(locate)
+    common_options(locate)
     locate.add_argument("--data", required=True, help="dataset spec (see the module docstring)")
     locate.add_argument(
         "--controls", nargs="+", default=None, help="dataset specs of capabilities to spare"
@@ -355,8 +318,33 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("--out", required=True, help="folder for mask.* and scores.*")
     locate.set_defaults(func=_locate, split="train")
 
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="tl-capability",
+        description="Find and edit the neurons behind a language model's capabilities.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of errors instead of one line"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the main job on the bundled zoo model (offline)")
+    demo.add_argument("--out", default="capability-report", help="report folder")
+    demo.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke test)")
+    demo.add_argument(
+        "--model",
+        default="gpt2",
+        help="zoo model: gpt2 (default), gpt2-dropout, llama, or the pretrained smollm2-135m "
+        "(real tasks and facts; the real extra)",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
+    _add_locate(sub)
+
     erase = sub.add_parser("erase", help="accuracy with a saved mask erased vs random sets")
-    _common(erase)
+    common_options(erase)
     erase.add_argument("--data", required=True, help="dataset spec")
     erase.add_argument("--mask", required=True, help="folder written by `locate`")
     erase.add_argument("--mode", default="zero", choices=["zero", "mean", "scale", "add"])
@@ -368,7 +356,7 @@ def _parser() -> argparse.ArgumentParser:
     erase.set_defaults(func=_erase)
 
     report = sub.add_parser("report", help="capability-localization report for any model")
-    _common(report)
+    common_options(report)
     report.add_argument("--data", required=True, nargs="+", help="one spec per capability")
     report.add_argument("--method", default="ig")
     report.add_argument("--steps", type=positive_int, default=20)

@@ -10,24 +10,22 @@ numbers reuse its result) and rendered by [`tl_capability.report`][tl_capability
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from tl_capability import zoo
-from tl_capability.data import CapabilityDataset
-from tl_capability.evaluate import answer_correct, correct_subset
+import tl_capability.zoo as zoo
+from tl_capability._demo_suites import REAL_SIZES, DemoSizes, _real_suite, _Suite, _zoo_suite
 from tl_capability.experiments import (
     decoupling,
     enhancement,
     fact_edits,
     fidelity,
     linearity,
-    localization,
+    localization_suite,
     neurgrad_agreement,
     reliability,
     skill_probe,
@@ -39,158 +37,8 @@ from tl_capability.report import (
     linearity_histogram,
     neg_scatter,
 )
-from tl_capability.zoo import real
 
-
-@dataclass(frozen=True)
-class DemoSizes:
-    """How many samples each stage uses (the defaults finish in a few minutes on 2 cores)."""
-
-    locate: int = 100
-    evaluate: int = 150
-    n_random: int = 3
-    facts: int = 20
-    probe: int = 200
-    neg_samples: int = 20
-    n_random_kn: int = 10
-    pairs: int = 50
-    enhance_train: int = 200
-    epochs: tuple[int, ...] = (1, 3, 5)
-    sigmas: tuple[float, ...] = (2.0, 3.0, 6.0, 12.0)
-    tasks: int = 3
-    steps: int = 20
-    noise: float = 1.0
-
-
-REAL_SIZES = DemoSizes(
-    locate=40,
-    evaluate=60,
-    facts=8,
-    probe=60,
-    neg_samples=10,
-    pairs=0,
-    enhance_train=40,
-    epochs=(1, 3),
-    sigmas=(2.0, 6.0),
-    noise=0.3,
-)
-"""The demo's sizes on the real model (30 layers): the papers' stages, fewer samples."""
-
-
-@dataclass(frozen=True)
-class _Suite:
-    """What the demo measures a model on."""
-
-    label: str
-    train: dict[str, CapabilityDataset]
-    test: dict[str, CapabilityDataset]
-    facts: dict[str, CapabilityDataset]
-    neg: CapabilityDataset
-    linear: CapabilityDataset
-    probe: tuple[CapabilityDataset, CapabilityDataset]
-    pairs: tuple[CapabilityDataset, CapabilityDataset] | None
-    enhance: tuple[str, CapabilityDataset]
-    notes: tuple[str, ...] = ()
-
-
-def _zoo_suite(name: str, sizes: DemoSizes) -> _Suite:
-    names = zoo.capability_names()
-    return _Suite(
-        label=f"the zoo model {name!r}",
-        train={n: zoo.dataset(n, n=sizes.locate, split="train", seed=1) for n in names},
-        test={n: zoo.dataset(n, n=sizes.evaluate, split="test", seed=2) for n in names},
-        facts={e: zoo.fact_dataset(e) for e, _ in zoo.ENTITIES[: sizes.facts]},
-        neg=zoo.dataset("sentiment", n=sizes.neg_samples, seed=3),
-        linear=zoo.dataset("addition", n=sizes.neg_samples, seed=3),
-        probe=(
-            zoo.dataset("choice", n=sizes.probe, split="train", seed=4),
-            zoo.dataset("choice", n=sizes.probe, split="test", seed=4),
-        ),
-        pairs=zoo.addition_pairs(sizes.pairs) if sizes.pairs else None,
-        enhance=("addition", zoo.dataset("addition", n=sizes.enhance_train, split="train", seed=5)),
-    )
-
-
-def _kept(model: Any, data: CapabilityDataset, n: int, what: str, notes: list[str]) -> Any:
-    """The first ``n`` samples the model answers correctly, noted in the report."""
-    kept, count = correct_subset(model, data)
-    notes.append(f"{what}: {count} of {len(data)} answered correctly, {min(n, count)} kept")
-    return kept.select(range(min(n, count)))
-
-
-def _choice(data: CapabilityDataset, seed: int) -> CapabilityDataset:
-    """Two-way multiple choice from a task: the answer against another sample's answer."""
-    rng = random.Random(seed)
-    answers = data.answers
-    choices, labels = [], []
-    for i, answer in enumerate(answers):
-        other = next(a for a in answers[i + 1 :] + answers[:i] if a != answer)
-        label = rng.randrange(2)
-        choices.append([other, answer] if label else [answer, other])
-        labels.append(label)
-    return CapabilityDataset.from_pairs(
-        data.prompts, answers, data.name, choices=choices, labels=labels
-    )
-
-
-def _available(task: str, split: str, n: int) -> int:
-    """``n``, or all of the split's inputs when it holds fewer."""
-    return min(n, len(real.task_pairs(task, split)))
-
-
-def _real_suite(model: Any, name: str, sizes: DemoSizes) -> _Suite:
-    notes: list[str] = []
-    tasks = real.task_names()[: sizes.tasks]
-    train = {
-        t: _kept(
-            model,
-            real.task_dataset(t, _available(t, "train", 3 * sizes.locate), "train", seed=1),
-            sizes.locate,
-            f"{t} (train)",
-            notes,
-        )
-        for t in tasks
-    }
-    test = {
-        t: _kept(
-            model,
-            real.task_dataset(t, _available(t, "test", 2 * sizes.evaluate), "test", seed=2),
-            sizes.evaluate,
-            f"{t} (test)",
-            notes,
-        )
-        for t in tasks
-    }
-    facts: dict[str, CapabilityDataset] = {}
-    for relation in real.relation_names():
-        for fact in real.facts(relation, 3 * sizes.facts, model=model):
-            if len(facts) == sizes.facts:
-                break
-            correct = answer_correct(model, fact).nonzero()[:, 0].tolist()
-            if len(correct) >= 2:  # fidelity compares paraphrases: two at least
-                facts[f"{relation}: {fact.name}"] = fact.select(correct)
-    notes.append(
-        f"facts: the first {len(facts)} whose answer the model gives for at least two "
-        "paraphrases, those paraphrases kept"
-    )
-    first, second = tasks[0], tasks[min(1, len(tasks) - 1)]
-    probe = real.task_dataset(first, _available(first, "test", 2 * sizes.probe), "test", seed=4)
-    half = len(probe) // 2
-    return _Suite(
-        label=f"the pretrained model {name!r}",
-        train=train,
-        test=test,
-        facts=facts,
-        neg=test[first].select(range(min(sizes.neg_samples, len(test[first])))),
-        linear=test[second].select(range(min(sizes.neg_samples, len(test[second])))),
-        probe=(
-            _choice(probe.select(range(half)), 4),
-            _choice(probe.select(range(half, 2 * half)), 5),
-        ),
-        pairs=None,
-        enhance=(first, train[first]),
-        notes=tuple(notes),
-    )
+__all__ = ["REAL_SIZES", "DemoSizes", "run"]
 
 
 def run(
@@ -214,7 +62,44 @@ def run(
     stages = tqdm(total=8, desc="demo", disable=not progress)
     model = zoo.load_model(name) if model is None else model
     suite = _real_suite(model, name, sizes) if is_real else _zoo_suite(name, sizes)
-    names = list(suite.train)
+    report = _introduction(model, suite, sizes)
+
+    def stage(name: str) -> None:
+        if name != "accuracy":
+            stages.update()
+        stages.set_postfix_str(name)
+
+    def done() -> None:
+        # a long run on a real model leaves a readable partial report behind each stage
+        report.save(out)
+        stages.update()
+
+    found, everything = _localization_stage(model, suite, sizes, report, stage)
+    done()
+    stages.set_postfix_str("knowledge neurons")
+    knowledge = _knowledge_stage(model, suite, sizes, report)
+    done()
+    stages.set_postfix_str("neuron empirical gradients")
+    gradients = _gradient_stage(model, suite, report)
+    done()
+    stages.set_postfix_str("enhancement")
+    target, enhanced = _enhancement_stage(model, suite, sizes, report, found)
+    done()
+    stages.close()
+    headline: dict[str, Any] = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "capabilities": list(suite.train),
+        "enhanced": target,
+    }
+    headline.update(
+        _headline(list(suite.train), found, everything, knowledge, gradients, enhanced, sizes)
+    )
+    report.text(f"Generated in {headline['seconds']} s.")
+    return report.save(out), headline
+
+
+def _introduction(model: Any, suite: _Suite, sizes: DemoSizes) -> Report:
+    """The report with its title, the model and settings, and which samples were kept."""
     cfg = model.cfg
     report = Report(f"tl_capability demo: the capabilities of {suite.label} and their neurons")
     report.text(
@@ -231,30 +116,25 @@ def run(
             "Samples kept (erasure is measured on what the model can do):\n\n- "
             + "\n- ".join(suite.notes)
         )
-    train, test = suite.train, suite.test
+    return report
 
-    def stage(name: str) -> None:
-        if name != "accuracy":
-            stages.update()
-        stages.set_postfix_str(name)
 
-    def done() -> None:
-        # a long run on a real model leaves a readable partial report behind each stage
-        report.save(out)
-        stages.update()
-
-    found = localization(
+def _localization_stage(
+    model: Any, suite: _Suite, sizes: DemoSizes, report: Report, stage: Any
+) -> tuple[Any, list[str]]:
+    """Capability localization, rendered; the result and the capabilities whose sets drop
+    every capability alike."""
+    found = localization_suite(
         model,
-        train,
-        test,
+        suite.train,
+        suite.test,
         sigmas=sizes.sigmas,
         n_random=sizes.n_random,
         stage=stage,
         steps=sizes.steps,
     )
     add_localization(report, found)
-    halves, erased = found.halves, found.erased
-    everything = _breaks_everything(erased, found.sigma)
+    everything = _breaks_everything(found.erased, found.sigma)
     if everything:
         report.text(
             f"**Not localization:** at σ = {found.sigma:g} the located sets of {everything} "
@@ -262,9 +142,14 @@ def run(
             "sets do): these neurons are critical to the model, not to one capability. Read "
             "an own drop only beside the other capabilities' drops and the random sets'."
         )
-    done()
+    return found, everything
 
-    stages.set_postfix_str("knowledge neurons")
+
+def _knowledge_stage(
+    model: Any, suite: _Suite, sizes: DemoSizes, report: Report
+) -> tuple[Any, Any]:
+    """Knowledge neurons: fidelity, reliability, fact edits and decoupling, rendered; the
+    fidelity and reliability results."""
     facts = suite.facts
     fid = fidelity(model, facts, steps=sizes.steps)
     report.text("## Knowledge neurons")
@@ -287,9 +172,12 @@ def run(
             "mean set size."
         )
         report.table(decoupling(model, *suite.pairs, steps=sizes.steps))
-    done()
+    return fid, ipp
 
-    stages.set_postfix_str("neuron empirical gradients")
+
+def _gradient_stage(model: Any, suite: _Suite, report: Report) -> tuple[Any, Any, Any]:
+    """Neuron empirical gradients: NeurGrad against interventions, the skill probe and
+    linearity, rendered; their results."""
     agreement = neurgrad_agreement(model, suite.neg, top=20)
     report.text("## Neuron empirical gradients")
     report.figure(
@@ -306,14 +194,18 @@ def run(
         f"How linear P(answer) is in each neuron's activation ({suite.linear.name}): |Pearson r| "
         "over shifts ±0.1…2.0, for the top 20 neurons by NeurGrad and 20 random ones.",
     )
-    done()
+    return agreement, probe, linear
 
-    stages.set_postfix_str("enhancement")
+
+def _enhancement_stage(
+    model: Any, suite: _Suite, sizes: DemoSizes, report: Report, found: Any
+) -> tuple[str, Any]:
+    """Fine-tuning only the located neurons after noise, rendered; the capability and result."""
     target, enhance_train = suite.enhance
     enhanced = enhancement(
         model,
         enhance_train,
-        test[target],
+        suite.test[target],
         found.masks[target],
         epochs=sizes.epochs,
         noise=sizes.noise,
@@ -327,15 +219,22 @@ def run(
     )
     report.figure("enhancement", enhancement_curves(enhanced), f"Repairing {target}.")
     report.table(enhanced)
-    done()
-    stages.close()
+    return target, enhanced
 
-    s0 = found.sigma
-    headline: dict[str, Any] = {
-        "seconds": round(time.perf_counter() - start, 1),
-        "capabilities": names,
-        "enhanced": target,
-    }
+
+def _headline(
+    names: list[str],
+    found: Any,
+    everything: list[str],
+    knowledge: tuple[Any, Any],
+    gradients: tuple[Any, Any, Any],
+    enhanced: Any,
+    sizes: DemoSizes,
+) -> dict[str, Any]:
+    """The headline numbers of every stage, per capability and per experiment."""
+    erased, halves, s0 = found.erased, found.halves, found.sigma
+    (fid, ipp), (agreement, probe, linear) = knowledge, gradients
+    headline: dict[str, Any] = {}
     for n in names:
         own = erased.cell(n, n, s0)
         worst = max(
@@ -358,8 +257,7 @@ def run(
     headline["neg_median_abs_r"] = sorted(r.abs_r for r in linear.rows)[len(linear.rows) // 2]
     final = {r.neurons: r.accuracy for r in enhanced.rows if r.epochs == max(sizes.epochs)}
     headline["enhancement"] = final
-    report.text(f"Generated in {headline['seconds']} s.")
-    return report.save(out), headline
+    return headline
 
 
 def _breaks_everything(erased: Any, sigma: float, margin: float = 10.0) -> list[str]:

@@ -17,7 +17,6 @@ a cell returns, and nothing touches the global pyplot state or the user's backen
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +28,21 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from tl_capability.curves import EraseCurve
-from tl_capability.experiments import (
-    AmplifyResult,
-    EnhancementResult,
-    EraseResult,
-    LinearityResult,
-    LocalizationResult,
-    NeurgradAgreementResult,
-    OverlapMatrixResult,
-    SplitOverlapResult,
-    Table,
-)
 from tl_capability.masks import NeuronMask
+from tl_capability.tables import Table
+
+__all__ = [
+    "Report",
+    "add_localization",
+    "enhancement_curves",
+    "erase_curves_figure",
+    "erase_matrix",
+    "linearity_histogram",
+    "mask_heatmap",
+    "neg_scatter",
+    "overlap_heatmap",
+    "sigma_curves",
+]
 
 
 @dataclass
@@ -122,7 +124,7 @@ def _grid_figure(
     return fig
 
 
-def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None) -> Figure:
+def erase_matrix(result: Table, sigma: float | None = None) -> Figure:
     """Accuracy drop of every evaluated capability (columns) when each capability's located
     neurons (rows) are erased or amplified, at one σ (default: the first), from
     [`erase`][tl_capability.experiments.erase.erase] or
@@ -150,9 +152,9 @@ def erase_matrix(result: EraseResult | AmplifyResult, sigma: float | None = None
     return fig
 
 
-def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
+def overlap_heatmap(result: Table) -> Figure:
     """Overlap between capabilities' sets (from
-    [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix])."""
+    [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix])."""
     names = list(result.names)
     grid = torch.zeros(len(names), len(names))
     for r in result.rows:
@@ -162,11 +164,11 @@ def overlap_heatmap(result: OverlapMatrixResult) -> Figure:
     )
 
 
-def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) -> Figure:
+def sigma_curves(erased: Table, halves: Table | None = None) -> Figure:
     """Every σ-dependent number against σ: the own-capability drop of located and random sets
     (from [`erase`][tl_capability.experiments.erase.erase]) and, when given, the overlap of sets
     located on two halves of the data (from
-    [`split_overlap`][tl_capability.experiments.cnl.split_overlap])."""
+    [`split_overlap`][tl_capability.experiments.overlap.split_overlap])."""
     own = [r for r in erased.rows if r.located == r.evaluated]
     n_panels = 3 if halves is not None else 1
     fig = Figure(figsize=(5 * n_panels, 3.6), layout="tight")
@@ -196,7 +198,7 @@ def sigma_curves(erased: EraseResult, halves: SplitOverlapResult | None = None) 
     return fig
 
 
-def enhancement_curves(result: EnhancementResult) -> Figure:
+def enhancement_curves(result: Table) -> Figure:
     """Test accuracy against fine-tuning epochs for each neuron set (from
     [`enhancement`][tl_capability.experiments.enhancement.enhancement]), titled with the
     dataset's name."""
@@ -217,9 +219,9 @@ def enhancement_curves(result: EnhancementResult) -> Figure:
     return fig
 
 
-def linearity_histogram(result: LinearityResult) -> Figure:
+def linearity_histogram(result: Table) -> Figure:
     """The distribution over neurons of |Pearson r| under interventions (from
-    [`linearity`][tl_capability.experiments.neg.linearity])."""
+    [`linearity`][tl_capability.experiments.neurgrad.linearity])."""
     fig = Figure(figsize=(5, 3.5), layout="tight")
     ax = fig.subplots()
     for group in dict.fromkeys(r.group for r in result.rows):
@@ -232,17 +234,18 @@ def linearity_histogram(result: LinearityResult) -> Figure:
 
 
 def neg_scatter(
-    predicted: NeurgradAgreementResult | Float[Tensor, "sample neuron"],
+    predicted: Table | Float[Tensor, "sample neuron"],
     measured: Float[Tensor, "sample neuron"] | None = None,
 ) -> Figure:
     """NeurGrad (x) against interventional NEG (y), with the identity line.
 
     Args:
-        predicted: A [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement] result
+        predicted: A
+            [`neurgrad_agreement`][tl_capability.experiments.neurgrad.neurgrad_agreement] result
             (then no ``measured``), or NeurGrad per sample and neuron.
         measured: The interventional NEG of the same samples and neurons.
     """
-    if isinstance(predicted, NeurgradAgreementResult):
+    if isinstance(predicted, Table):  # a neurgrad_agreement result
         if measured is not None:
             raise TypeError("give a neurgrad_agreement result alone, or two tensors")
         predicted, measured = predicted.predicted, predicted.measured
@@ -319,44 +322,22 @@ def erase_curves_figure(curves: Sequence[EraseCurve], title: str | None = None) 
     return fig
 
 
-#: The result [`add_localization`][tl_capability.report.add_localization] renders (the name
-#: of earlier versions).
-Localization = LocalizationResult
-
-
-def add_localization(
-    report: Report, result: LocalizationResult, *args: Any, **kwargs: Any
-) -> LocalizationResult:
+def add_localization(report: Report, result: Any) -> Any:
     """Adds the capability-localization section of a computed result to ``report``.
 
     Renders, in order: the accuracy table, where each capability's neurons are (first σ), the
     split-overlap table, the erase matrix (first σ), the σ curves, the erase table, the amplify
-    matrix and the overlap between capabilities' sets. Compute the result with
-    [`tl_capability.experiments.localization`][tl_capability.experiments.suite.localization]::
+    matrix and the overlap between capabilities' sets. ``result`` is a
+    [`LocalizationResult`][tl_capability.experiments.suite.LocalizationResult], computed with
+    [`tl_capability.experiments.localization_suite`][tl_capability.experiments.suite.localization_suite]
+    (this module renders only and never imports the experiments)::
 
-        found = localization(model, locate_on, evaluate_on, sigmas=(2, 3, 6), n_random=3)
+        found = localization_suite(model, locate_on, evaluate_on, sigmas=(2, 3, 6), n_random=3)
         add_localization(report, found)
-
-    The call of earlier versions, ``add_localization(report, model, locate_on, evaluate_on,
-    **kwargs)``, still works for one version (it computes through ``localization`` and warns
-    with a ``DeprecationWarning``).
 
     Returns:
         The rendered result.
     """
-    if not isinstance(result, LocalizationResult):
-        warnings.warn(
-            "add_localization(report, model, locate_on, evaluate_on, ...) is deprecated: compute "
-            "with tl_capability.experiments.localization(model, locate_on, evaluate_on, ...) "
-            "and render with add_localization(report, result)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from tl_capability.experiments import localization
-
-        result = localization(result, *args, **kwargs)
-    elif args or kwargs:
-        raise TypeError("add_localization(report, result) takes no further arguments")
     sigma = result.sigma
     report.table(result.accuracy)
     report.text("## Capability localization")

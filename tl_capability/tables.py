@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+__all__ = ["Row", "Table", "mean_ci"]
+
 # Two-sided 95 % Student-t quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
 _T95 = (
     12.706,

@@ -16,6 +16,8 @@ from tl_capability.tracing import CausalTrace
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+__all__ = ["aie_curves", "trace_heatmap"]
+
 _COLOURS = {None: "Purples", "mlp": "Greens", "attn": "Reds"}
 _NAMES = {None: "hidden state", "mlp": "MLP", "attn": "attention"}
 

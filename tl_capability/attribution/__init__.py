@@ -16,8 +16,8 @@ holds the mean and standard deviation over samples.
 - ``"grad_x_act"``: ``a_m · ∂P_m/∂a_m`` at the clean run (attribution patching). Each answer
   token gets its own row, so the gradient is that of ``P_m`` alone, not of later tokens too.
 - ``"neurgrad"``: ``∂P_m/∂a_m · sign(a_m)`` with ``sign(0) = +1`` (the direction
-  [`empirical_neg`][tl_capability.neg.empirical_neg] shifts along), the NeurGrad estimate of the
-  neuron empirical gradient (Zhao et al., ACL 2025).
+  [`empirical_neg`][tl_capability.empirical_neg.empirical_neg] shifts along), the NeurGrad
+  estimate of the neuron empirical gradient (Zhao et al., ACL 2025).
 - ``"activation"``: ``|a_m|``, a baseline.
 
 With ``positions="answer"`` (the papers' choice, the default) only the activation at the last

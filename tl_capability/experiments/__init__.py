@@ -6,34 +6,26 @@ Every experiment returns a frozen result dataclass derived from
 ``row["drop"]`` still works). Random controls come from
 [`tl_capability.masks.random_controls`][tl_capability.masks.random_controls], seeded explicitly.
 
-Capability localization: [`split_overlap`][tl_capability.experiments.cnl.split_overlap],
+Capability localization: [`split_overlap`][tl_capability.experiments.overlap.split_overlap],
 [`erase`][tl_capability.experiments.erase.erase],
 [`amplify`][tl_capability.experiments.erase.amplify],
-[`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix],
+[`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix],
 [`enhancement`][tl_capability.experiments.enhancement.enhancement], and
-[`localization`][tl_capability.experiments.suite.localization] (all of them at once, for
+[`localization`][tl_capability.experiments.suite.localization_suite] (all of them at once, for
 [`tl_capability.report.add_localization`][tl_capability.report.add_localization]) (see
-[`cnl`][tl_capability.experiments.cnl]). Knowledge neurons:
-[`fidelity`][tl_capability.experiments.kn.fidelity],
-[`reliability`][tl_capability.experiments.kn.reliability],
-[`decoupling`][tl_capability.experiments.kn.decoupling] (see [`kn`][tl_capability.experiments.kn]).
+[`overlap`][tl_capability.experiments.overlap]). Knowledge neurons:
+[`fidelity`][tl_capability.experiments.kn_fidelity.fidelity],
+[`reliability`][tl_capability.experiments.kn_reliability.reliability],
+[`decoupling`][tl_capability.experiments.kn_decoupling.decoupling],
+[`fact_edits`][tl_capability.experiments.kn_fact_edits.fact_edits] (the localizers they share:
+[`kn_locators`][tl_capability.experiments.kn_locators]).
 Neuron empirical gradients:
-[`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement],
-[`linearity`][tl_capability.experiments.neg.linearity],
-[`skill_probe`][tl_capability.experiments.neg.skill_probe] (see
-[`neg`][tl_capability.experiments.neg]).
+[`neurgrad_agreement`][tl_capability.experiments.neurgrad.neurgrad_agreement],
+[`linearity`][tl_capability.experiments.neurgrad.linearity],
+[`skill_probe`][tl_capability.experiments.neurgrad.skill_probe] (see
+[`neg`][tl_capability.experiments.neurgrad]).
 """
 
-from tl_capability.experiments.cnl import (
-    SIGMAS,
-    OverlapMatrixResult,
-    OverlapRow,
-    SplitOverlapResult,
-    SplitOverlapRow,
-    locate_scores,
-    overlap_matrix,
-    split_overlap,
-)
 from tl_capability.experiments.enhancement import EnhancementResult, EnhancementRow, enhancement
 from tl_capability.experiments.erase import (
     AmplifyResult,
@@ -43,25 +35,17 @@ from tl_capability.experiments.erase import (
     amplify,
     erase,
 )
-from tl_capability.experiments.kn import (
+from tl_capability.experiments.kn_decoupling import DecouplingResult, DecouplingRow, decoupling
+from tl_capability.experiments.kn_fact_edits import FactEditResult, FactEditRow, fact_edits
+from tl_capability.experiments.kn_fidelity import FidelityResult, FidelityRow, fidelity
+from tl_capability.experiments.kn_locators import (
     METHODS,
-    DecouplingResult,
-    DecouplingRow,
-    FactEditResult,
-    FactEditRow,
-    FidelityResult,
-    FidelityRow,
-    ReliabilityResult,
-    ReliabilityRow,
     corrupt_subjects,
-    decoupling,
-    fact_edits,
-    fidelity,
     knowledge_neurons,
-    reliability,
     trace_window,
 )
-from tl_capability.experiments.neg import (
+from tl_capability.experiments.kn_reliability import ReliabilityResult, ReliabilityRow, reliability
+from tl_capability.experiments.neurgrad import (
     AgreementRow,
     LinearityResult,
     LinearityRow,
@@ -73,12 +57,22 @@ from tl_capability.experiments.neg import (
     option_neg,
     skill_probe,
 )
+from tl_capability.experiments.overlap import (
+    SIGMAS,
+    OverlapMatrixResult,
+    OverlapRow,
+    SplitOverlapResult,
+    SplitOverlapRow,
+    locate_scores,
+    overlap_matrix,
+    split_overlap,
+)
 from tl_capability.experiments.rome_edit import RomeEdit, rome_edit
 from tl_capability.experiments.suite import (
     AccuracyResult,
     AccuracyRow,
     LocalizationResult,
-    localization,
+    localization_suite,
 )
 from tl_capability.tables import Row, Table, mean_ci
 
@@ -124,7 +118,7 @@ __all__ = [
     "fidelity",
     "knowledge_neurons",
     "linearity",
-    "localization",
+    "localization_suite",
     "locate_scores",
     "mean_ci",
     "neurgrad_agreement",

@@ -13,7 +13,6 @@ Random sets come from [`random_controls`][tl_capability.masks.random_controls] (
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments.cnl import SIGMAS, locate_scores
+from tl_capability.experiments.overlap import SIGMAS, locate_scores
 from tl_capability.interventions import ablate
 from tl_capability.masks import random_controls, select
 from tl_capability.tables import Row, Table, mean_ci
@@ -119,8 +118,8 @@ class EraseResult(_Matrix, Table):
         sigmas: The σ values, in the order given.
         n_random: Random control sets per located set.
         seed: Seed of the first random set (set ``i`` uses ``seed + i``).
-        mode: ``"zero"``; ``"scale"`` only from the deprecated ``erase(mode="scale")``.
-        factor: The scale factor of ``mode="scale"`` (else ``None``).
+        mode: ``"zero"``: the located neurons are zeroed (scaling them is
+            [`amplify`][tl_capability.experiments.erase.amplify]).
     """
 
     rows: tuple[EraseRow, ...]
@@ -128,7 +127,6 @@ class EraseResult(_Matrix, Table):
     n_random: int
     seed: int
     mode: str = "zero"
-    factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -212,8 +210,6 @@ def erase(
     n_random: int = 5,
     seed: int = 0,
     scores: Mapping[str, NeuronScores] | None = None,
-    mode: str = "zero",
-    factor: float = 2.0,
     **attribute_kwargs: Any,
 ) -> EraseResult:
     """Accuracy of every capability with each capability's located neurons zeroed.
@@ -227,9 +223,6 @@ def erase(
             [`random_controls`][tl_capability.masks.random_controls]).
         seed: Seed of the first random set (set ``i`` uses ``seed + i``).
         scores: Precomputed attribution scores per capability (else computed here).
-        mode: ``"zero"``. ``"scale"`` (amplify by ``factor``) is deprecated: use
-            [`amplify`][tl_capability.experiments.erase.amplify].
-        factor: The scale factor of the deprecated ``mode="scale"``.
 
     Returns:
         One row per (located capability, σ, evaluated capability): the number of neurons,
@@ -237,26 +230,14 @@ def erase(
         interval. Drops are in accuracy points (0-100).
 
     Raises:
-        ValueError: For ``n_random < 1`` or a mode other than ``"zero"`` / ``"scale"``.
+        ValueError: For ``n_random < 1``.
     """
-    if mode not in ("zero", "scale"):
-        raise ValueError(f"mode must be 'zero' (or the deprecated 'scale'), got {mode!r}")
-    if mode == "scale":
-        warnings.warn(
-            "erase(mode='scale') is deprecated and will be removed in the next version: use "
-            "tl_capability.experiments.amplify(model, locate_on, evaluate_on, factor=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
     if scores is None:
         scores = locate_scores(model, locate_on, **attribute_kwargs)
-    hook_kwargs = {"factor": factor} if mode == "scale" else {}
-    cells = _matrix(
-        model, locate_on, evaluate_on, scores, sigmas, n_random, seed, mode, hook_kwargs
-    )
-    return _erase_result(cells, sigmas, n_random, seed, mode, factor)
+    cells = _matrix(model, locate_on, evaluate_on, scores, sigmas, n_random, seed, "zero", {})
+    return _erase_result(cells, sigmas, n_random, seed)
 
 
 def _erase_result(
@@ -264,18 +245,13 @@ def _erase_result(
     sigmas: Sequence[float],
     n_random: int,
     seed: int,
-    mode: str = "zero",
-    factor: float = 2.0,
 ) -> EraseResult:
-    what = "erased (zeroed" if mode == "zero" else f"amplified (×{factor:g}"
     return EraseResult(
-        f"Accuracy with located neurons {what} at every position)",
+        "Accuracy with located neurons erased (zeroed at every position)",
         tuple(EraseRow(*cell) for cell in cells),
         tuple(sigmas),
         n_random,
         seed,
-        mode,
-        factor if mode == "scale" else None,
     )
 
 

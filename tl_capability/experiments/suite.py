@@ -12,20 +12,20 @@ from typing import Any
 from tl_capability.attribution import NeuronScores
 from tl_capability.data import CapabilityDataset
 from tl_capability.evaluate import accuracy
-from tl_capability.experiments.cnl import (
-    SIGMAS,
-    OverlapMatrixResult,
-    SplitOverlapResult,
-    locate_scores,
-    overlap_matrix,
-    split_overlap,
-)
 from tl_capability.experiments.erase import (
     AmplifyResult,
     EraseResult,
     _amplify_result,
     _erase_result,
     _matrix,
+)
+from tl_capability.experiments.overlap import (
+    SIGMAS,
+    OverlapMatrixResult,
+    SplitOverlapResult,
+    locate_scores,
+    overlap_matrix,
+    split_overlap,
 )
 from tl_capability.masks import NeuronMask, select
 from tl_capability.tables import Row, Table
@@ -53,17 +53,18 @@ class AccuracyResult(Table):
 
 @dataclass(frozen=True)
 class LocalizationResult:
-    """What [`localization`][tl_capability.experiments.suite.localization] measured (rendered by
+    """What [`localization_suite`][tl_capability.experiments.suite.localization_suite] measured
+    (rendered by
     [`tl_capability.report.add_localization`][tl_capability.report.add_localization]).
 
     Attributes:
         accuracy: Accuracy of every evaluated capability.
         scores: Attribution scores of every located capability.
         masks: Each located capability's set at the first σ.
-        halves: [`split_overlap`][tl_capability.experiments.cnl.split_overlap] at every σ.
+        halves: [`split_overlap`][tl_capability.experiments.overlap.split_overlap] at every σ.
         erased: [`erase`][tl_capability.experiments.erase.erase] at every σ.
         amplified: [`amplify`][tl_capability.experiments.erase.amplify] at the first σ.
-        overlaps: [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] of ``masks``.
+        overlaps: [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix] of ``masks``.
     """
 
     accuracy: AccuracyResult
@@ -80,7 +81,7 @@ class LocalizationResult:
         return self.erased.sigmas[0]
 
 
-def localization(
+def localization_suite(
     model: Any,
     locate_on: Mapping[str, CapabilityDataset],
     evaluate_on: Mapping[str, CapabilityDataset],
@@ -95,12 +96,12 @@ def localization(
     """The capability-localization experiments for any model and datasets, in one result.
 
     Accuracy per capability; each capability's scores and its set at the first σ;
-    [`split_overlap`][tl_capability.experiments.cnl.split_overlap] at every σ;
+    [`split_overlap`][tl_capability.experiments.overlap.split_overlap] at every σ;
     [`erase`][tl_capability.experiments.erase.erase] with ``n_random`` random controls at every σ;
     [`amplify`][tl_capability.experiments.erase.amplify] (×``factor``, one random control) at the
-    first σ; and [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] of the sets. Each
-    capability is attributed once (the erase and amplify matrices reuse the scores) and every base
-    accuracy is measured once. Render it with
+    first σ; and [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix] of the sets.
+    Each capability is attributed once (the erase and amplify matrices reuse the scores) and every
+    base accuracy is measured once. Render it with
     [`tl_capability.report.add_localization`][tl_capability.report.add_localization].
 
     Args:

@@ -47,6 +47,15 @@ parsing names.
 
 from __future__ import annotations
 
+from tl_capability.sites.hooks_attached import (
+    ProbeMemo,
+    head_has_hooks,
+    hook_points_in_use,
+    hook_signature,
+    hooks_are_position_free,
+    kept_until_hooks_change,
+    position_free,
+)
 from tl_capability.sites.names import (
     UNEMBED_INPUT,
     HookNotReached,
@@ -74,21 +83,14 @@ from tl_capability.sites.neurons import (
     width_checked,
 )
 from tl_capability.sites.support import (
-    ProbeMemo,
     attention_window,
-    head_has_hooks,
-    hook_points_in_use,
-    hook_signature,
-    hooks_are_position_free,
     is_bridge,
-    kept_until_hooks_change,
     kv_cache_forward,
     kv_cache_known,
     may_have_kv_cache,
     mlp_output_adds_linearly,
     new_kv_cache,
     own_cache_verdict,
-    position_free,
     probe_tolerance,
     record_kv_cache,
     resolve_use_cache,

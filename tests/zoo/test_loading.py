@@ -1,27 +1,16 @@
-"""The shipped zoo models: each loads offline, fast, in eval mode, and has its capabilities."""
+"""Loading the zoo's models: names, directories, eval mode, the Hugging Face activations."""
 
-import functools
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from tests.models import HAS_BRIDGE, HAS_HOOKED
+from tests.zoo.helpers import EXPECTED, ZOO, _hf_logits_and_mlp_post, _zoo
 from tl_capability import accuracy, models, zoo
-from tl_capability.zoo import tasks
 from tl_capability.zoo import train as trainer
 
 pytestmark = pytest.mark.core
-
-ZOO = zoo.model_names()
-# The family and training dropout of each shipped model.
-EXPECTED = {"gpt2": ("gpt2", 0.0), "gpt2-dropout": ("gpt2", 0.1), "llama": ("llama", 0.0)}
-
-
-@functools.cache
-def _zoo(name: str) -> Any:
-    return zoo.load_model(name)
 
 
 def test_the_zoo_lists_its_models_and_keeps_the_default():
@@ -42,16 +31,6 @@ def test_loads_offline_in_eval_mode_with_a_tokenizer(name):
     tokens = model.to_tokens("12+34=")
     assert tokens.shape == (1, 7) and tokens[0, 0].item() == model.tokenizer.bos_token_id
     assert model.to_string(tokens[0, 1:]) == "12+34="
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_at_least_six_capabilities_each_at_least_95_percent(name):
-    model = _zoo(name)
-    names = zoo.capability_names()
-    assert len(names) >= 6
-    for capability in names:
-        acc = accuracy(model, zoo.dataset(capability, n=200, split="test", seed=1))
-        assert acc >= 0.95, f"{name} {capability}: {acc:.3f}"
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -78,7 +57,7 @@ def test_training_info_records_the_family_and_the_accuracies(name):
     assert set(info["test_accuracy"]) == set(zoo.capability_names())
     assert info["architecture"]["n_layer"] >= 2
     assert (info["family"], info["dropout"]) == EXPECTED[name]
-    assert zoo._family(zoo.model_dir(name)) == info["family"]
+    assert zoo.loading._family(zoo.model_dir(name)) == info["family"]
 
 
 def test_load_model_keeps_its_old_signature():
@@ -96,7 +75,7 @@ def test_load_model_keeps_its_old_signature():
 def test_unknown_and_missing_models(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"unknown zoo model 'gpt5'.*\['gpt2', 'gpt2-dropout'"):
         zoo.load_model("gpt5")
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.loading, "MODELS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="--out tl_capability/zoo/models/llama --family"):
         zoo.load_model("llama")
     with pytest.raises(FileNotFoundError, match="--dropout 0.1 --steps 6000 --seed 0"):
@@ -122,55 +101,6 @@ def test_models_load_model_resolves_zoo_names(monkeypatch):
     assert calls == ["gpt2", *ZOO]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def zoo_format_dir(request, tmp_path_factory) -> Path:
-    """A tiny model of one zoo family built by the trainer, saved as the zoo saves its models.
-
-    Its weights are redrawn large (norm weights too) so that a mis-converted weight, a wrong
-    rotary convention or a swapped gate shows in the logits.
-    """
-    family = request.param
-    directory = tmp_path_factory.mktemp(f"zoo-{family}")
-    tokenizer = trainer.build_tokenizer()
-    torch.manual_seed(0)
-    arch = dict(n_layer=2, n_embd=64, n_head=4, n_inner=96, n_positions=32)
-    hf = trainer.build_model(tokenizer, arch, family, dropout=0.0).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.3) if p.dim() >= 2 else p.uniform_(0.5, 1.5)
-    hf.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _hf_logits_and_mlp_post(hf: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """The Hugging Face model's logits and, per layer, its MLP activation recomputed from the
-    MLP's own modules: silu(gate_proj(x)) * up_proj(x) for Llama, gelu_new(c_fc(x)) for GPT-2."""
-    llama = hf.config.model_type == "llama"
-    layers = hf.model.layers if llama else hf.transformer.h
-    outs: dict[tuple[int, str], torch.Tensor] = {}
-
-    def record(key: tuple[int, str], module: Any, inputs: Any, output: torch.Tensor) -> None:
-        outs[key] = output
-
-    handles = [
-        getattr(layer.mlp, n).register_forward_hook(functools.partial(record, (i, n)))
-        for i, layer in enumerate(layers)
-        for n in (("gate_proj", "up_proj") if llama else ("c_fc",))
-    ]
-    try:
-        with torch.no_grad():
-            logits = hf(tokens).logits
-    finally:
-        for h in handles:
-            h.remove()
-    if llama:
-        silu = torch.nn.functional.silu
-        return logits, [silu(outs[i, "gate_proj"]) * outs[i, "up_proj"] for i in range(len(layers))]
-    gelu_new = functools.partial(torch.nn.functional.gelu, approximate="tanh")
-    return logits, [gelu_new(outs[i, "c_fc"]) for i in range(len(layers))]
-
-
 @pytest.mark.parametrize(
     "kind",
     [
@@ -182,7 +112,7 @@ def test_a_zoo_format_directory_loads_with_the_hugging_face_activations(zoo_form
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(zoo_format_dir).eval()
-    model = zoo._load_dir(zoo_format_dir, kind)
+    model = zoo.loading._load_dir(zoo_format_dir, kind)
     assert not model.training
     tokens = model.to_tokens("12+34= rev abc:")
     expected_logits, expected_post = _hf_logits_and_mlp_post(hf, tokens)
@@ -197,55 +127,4 @@ def test_a_zoo_format_directory_loads_with_the_hugging_face_activations(zoo_form
 def test_a_directory_of_another_family_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="GPT-2 or Llama"):
-        zoo._family(tmp_path)
-
-
-@pytest.mark.parametrize("name", list(tasks.TASKS))
-def test_splits_are_disjoint_and_deterministic(name):
-    n = 200
-    train = zoo.dataset(name, n=n, split="train", seed=0)
-    test = zoo.dataset(name, n=n, split="test", seed=0)
-    assert set(train.prompts).isdisjoint(test.prompts)
-    assert len(set(test.prompts)) == n
-    assert zoo.dataset(name, n=n, split="test", seed=0).prompts == test.prompts
-    assert zoo.dataset(name, n=n, split="test", seed=1).prompts != test.prompts
-
-
-def test_every_split_membership_is_a_function_of_the_prompt():
-    for task in tasks.TASKS.values():
-        for split in ("train", "test"):
-            for e in task.sample(50, split, seed=5):
-                assert task.split_of(e) == split
-
-
-def test_facts_are_tested_on_a_paraphrase_never_trained_for_that_entity():
-    entity, city = tasks.ENTITIES[0]
-    prompts = zoo.fact_prompts(entity)
-    assert len(prompts) >= 3 and all(p.answer == city for p in prompts)
-    splits = [tasks.TASKS["facts"].split_of(p) for p in prompts]
-    assert splits.count("test") == 1
-    with pytest.raises(ValueError, match="only 250 distinct test examples"):
-        zoo.dataset("facts", n=251)
-
-
-def test_multiple_choice_capability_has_choices_and_labels():
-    data = zoo.dataset("choice", n=20)
-    assert data.is_multiple_choice
-    for row in data:
-        assert row["choices"][row["label"]] == row["answer"]
-
-
-def test_bad_requests():
-    with pytest.raises(ValueError, match="unknown capability"):
-        zoo.dataset("poetry")
-    with pytest.raises(ValueError, match="split must be"):
-        zoo.dataset("addition", split="validation")
-
-
-def test_fact_dataset_holds_every_paraphrase():
-    entity, city = tasks.ENTITIES[1]
-    data = zoo.fact_dataset(entity)
-    assert data.name == entity and len(data) == len(tasks.FACT_TEMPLATES)
-    assert set(data.answers) == {city}
-    with pytest.raises(ValueError, match="unknown entity"):
-        zoo.fact_dataset("nobody")
+        zoo.loading._family(tmp_path)

@@ -1,10 +1,10 @@
 """Capability-localization experiments (Huang et al., ICLR 2025), with random controls.
 
-- [`split_overlap`][tl_capability.experiments.cnl.split_overlap] (poster Table 1): locate a
+- [`split_overlap`][tl_capability.experiments.overlap.split_overlap] (poster Table 1): locate a
   capability's neurons on two disjoint halves of its data and compare the two sets (overlap, IoU,
   fraction of neurons), for each σ.
-- [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix]: overlap and IoU between every
-  pair of capabilities' sets.
+- [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix]: overlap and IoU between
+  every pair of capabilities' sets.
 - The erase and amplify matrices (Table 3, Fig. 4) are in
   [`tl_capability.experiments.erase`][tl_capability.experiments.erase], enhancement (Table 2) in
   [`tl_capability.experiments.enhancement`][tl_capability.experiments.enhancement], and all of
@@ -16,7 +16,6 @@ Every σ-dependent number is reported for each σ given, so they can be drawn as
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ class SplitOverlapRow(Row):
 
 @dataclass(frozen=True)
 class SplitOverlapResult(Table):
-    """What [`split_overlap`][tl_capability.experiments.cnl.split_overlap] measured.
+    """What [`split_overlap`][tl_capability.experiments.overlap.split_overlap] measured.
 
     Attributes:
         rows: One row per (capability, σ).
@@ -87,7 +86,7 @@ class OverlapRow(Row):
 
 @dataclass(frozen=True)
 class OverlapMatrixResult(Table):
-    """What [`overlap_matrix`][tl_capability.experiments.cnl.overlap_matrix] measured.
+    """What [`overlap_matrix`][tl_capability.experiments.overlap.overlap_matrix] measured.
 
     Attributes:
         rows: One row per ordered pair of capabilities (``a`` major).
@@ -150,19 +149,3 @@ def overlap_matrix(masks: Mapping[str, NeuronMask]) -> OverlapMatrixResult:
         for b in masks
     )
     return OverlapMatrixResult("Overlap between capabilities' located neurons", rows, tuple(masks))
-
-
-# Names that lived here before the erase matrices, enhancement and the suite got modules of
-# their own; imported on first use (those modules import this one).
-_MOVED = {
-    "erase": ("EraseRow", "EraseResult", "AmplifyRow", "AmplifyResult", "erase", "amplify"),
-    "enhancement": ("EnhancementRow", "EnhancementResult", "enhancement"),
-    "suite": ("AccuracyRow", "AccuracyResult", "LocalizationResult", "localization"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    for module, names in _MOVED.items():
-        if name in names:
-            return getattr(importlib.import_module(f"tl_capability.experiments.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,12 @@
 """Neuron-empirical-gradient experiments (Zhao et al., ACL 2025), with random controls.
 
-- [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement]: NeurGrad against
+- [`neurgrad_agreement`][tl_capability.experiments.neurgrad.neurgrad_agreement]: NeurGrad against
   interventions on the top neurons — sign agreement, correlation, error — and how linear the
   interventions are (Pearson r).
-- [`linearity`][tl_capability.experiments.neg.linearity]: the distribution over neurons of the
+- [`linearity`][tl_capability.experiments.neurgrad.linearity]: the distribution over neurons of the
   Pearson r between activation shift and answer-probability change, for the top neurons by NeurGrad
   and for random neurons.
-- [`skill_probe`][tl_capability.experiments.neg.skill_probe]: the skill-neuron probe on a
+- [`skill_probe`][tl_capability.experiments.neurgrad.skill_probe]: the skill-neuron probe on a
   multiple-choice dataset.
 
 The skill-neuron probe, as implemented here: for every sample and answer option ``o``, NeurGrad
@@ -31,9 +31,9 @@ from torch import Tensor
 
 from tl_capability.attribution import attribute
 from tl_capability.data import CapabilityDataset
+from tl_capability.empirical_neg import empirical_neg
 from tl_capability.evaluate import accuracy
 from tl_capability.masks import NeuronMask, random_controls
-from tl_capability.neg import empirical_neg
 from tl_capability.tables import Row, Table, mean_ci
 
 
@@ -65,7 +65,7 @@ class AgreementRow(Row):
 
 @dataclass(frozen=True)
 class NeurgradAgreementResult(Table):
-    """What [`neurgrad_agreement`][tl_capability.experiments.neg.neurgrad_agreement] measured.
+    """What [`neurgrad_agreement`][tl_capability.experiments.neurgrad.neurgrad_agreement] measured.
 
     Attributes:
         rows: One row.
@@ -101,7 +101,7 @@ class LinearityRow(Row):
 
 @dataclass(frozen=True)
 class LinearityResult(Table):
-    """What [`linearity`][tl_capability.experiments.neg.linearity] measured.
+    """What [`linearity`][tl_capability.experiments.neurgrad.linearity] measured.
 
     Attributes:
         rows: The top neurons (in ranking order), then the random ones (sorted).
@@ -135,7 +135,7 @@ class SkillProbeRow(Row):
 
 @dataclass(frozen=True)
 class SkillProbeResult(Table):
-    """What [`skill_probe`][tl_capability.experiments.neg.skill_probe] measured.
+    """What [`skill_probe`][tl_capability.experiments.neurgrad.skill_probe] measured.
 
     Attributes:
         rows: Skill neurons, random neurons, the model itself, chance.
@@ -198,8 +198,8 @@ def linearity(
 ) -> LinearityResult:
     """How linear the answer probability is in each neuron's activation (NEG paper, Fig. 2).
 
-    Interventions ([`empirical_neg`][tl_capability.neg.empirical_neg]) on the ``top`` neurons by
-    mean
+    Interventions ([`empirical_neg`][tl_capability.empirical_neg.empirical_neg]) on the ``top``
+    neurons by mean
     |NeurGrad| and on ``n_random`` other neurons drawn with ``seed`` anywhere outside them
     (``random_controls(top_set, 1, seed=seed, per_layer=False, exclude=top_set,
     size=n_random)``).

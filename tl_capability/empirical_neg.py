@@ -28,6 +28,8 @@ from tl_capability.data import CapabilityDataset, batches, count_batches, tokeni
 from tl_capability.options import Metric, Site, check_option
 from tl_capability.sites import NeuronSite, neuron_site, require_eval, resolve_use_cache
 
+__all__ = ["DEFAULT_SHIFTS", "EmpiricalNEG", "empirical_neg"]
+
 DEFAULT_SHIFTS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -57,7 +59,7 @@ class EmpiricalNEG:
         return self.slope.mean(0)
 
 
-def as_neuron_list(neurons: Any, site: NeuronSite) -> Int[Tensor, "neuron 2"]:
+def _as_neuron_list(neurons: Any, site: NeuronSite) -> Int[Tensor, "neuron 2"]:
     """``(layer, index)`` pairs from pairs, a ``[k, 2]`` tensor, a bool ``[layer, d_mlp]``
     tensor or an object with such a ``.tensor`` (a mask).
 
@@ -129,7 +131,7 @@ def empirical_neg(
             not support them raises.
 
     Returns:
-        [`EmpiricalNEG`][tl_capability.neg.EmpiricalNEG], samples in dataset order.
+        [`EmpiricalNEG`][tl_capability.empirical_neg.EmpiricalNEG], samples in dataset order.
     """
     check_option(metric, Metric, "metric")
     if not shifts or any(v <= 0 for v in shifts):
@@ -137,7 +139,7 @@ def empirical_neg(
     require_eval(model)
     resolved = neuron_site(model, site)
     require_separable_head(model)
-    pairs = as_neuron_list(neurons, resolved)
+    pairs = _as_neuron_list(neurons, resolved)
     samples = tokenize(model, dataset)
     x = torch.tensor(sorted({-v for v in shifts} | set(shifts)), dtype=torch.float32)
     use_cache = resolve_use_cache(model, use_cache)

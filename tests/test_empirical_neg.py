@@ -5,7 +5,7 @@ import torch
 
 from tl_capability import CapabilityDataset, tokenize
 from tl_capability.attribution import attribute
-from tl_capability.neg import empirical_neg
+from tl_capability.empirical_neg import empirical_neg
 
 pytestmark = pytest.mark.core
 
