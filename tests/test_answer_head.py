@@ -13,7 +13,7 @@ from .attribution.test_all_positions import reference as all_positions_reference
 from .attribution.test_attribute import reference_scores
 from .models import HAS_BRIDGE, save_hf_model, tiny_model
 from .test_evaluate import _reference_correct
-from .test_neg import test_delta_matches_a_manual_intervention as neg_delta_check
+from .test_empirical_neg import test_delta_matches_a_manual_intervention as neg_delta_check
 
 pytestmark = pytest.mark.core
 
