@@ -4,7 +4,8 @@ KN (knowledge neurons), ROME (the causal-traced MLP layer) and KC (knowledge cir
 each PARAREL fact from each of its paraphrases; fidelity is the overlap of a fact's paraphrases'
 sets against different facts', reliability (IPP) how often each method's own intervention on
 what it located beats random choices of the same kind. Facts are the first ones of each relation
-that the model answers from at least two paraphrases (those paraphrases kept), as in the demo.
+that the model answers from at least two paraphrases (those paraphrases kept), shared out
+over the relations.
 Each method's rows are appended to ``OUT/localizers.jsonl`` as soon as it finishes::
 
     python benchmarks/localizers.py [--facts 8] [--relations P36 P1376] [--steps 10]
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tl_capability import answer_correct, zoo
+from tl_capability import answer_correct, answer_probability, zoo
 from tl_capability.experiments import fidelity, reliability
 from tl_capability.zoo import real
 
@@ -31,16 +32,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def answered_facts(model: Any, relations: list[str], n: int) -> dict[str, Any]:
-    """The first ``n`` facts, over ``relations`` in turn, answered from two paraphrases or more."""
+    """``n`` facts shared out over ``relations``, the first of each answered from two
+    paraphrases or more (those kept)."""
     chosen: dict[str, Any] = {}
+    per = -(-n // len(relations))
     for relation in relations:
-        for fact in real.facts(relation, 4 * n, model=model):
-            if len(chosen) == n:
-                return chosen
+        kept = 0
+        for fact in real.facts(relation, 4 * per, model=model):
+            if kept == per or len(chosen) == n:
+                break
             correct = answer_correct(model, fact).nonzero()[:, 0].tolist()
             if len(correct) >= 2:
                 chosen[f"{relation}: {fact.name}"] = fact.select(correct)
+                kept += 1
     return chosen
+
+
+def cross_fact_drops(model: Any, masks: dict[str, Any], facts: dict[str, Any]) -> list[list[float]]:
+    """``drops[i][j]``: the drop of fact j's mean P(answer) with fact i's located neurons zeroed
+    (the specificity that IPP, own drop against random sets, does not show)."""
+    clean = {n: answer_probability(model, d).mean().item() for n, d in facts.items()}
+    return [
+        [
+            clean[j] - answer_probability(model, d, hooks=lambda b, m=m: m.hooks()).mean().item()
+            for j, d in facts.items()
+        ]
+        for m in masks.values()
+    ]
 
 
 def main() -> None:
@@ -74,6 +92,7 @@ def main() -> None:
         ipp = reliability(
             model, masks, facts, method=method, n_random=args.random, seed=100, **extra
         )
+        cross = cross_fact_drops(model, fid.masks, facts) if method == "kn" else None
         row = {
             "method": method,
             "facts": len(facts),
@@ -82,6 +101,7 @@ def main() -> None:
             "ipp": ipp.ipp,
             "fidelity_rows": [asdict(r) for r in fid.rows],
             "reliability_rows": [asdict(r) for r in ipp.rows],
+            "cross_fact_drops": cross,
             "seconds_locate": round(located, 1),
             "seconds": round(time.perf_counter() - start, 1),
         }
@@ -92,6 +112,12 @@ def main() -> None:
             f"{row['overlap_different_facts']:.3f}, IPP {row['ipp']:.3f} ({row['seconds']} s)",
             flush=True,
         )
+        if cross:
+            own = sum(cross[i][i] for i in range(len(cross))) / len(cross)
+            others = [c for i, r in enumerate(cross) for j, c in enumerate(r) if i != j]
+            print(
+                f"  kn specificity: own drop {own:.3f}, other facts {sum(others) / len(others):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -37,18 +37,20 @@ class DemoSizes:
 
 
 REAL_SIZES = DemoSizes(
-    locate=40,
-    evaluate=60,
-    facts=8,
+    locate=24,
+    evaluate=40,
+    facts=6,
     probe=60,
-    neg_samples=10,
+    neg_samples=8,
     pairs=0,
-    enhance_train=40,
+    enhance_train=24,
     epochs=(1, 3),
     sigmas=(2.0, 6.0),
+    steps=10,
     noise=0.3,
 )
-"""The demo's sizes on the real model (30 layers): the papers' stages, fewer samples."""
+"""The demo's sizes on the real model (30 layers): the papers' stages on fewer samples, IG
+with 10 steps; 30 minutes on 2 CPU cores (the figures in `docs/findings.md`)."""
 
 
 @dataclass(frozen=True)

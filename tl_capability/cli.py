@@ -76,8 +76,8 @@ def _demo(args: argparse.Namespace) -> int:
             enhance_train=16,
             epochs=(1,),
             sigmas=(2.0, 6.0),
-            steps=REAL_SIZES.steps if not real else 4,
-            noise=REAL_SIZES.noise if real else 1.0,
+            steps=DemoSizes.steps if not real else 4,
+            noise=REAL_SIZES.noise if real else DemoSizes.noise,
         )
     )
     with staged(args.out) as folder:
