@@ -12,8 +12,8 @@ from tl_capability.sites import hook_points_in_use, logit_transform, neuron_hook
 from .attribution.test_all_positions import reference as all_positions_reference
 from .attribution.test_attribute import reference_scores
 from .models import HAS_BRIDGE, save_hf_model, tiny_model
-from .test_evaluate import _reference_correct
 from .test_empirical_neg import test_delta_matches_a_manual_intervention as neg_delta_check
+from .test_evaluate import _reference_correct
 
 pytestmark = pytest.mark.core
 

@@ -169,10 +169,6 @@ def test_check_option_returns_the_value_and_refuses_non_strings():
         options.options(str)
 
 
-# Modules whose legacy option tuples other branches of issue 31 remove; empty this once merged.
-_TUPLES_PENDING = {"attribution.py", "all_positions.py", "zoo/tasks.py"}
-
-
 def test_no_module_keeps_a_tuple_of_an_aliases_values():
     """The legacy tuples (``METHODS = get_args(AttributionMethod)``, ...) go: the alias is the
     one place, and ``options.options(alias)`` its values."""
@@ -181,7 +177,6 @@ def test_no_module_keeps_a_tuple_of_an_aliases_values():
     found = [
         f"{path.relative_to(PACKAGE).as_posix()}: {m.group(0)}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.relative_to(PACKAGE).as_posix() not in _TUPLES_PENDING
         for m in tuples.finditer(path.read_text())
         if m.group(3) in aliases
     ]

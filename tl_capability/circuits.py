@@ -40,7 +40,7 @@ import tl_capability._circuit_graph as cg
 from tl_capability._circuit_data import batches, check, metric_fn, pairs_of, patched_means
 from tl_capability.circuit_mask import CircuitMask
 from tl_capability.data import CapabilityDataset
-from tl_capability.options import check_option
+from tl_capability.options import check_option, check_positive_int
 from tl_capability.sites import model_device, model_name
 
 __all__ = [
@@ -223,8 +223,8 @@ def knowledge_circuit(
     """
     check_option(method, CircuitMethod, "method")
     check_option(metric, CircuitMetric, "metric")
-    if method == "eap-ig" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if method == "eap-ig":
+        check_positive_int(steps, "steps")
     graph = check(model, batch_size)
     pairs = pairs_of(model, clean, corrupted)
     runs = steps if method == "eap-ig" else 1

@@ -37,6 +37,7 @@ from tl_capability.hub_loaders import (
     load_raw,
     looks_local,
 )
+from tl_capability.options import check_positive_int
 from tl_capability.zoo import capability_names, real
 from tl_capability.zoo import dataset as zoo_dataset
 
@@ -235,8 +236,8 @@ def resolve(
         FileNotFoundError: For a path-like spec (``./x.jsonl``, ``data/x.csv``,
             ``emotion:./x.jsonl``) that does not exist.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n is not None:
+        check_positive_int(n, "n")
     name, _, source = spec.partition(":")
     if name in capability_names() and not source:
         if split not in ("test", "train"):

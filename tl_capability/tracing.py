@@ -34,6 +34,7 @@ from transformer_lens.utilities import get_act_name
 from tl_capability._answer_head import answer_logits
 from tl_capability.data import CapabilityDataset, TokenizedSample, tokenize
 from tl_capability.masks import NeuronMask
+from tl_capability.options import check_positive_int
 from tl_capability.sites import is_masked_lm, model_device, model_name, require_eval
 from tl_capability.tables import Row, Table
 from tl_capability.tracing_subjects import EMBED_HOOK, embedding_std, subject_ranges
@@ -181,8 +182,7 @@ def _check(kind: Any, noise: Any, seed: Any, **positive: Any) -> None:
     if kind not in _HOOKS:
         raise ValueError(f"kind must be None, 'mlp' or 'attn'; got {kind!r}")
     for name, value in positive.items():
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_positive_int(value, name)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 < noise < math.inf:

@@ -40,6 +40,7 @@ from tl_capability.options import (
     Positions,
     Site,
     check_option,
+    check_positive_int,
 )
 from tl_capability.sites import (
     NeuronSite,
@@ -49,11 +50,6 @@ from tl_capability.sites import (
     require_eval,
     resolve_use_cache,
 )
-
-
-def _positive_int(label: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{label} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,8 +97,8 @@ class AttributionConfig:
         check_option(self.site, Site, "site")
         check_option(self.rule, IGRule, "rule")
         if self.max_rows is not None:
-            _positive_int("max_rows", self.max_rows)
-        _positive_int("checkpoint_every", self.checkpoint_every)
+            check_positive_int(self.max_rows, "max_rows")
+        check_positive_int(self.checkpoint_every, "checkpoint_every")
         if self.use_cache is not None and not isinstance(self.use_cache, bool):
             raise TypeError(f"use_cache must be None, True or False, got {self.use_cache!r}")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str | Path):
@@ -234,7 +230,7 @@ def _plan(
     require_eval(model)
     if batch_size is None:
         batch_size = 16 if method == "ig" else 32
-    _positive_int("batch_size", batch_size)
+    check_positive_int(batch_size, "batch_size")
     max_rows = config.max_rows
     if max_rows is None:
         max_rows = 64 if positions == "all" else 1024

@@ -21,7 +21,7 @@ from tl_capability.attribution._layered_rows import layered_ig_grad_sum, layered
 from tl_capability.attribution._row_gradients import layer_row_gradients, row_gradients
 from tl_capability.attribution._rows import CleanRun, clean_run, neg_direction, rows_for
 from tl_capability.data import Batch
-from tl_capability.options import IGRule, check_option
+from tl_capability.options import IGRule, check_option, check_positive_int
 from tl_capability.sites import NeuronSite
 
 # Below this many rows per layer, layers share an integrated-gradients pass (measured with
@@ -37,8 +37,7 @@ def ig_alphas(steps: int, rule: IGRule = "midpoint") -> Float[Tensor, " steps"]:
         rule: ``"midpoint"`` (``(k - ½)/S``), ``"left"`` (``(k - 1)/S``, Dai et al.) or
             ``"right"`` (``k/S``), for ``k = 1..S``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int(steps, "steps")
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     offsets = {"midpoint": 0.5, "left": 1.0, "right": 0.0}
     return ((k - offsets[check_option(rule, IGRule, "rule")]) / steps).float()

@@ -13,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_capability._storage import load_pair, save_pair
-from tl_capability.options import AttributionMethod, check_option
+from tl_capability.options import AttributionMethod, check_option, check_positive_int
 
 
 def neuron_order(values: Float[Tensor, "layer d_mlp"]) -> Int[Tensor, "neuron 2"]:
@@ -115,9 +115,8 @@ class NeuronScores:
             return ValueError(f"{path} does not hold valid scores: {why}")
 
         n, method, params = meta.get("n"), meta.get("method"), meta.get("params", {})
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise bad(f"n must be a positive integer, got {n!r}")
         try:
+            check_positive_int(n, "n")
             check_option(method, AttributionMethod, "method")
         except ValueError as e:
             raise bad(str(e)) from None

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tl_capability.data.dataset import CapabilityDataset
 from tl_capability.data.tokenization import TokenizedSample, tokenize
+from tl_capability.options import check_positive_int
 from tl_capability.sites import model_device
 
 
@@ -104,8 +105,7 @@ def batch_sizes(samples: Sequence[TokenizedSample], batch_size: int) -> list[int
     Raises:
         ValueError: For a ``batch_size`` that is not a positive integer.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     return [
         min(batch_size, len(run) - start)
         for run in _runs(samples, True)
@@ -130,8 +130,7 @@ def batches(
         sort_by_length: Group samples of similar length to waste less padding. Results are
             per sample (``Batch.sample_index``), so the order does not matter to callers.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     samples = tokenize(model, dataset) if isinstance(dataset, CapabilityDataset) else dataset
     if not samples:
         raise ValueError("the dataset is empty")

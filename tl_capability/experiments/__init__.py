@@ -39,7 +39,6 @@ from tl_capability.experiments.kn_decoupling import DecouplingResult, Decoupling
 from tl_capability.experiments.kn_fact_edits import FactEditResult, FactEditRow, fact_edits
 from tl_capability.experiments.kn_fidelity import FidelityResult, FidelityRow, fidelity
 from tl_capability.experiments.kn_locators import (
-    METHODS,
     corrupt_subjects,
     knowledge_neurons,
     trace_window,
@@ -77,7 +76,6 @@ from tl_capability.experiments.suite import (
 from tl_capability.tables import Row, Table, mean_ci
 
 __all__ = [
-    "METHODS",
     "SIGMAS",
     "AccuracyResult",
     "AccuracyRow",

@@ -23,6 +23,7 @@ from tl_capability.evaluate import accuracy
 from tl_capability.experiments.overlap import SIGMAS, locate_scores
 from tl_capability.interventions import ablate
 from tl_capability.masks import random_controls, select
+from tl_capability.options import check_positive_int
 from tl_capability.tables import Row, Table, mean_ci
 
 
@@ -165,8 +166,7 @@ def _matrix(
 ) -> list[_Cell]:
     """Every (located, σ, evaluated) cell: located, σ, neurons, evaluated, base %, after %,
     drop, random mean drop and its 95 % half-width."""
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     if base is None:
         base = {name: accuracy(model, data) for name, data in evaluate_on.items()}
     cells = []
@@ -232,8 +232,7 @@ def erase(
     Raises:
         ValueError: For ``n_random < 1``.
     """
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     if scores is None:
         scores = locate_scores(model, locate_on, **attribute_kwargs)
     cells = _matrix(model, locate_on, evaluate_on, scores, sigmas, n_random, seed, "zero", {})
@@ -289,8 +288,7 @@ def amplify(
     Raises:
         ValueError: For ``n_random < 1``.
     """
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     if scores is None:
         scores = locate_scores(model, locate_on, **attribute_kwargs)
     cells = _matrix(

@@ -10,7 +10,7 @@ subject for another fact's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -26,9 +26,6 @@ Method = Localizer
 [`reliability`][tl_capability.experiments.kn_reliability.reliability] locate: knowledge neurons
 (Dai et al.), the MLP layer of causal tracing (ROME, Meng et al.), or a knowledge circuit
 (Yao et al.)."""
-
-METHODS: tuple[str, ...] = get_args(Method)
-
 
 def _check_method(method: Any) -> str:
     return check_option(method, Localizer, "method")

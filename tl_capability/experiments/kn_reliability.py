@@ -29,6 +29,7 @@ from tl_capability.experiments.kn_locators import (
     trace_window,
 )
 from tl_capability.masks import NeuronMask, random_controls
+from tl_capability.options import check_positive_int
 from tl_capability.tables import Row, Table
 from tl_capability.tracing import causal_trace
 
@@ -164,8 +165,7 @@ def reliability(
             (``"rome"``, ``"kc"``) facts without subjects.
     """
     _check_method(method)
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     if method == "kn":
         if masks is None or datasets is None:
             raise ValueError("method 'kn' needs the masks and the datasets")

@@ -34,6 +34,7 @@ from tl_capability.data import CapabilityDataset
 from tl_capability.empirical_neg import empirical_neg
 from tl_capability.evaluate import accuracy
 from tl_capability.masks import NeuronMask, random_controls
+from tl_capability.options import check_positive_int
 from tl_capability.tables import Row, Table, mean_ci
 
 
@@ -287,8 +288,7 @@ def skill_probe(
         Rows for the skill-neuron probe, the random-neuron probe (mean ± 95 % over
         ``n_random`` draws) and the model's own accuracy on the test split, in percent.
     """
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     train_votes = _votes(option_neg(model, train))
     shape = train_votes.shape[1:]
     labels = torch.tensor(train.data["label"])

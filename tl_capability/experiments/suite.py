@@ -28,6 +28,7 @@ from tl_capability.experiments.overlap import (
     split_overlap,
 )
 from tl_capability.masks import NeuronMask, select
+from tl_capability.options import check_positive_int
 from tl_capability.tables import Row, Table
 
 
@@ -120,8 +121,7 @@ def localization_suite(
     sigmas = tuple(sigmas)
     if not sigmas:
         raise ValueError("sigmas is empty")
-    if n_random < 1:
-        raise ValueError("n_random must be at least 1")
+    check_positive_int(n_random, "n_random")
     stage("accuracy")
     base = {name: accuracy(model, data) for name, data in evaluate_on.items()}
     acc = AccuracyResult(

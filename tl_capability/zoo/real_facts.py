@@ -12,6 +12,7 @@ import datasets
 
 from tl_capability._fv_pararel_files import read_pararel_patterns, read_trex
 from tl_capability.data import CapabilityDataset, check_answer_tokens
+from tl_capability.options import check_positive_int
 from tl_capability.zoo.real_formats import PARAREL_DIR, PromptFormat, _parse
 
 RELATIONS: dict[str, str] = {
@@ -172,8 +173,7 @@ def facts_dataset_from_pairs(
         raise ValueError(f"no templates for {name}")
     rows = unique_facts(facts)
     if n_facts is not None:
-        if isinstance(n_facts, bool) or not isinstance(n_facts, int) or n_facts < 1:
-            raise ValueError(f"n_facts must be a positive integer, got {n_facts!r}")
+        check_positive_int(n_facts, "n_facts")
         rows = rows[:n_facts]
     forms = [PromptFormat(templates[i]) for i in indices]
     columns: dict[str, list[Any]] = {k: [] for k in ("prompt", "answer", "subject", "fact")}

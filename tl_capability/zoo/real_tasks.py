@@ -12,6 +12,7 @@ from functools import cache
 
 from tl_capability._fv_pararel_files import read_function_vectors
 from tl_capability.data import CapabilityDataset
+from tl_capability.options import check_positive_int
 from tl_capability.zoo.real_formats import (
     ARROW,
     FV_DIR,
@@ -218,8 +219,7 @@ def dataset_from_pairs(
     items = split_pairs(pairs, split)
     if n is None:
         n = len(items)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     if n > len(items):
         raise ValueError(f"{task!r} has {len(items)} {split} inputs, fewer than n={n}")
     chosen = random.Random(f"{task}|{split}|{seed}").sample(items, n)

@@ -19,15 +19,11 @@ import random
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import get_args
 
 from tl_capability.options import Split, check_option
 
 ALPHABET = string.ascii_lowercase + string.digits + " +=:?.,'"
 """Every character a zoo prompt or answer may contain."""
-
-SPLITS = get_args(Split)
-
 
 @dataclass(frozen=True)
 class Example:
