@@ -29,11 +29,15 @@ def test_demo_writes_the_report_and_prints_the_headline(capsys, tmp_path):
         "neg",
         "linearity",
         "enhancement",
+        "trace",
+        "trace-aie",
+        "circuit",
     ):
         assert (out_dir / f"{png}.png").stat().st_size > 1000
         assert f"({png}.png)" in index
     assert "Skill-neuron probe" in index and "Knowledge-neuron fidelity" in index
     assert "IPP" in index and "C(1,2)" in index and "Enhancement" in index
+    assert "Three granularities" in index and "located layer" in index
 
 
 def test_demo_computes_each_experiment_once(tmp_path, monkeypatch):

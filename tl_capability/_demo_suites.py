@@ -34,6 +34,7 @@ class DemoSizes:
     tasks: int = 3
     steps: int = 20
     noise: float = 1.0
+    trace_samples: int = 10
 
 
 REAL_SIZES = DemoSizes(
@@ -48,6 +49,7 @@ REAL_SIZES = DemoSizes(
     sigmas=(2.0, 6.0),
     steps=10,
     noise=0.3,
+    trace_samples=5,
 )
 """The demo's sizes on the real model (30 layers): the papers' stages on fewer samples, IG
 with 10 steps; 30 minutes on 2 CPU cores (the figures in `docs/findings.md`)."""
@@ -75,7 +77,7 @@ def _zoo_suite(name: str, sizes: DemoSizes) -> _Suite:
         label=f"the zoo model {name!r}",
         train={n: zoo.dataset(n, n=sizes.locate, split="train", seed=1) for n in names},
         test={n: zoo.dataset(n, n=sizes.evaluate, split="test", seed=2) for n in names},
-        facts={e: zoo.fact_dataset(e) for e, _ in zoo.ENTITIES[: sizes.facts]},
+        facts={e: _with_subject(zoo.fact_dataset(e), e) for e, _ in zoo.ENTITIES[: sizes.facts]},
         neg=zoo.dataset("sentiment", n=sizes.neg_samples, seed=3),
         linear=zoo.dataset("addition", n=sizes.neg_samples, seed=3),
         probe=(
@@ -84,6 +86,13 @@ def _zoo_suite(name: str, sizes: DemoSizes) -> _Suite:
         ),
         pairs=zoo.addition_pairs(sizes.pairs) if sizes.pairs else None,
         enhance=("addition", zoo.dataset("addition", n=sizes.enhance_train, split="train", seed=5)),
+    )
+
+
+def _with_subject(data: CapabilityDataset, entity: str) -> CapabilityDataset:
+    """A zoo fact's paraphrases with their subject marked (causal tracing noises it)."""
+    return CapabilityDataset.from_pairs(
+        data.prompts, data.answers, data.name, subjects=[entity] * len(data)
     )
 
 

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 
 import tl_capability.zoo as zoo
 from tl_capability._demo_suites import REAL_SIZES, DemoSizes, _real_suite, _Suite, _zoo_suite
+from tl_capability.circuit_figures import circuit_figure
+from tl_capability.circuits import knowledge_circuit
 from tl_capability.experiments import (
+    corrupt_subjects,
     decoupling,
     enhancement,
     fact_edits,
@@ -29,6 +32,7 @@ from tl_capability.experiments import (
     neurgrad_agreement,
     reliability,
     skill_probe,
+    trace_window,
 )
 from tl_capability.report import (
     Report,
@@ -37,6 +41,8 @@ from tl_capability.report import (
     linearity_histogram,
     neg_scatter,
 )
+from tl_capability.tracing import causal_trace
+from tl_capability.tracing_figures import aie_curves, trace_heatmap
 
 __all__ = ["REAL_SIZES", "DemoSizes", "run"]
 
@@ -59,7 +65,7 @@ def run(
     is_real = name in zoo.real_model_names()
     sizes = sizes or (REAL_SIZES if is_real else DemoSizes())
     start = time.perf_counter()
-    stages = tqdm(total=8, desc="demo", disable=not progress)
+    stages = tqdm(total=9, desc="demo", disable=not progress)
     model = zoo.load_model(name) if model is None else model
     suite = _real_suite(model, name, sizes) if is_real else _zoo_suite(name, sizes)
     report = _introduction(model, suite, sizes)
@@ -79,6 +85,9 @@ def run(
     stages.set_postfix_str("knowledge neurons")
     knowledge = _knowledge_stage(model, suite, sizes, report)
     done()
+    stages.set_postfix_str("causal tracing and circuits")
+    granularities = _granularities_stage(model, suite, sizes, report)
+    done()
     stages.set_postfix_str("neuron empirical gradients")
     gradients = _gradient_stage(model, suite, report)
     done()
@@ -94,6 +103,7 @@ def run(
     headline.update(
         _headline(list(suite.train), found, everything, knowledge, gradients, enhanced, sizes)
     )
+    headline.update(granularities)
     report.text(f"Generated in {headline['seconds']} s.")
     return report.save(out), headline
 
@@ -173,6 +183,38 @@ def _knowledge_stage(
         )
         report.table(decoupling(model, *suite.pairs, steps=sizes.steps))
     return fid, ipp
+
+
+def _granularities_stage(
+    model: Any, suite: _Suite, sizes: DemoSizes, report: Report
+) -> dict[str, Any]:
+    """The first facts' causal trace (ROME's layer) and knowledge circuit (EAP), rendered;
+    the located layers and the circuit's size."""
+    facts = dict(list(suite.facts.items())[:3])
+    first, data = next(iter(facts.items()))
+    window = trace_window(model)
+    trace = causal_trace(model, data, "mlp", samples=sizes.trace_samples, window=window)
+    report.text(
+        "## Three granularities: a layer and a circuit beside the neurons\n"
+        f"Causal tracing (ROME) of {first!r}: the subject's token embeddings noised "
+        f"({sizes.trace_samples} samples), each MLP output restored over {window} layers; the "
+        f"located layer (largest average indirect effect) per paraphrase: {list(trace.located)}."
+    )
+    report.figure("trace", trace_heatmap(trace, 0), f"P(answer) with one state restored: {first}.")
+    report.figure("trace-aie", aie_curves(trace), "Average indirect effect per layer.")
+    corrupted = corrupt_subjects(model, facts)[first]
+    circuit = knowledge_circuit(model, data, corrupted, "eap").select(n=50)
+    report.figure(
+        "circuit",
+        circuit_figure(circuit),
+        f"The knowledge circuit of {first!r} (EAP against {corrupted.name!r}): its top 50 edges, "
+        "pruned to paths from the input to the logits.",
+    )
+    return {
+        "rome_layers": [int(x) for x in trace.located],
+        "circuit_edges": circuit.n_edges,
+        "circuit_heads": int(circuit.mask.heads.sum()),
+    }
 
 
 def _gradient_stage(model: Any, suite: _Suite, report: Report) -> tuple[Any, Any, Any]:
