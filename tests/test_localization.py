@@ -1,4 +1,4 @@
-"""locate: contrastive scores, iterative re-attribution, the budget rule, and bad input."""
+"""localization: locate and rank_neurons, the budget rule, the config and bad input."""
 
 import inspect
 import re
