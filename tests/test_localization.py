@@ -19,17 +19,11 @@ from tl_capability import (
     zoo,
 )
 from tl_capability import localization as localization_module
-from tl_capability.attribution import neuron_order
 from tl_capability.curves import holdout
 from tl_capability.localization import locate, rank_neurons
 from tl_capability.rankings import iterative_ranking
 
 pytestmark = pytest.mark.core
-
-
-def test_neuron_order_is_descending_with_ties_by_flat_index():
-    s = torch.tensor([[1.0, 3.0, 1.0], [3.0, 0.0, 2.0]])
-    assert neuron_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]
 
 
 def test_the_papers_pipeline_is_attribute_then_select(model):
@@ -103,21 +97,6 @@ def test_rank_neurons_reuses_precomputed_scores(model):
     top = rank_neurons(model, TARGET, {"o": OTHER}, method="all",
                        config=LocateConfig(scores=planted))  # fmt: skip
     assert top[0].tolist() == [1, 5]
-
-
-def test_holdout_ranks_and_checks_on_disjoint_samples():
-    data = zoo.dataset("addition", n=30, split="train")
-    ctrl = {"sort": zoo.dataset("sort", n=12, split="train")}
-    fit, fit_c, check, check_c = holdout(data, ctrl, 1 / 3, seed=0)
-    assert (len(fit), len(check)) == (20, 10)
-    assert set(fit.prompts).isdisjoint(check.prompts)
-    assert set(fit.prompts) | set(check.prompts) == set(data.prompts)
-    assert (len(fit_c["sort"]), len(check_c["sort"])) == (8, 4)
-    assert holdout(data, ctrl, 1 / 3, seed=0)[0].prompts == fit.prompts  # deterministic
-    assert holdout(TARGET, None, 1 / 3)[0] is TARGET  # too small to split: used whole
-    assert holdout(data, None, 0)[2] is data
-    with pytest.raises(ValueError, match="check_fraction"):
-        holdout(data, None, 1.0)
 
 
 def test_learned_locate_warns_on_small_datasets(model):
