@@ -12,3 +12,8 @@ def _all(model, data):
     return attribute(
         model, data, "ig", steps=8, metric="logprob", positions="all", progress=False
     ).values
+
+
+# circuits: clean prompts and corrupted ones of the same token lengths.
+CLEAN = CapabilityDataset.from_pairs(["abc is", "defg is", "hij is"], ["x", "y", "z"])
+CORRUPTED = CapabilityDataset.from_pairs(["xbc is", "dxfg is", "hiq is"], ["p", "q", "r"])
