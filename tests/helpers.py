@@ -1,5 +1,7 @@
 """Data and helpers shared by the top-level test files (the folders have their own)."""
 
+import json
+
 from tests.models import tiny_model
 from tl_capability import CapabilityDataset, attribute, causal_trace
 
@@ -36,3 +38,10 @@ def traced_facts():
 def traces_of(model, facts):
     """A causal trace of each kind: states, MLPs, attention."""
     return {kind: causal_trace(model, facts, kind=kind, samples=3) for kind in KINDS}
+
+
+# loaders and hub_loaders: small local files that imitate each dataset's real schema.
+def _jsonl(path, rows):
+    """``rows`` written to ``path`` as JSON lines."""
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
