@@ -7,7 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from tests.models import tiny_model
+from tests.models import save_hf_model, tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,16 @@ def zoo_model():
     from tl_capability import zoo
 
     return zoo.load_model()
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def bridge(request, tmp_path_factory):
+    """A tiny random Hugging Face GPT-2 or grouped-query Llama booted as a TransformerBridge
+    (the circuits' tests: they need TransformerLens 4.x and skip without it)."""
+    from transformer_lens import TransformerBridge
+
+    path = save_hf_model(request.param, tmp_path_factory.mktemp(request.param))
+    return TransformerBridge.boot_transformers(str(path)).eval()
 
 
 @pytest.fixture

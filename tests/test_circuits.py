@@ -1,5 +1,5 @@
 """Knowledge circuits: EAP scores against a per-edge reference, real edge patching, selection,
-pruning, faithfulness, masks and errors, on tiny Hugging Face bridges (GPT-2, grouped-query
+pruning, faithfulness and errors, on tiny Hugging Face bridges (GPT-2, grouped-query
 Llama)."""
 
 from dataclasses import replace
@@ -8,27 +8,16 @@ import pytest
 import torch
 from transformer_lens.utilities import get_act_name
 
+from tests.helpers import CLEAN, CORRUPTED
 from tests.models import HAS_BRIDGE, save_hf_model, tiny_model
 from tl_capability import _circuit_graph as cg
 from tl_capability.circuits import (
-    CircuitMask,
     faithfulness,
     knowledge_circuit,
 )
 from tl_capability.data import CapabilityDataset, tokenize
 
 pytestmark = pytest.mark.skipif(not HAS_BRIDGE, reason="needs the TransformerLens bridge")
-
-CLEAN = CapabilityDataset.from_pairs(["abc is", "defg is", "hij is"], ["x", "y", "z"])
-CORRUPTED = CapabilityDataset.from_pairs(["xbc is", "dxfg is", "hiq is"], ["p", "q", "r"])
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def bridge(request, tmp_path_factory):
-    from transformer_lens import TransformerBridge
-
-    path = save_hf_model(request.param, tmp_path_factory.mktemp(request.param))
-    return TransformerBridge.boot_transformers(str(path)).eval()
 
 
 def _tokens(model, dataset):
@@ -194,21 +183,6 @@ def test_grouped_key_value_inputs_feed_their_group():
     assert graph.prune(chosen).sum() == 2
 
 
-def test_the_mask_holds_the_circuits_heads_and_mlps(bridge):
-    circuit = knowledge_circuit(bridge, CLEAN, CORRUPTED, n=12)
-    mask = circuit.mask
-    heads = {f"a{i}.h{h}" for i, h in mask.heads.nonzero().tolist()}
-    mlps = {f"m{i}" for i in mask.mlps.nonzero().flatten().tolist()}
-    assert heads | mlps == set(circuit.nodes) - {"input", "logits"}
-    assert mask.iou(mask) == 1 and mask.overlap(mask) == 1
-    neurons = mask.neuron_mask()
-    assert len(neurons) == int(mask.mlps.sum()) * bridge.cfg.d_mlp
-    other = circuit.select(n=1).mask
-    assert 0 <= mask.iou(other) <= 1
-    with pytest.raises(ValueError, match="masks of"):
-        mask.iou(CircuitMask(torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)))
-
-
 def test_corrupted_prompts_of_another_length_are_refused_by_pair(bridge):
     bad = CapabilityDataset.from_pairs(["abc is", "dxxfg is", "hiq is"], ["p", "q", "r"])
     with pytest.raises(ValueError, match=r"pair 1: .*'defg is' has \d+, 'dxxfg is' has"):
@@ -242,14 +216,3 @@ def test_hooks_and_settings_are_removed_after_an_exception(bridge, monkeypatch):
     monkeypatch.undo()
     assert not any(hp._forward_hooks or hp._backward_hooks for hp in bridge.hook_dict.values())
     assert not bridge.cfg.use_split_qkv_input and not bridge.cfg.use_hook_mlp_in
-
-
-def test_the_figure_draws_the_circuit(bridge):
-    from matplotlib.figure import Figure
-
-    from tl_capability.circuit_figures import circuit_figure
-
-    circuit = knowledge_circuit(bridge, CLEAN, CORRUPTED, n=15)
-    figure = circuit_figure(circuit)
-    assert isinstance(figure, Figure)
-    assert len(figure.axes[0].lines) + len(figure.axes[0].patches) >= 1

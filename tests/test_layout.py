@@ -1,5 +1,5 @@
-"""The layout docs/architecture.md promises: the core never imports the layers above it, and
-every module stays small."""
+"""The layout docs/architecture.md promises: the core never imports the layers above it, every
+module stays small, and every public module has a test file named after it."""
 
 import ast
 import inspect
@@ -10,6 +10,7 @@ import pytest
 pytestmark = pytest.mark.core
 
 PACKAGE = Path(__file__).parent.parent / "tl_capability"
+TESTS = Path(__file__).parent
 CORE = [
     "options",
     "sites",
@@ -256,3 +257,64 @@ def test_the_size_and_cycle_checks_can_fail(tmp_path):
     assert graph["pkg.sub"] == {"pkg.sub.leaf"}
     assert graph["pkg.sub.leaf"] == {"pkg", "pkg.other"}
     assert _cycles(graph) == [["pkg", "pkg.sub", "pkg.sub.leaf"]]
+
+
+# --- Tests mirror the package: a test file named after every public module. ---
+
+
+def _has_own_test_file(tests: Path, parts: tuple[str, ...]) -> bool:
+    """``tests/<folders>/test_<name>.py`` for the module or subpackage ``(*folders, name)``."""
+    return tests.joinpath(*parts[:-1], f"test_{parts[-1]}.py").is_file()
+
+
+def _modules_without_a_test_file(package: Path, tests: Path) -> list[str]:
+    """The public modules and subpackages of ``package`` that ``tests`` gives no file of their own.
+
+    A module ``a/b.py`` needs ``tests/a/test_b.py``; a subpackage ``a/`` needs ``tests/test_a.py``
+    or a ``tests/a/`` folder of test files. A subpackage's own file (``tests/test_data.py``)
+    counts for all its modules: one test file per subpackage is enough. Private modules and
+    everything in a private package (a name starting with ``_``) are tested through the public
+    module that uses them, and need no file.
+    """
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if any(part.startswith("_") for part in parts if part != "__init__"):
+            continue
+        if parts[-1] == "__init__":
+            folder = parts[:-1]
+            if folder and not (
+                _has_own_test_file(tests, folder) or any(tests.joinpath(*folder).glob("test_*.py"))
+            ):
+                missing.append("/".join(folder) + "/")
+            continue
+        enclosing = (parts[: i + 1] for i in range(len(parts) - 1))
+        if not any(_has_own_test_file(tests, p) for p in (parts, *enclosing)):
+            missing.append("/".join(parts) + ".py")
+    return missing
+
+
+def test_every_public_module_has_a_test_file_named_after_it():
+    assert not _modules_without_a_test_file(PACKAGE, TESTS)
+
+
+def test_the_test_file_check_can_fail(tmp_path):
+    package, tests = tmp_path / "pkg", tmp_path / "tests"
+    for name in ("top", "_private", "sub/__init__", "sub/leaf", "sub/_inner", "_hidden/open",
+                 "whole/__init__", "whole/part", "bare/__init__"):  # fmt: skip
+        (package / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
+        (package / f"{name}.py").write_text("")
+    (tests / "sub").mkdir(parents=True)
+    assert _modules_without_a_test_file(package, tests) == [
+        "bare/",
+        "sub/",
+        "sub/leaf.py",
+        "top.py",
+        "whole/",
+        "whole/part.py",
+    ]
+    for name in ("test_top", "sub/test_leaf", "test_whole"):
+        (tests / f"{name}.py").write_text("")
+    # tests/test_top.py is top.py's, not sub/top.py's: a nested module's file mirrors its folder.
+    (package / "sub" / "top.py").write_text("")
+    assert _modules_without_a_test_file(package, tests) == ["bare/", "sub/top.py"]

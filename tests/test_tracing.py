@@ -4,10 +4,10 @@ loop of one run per (layer, token) with the same noise, the located layer and th
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 import tl_capability as tlc
-from tests.models import HAS_BRIDGE, save_hf_model, tiny_model
+from tests.helpers import KINDS, traced_facts, traced_model, traces_of
+from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability.sites import hook_points_in_use
 from tl_capability.tracing import (
     EMBED_HOOK,
@@ -17,31 +17,23 @@ from tl_capability.tracing import (
     trace_hook_name,
     window_layers,
 )
-from tl_capability.tracing_figures import aie_curves, trace_heatmap
-from tl_capability.tracing_subjects import _token_spans
 
 pytestmark = pytest.mark.core
-
-PROMPTS = ["the cat of bob is", "a dog of ann was", "bob sat"]
-SUBJECTS = ["bob", "dog", "bob"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(n_layers=4, seed=1)
+    return traced_model()
 
 
 @pytest.fixture(scope="module")
 def facts():
-    return tlc.CapabilityDataset.from_pairs(PROMPTS, [" x", " y", " z"], subjects=SUBJECTS)
+    return traced_facts()
 
 
 @pytest.fixture(scope="module")
 def traces(model, facts):
-    return {kind: tlc.causal_trace(model, facts, kind=kind, samples=3) for kind in KINDS}
-
-
-KINDS = (None, "mlp", "attn")
+    return traces_of(model, facts)
 
 
 @torch.no_grad()
@@ -84,11 +76,6 @@ def noise_of(result, i, d_model):
     first, end = result.subject_ranges[i]
     rng = np.random.RandomState(result.seed)
     return torch.from_numpy(rng.randn(result.samples, end - first, d_model) * result.noise_std)
-
-
-def test_subject_tokens_are_found_with_the_bos(model, facts):
-    # The character tokenizer: one token per character, after the BOS.
-    assert subject_ranges(model, facts) == [(12, 15), (3, 6), (1, 4)]
 
 
 def test_restoring_the_last_token_after_the_last_block_gives_the_clean_probability(traces):
@@ -174,31 +161,6 @@ def test_window_layers_follow_rome():
     assert window_layers(3, 12, 3) == range(2, 5)
 
 
-def test_token_spans_without_offsets_decode_token_by_token(model):
-    tokenizer = model.tokenizer
-
-    class Slow:
-        def __call__(self, text, **kwargs):
-            if kwargs.get("return_offsets_mapping"):
-                raise NotImplementedError
-            return tokenizer(text, **kwargs)
-
-        def decode(self, ids):
-            return tokenizer.decode(ids)
-
-    ids = tokenizer("a dog", add_special_tokens=False)["input_ids"]
-    assert _token_spans(Slow(), "a dog", ids) == _token_spans(tokenizer, "a dog", ids)
-
-
-def test_figures(traces):
-    for kind in KINDS:
-        assert isinstance(trace_heatmap(traces[kind], 1), Figure)
-    assert isinstance(aie_curves(*traces.values()), Figure)
-    assert tlc.trace_heatmap is trace_heatmap
-    with pytest.raises(ValueError):
-        aie_curves()
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -229,18 +191,6 @@ def test_facts_without_subjects_are_refused(model):
         tlc.causal_trace(model, ["the cat is"])
     with pytest.raises(ValueError):
         tlc.CapabilityDataset.from_pairs([], [], subjects=[])
-
-
-def test_a_subject_that_matches_no_token_names_the_fact(model, monkeypatch):
-    import tl_capability.tracing_subjects as tracing_subjects
-
-    # A tokenizer whose tokens all have empty character spans.
-    monkeypatch.setattr(
-        tracing_subjects, "_token_spans", lambda tok, text, ids: (text, [(0, 0)] * len(ids))
-    )
-    facts = tlc.CapabilityDataset.from_pairs(["the cat is"], [" x"], subjects=["cat"])
-    with pytest.raises(ValueError, match=r"fact 0 \('the cat is', subject 'cat'\): no token"):
-        subject_ranges(model, facts)
 
 
 def test_training_mode_and_long_prompts_are_refused(model):

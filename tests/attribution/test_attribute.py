@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 
 from tl_capability import CapabilityDataset, tokenize
 from tl_capability._storage import tensors_digest
-from tl_capability.attribution import AttributionConfig, NeuronScores, attribute, ig_alphas
+from tl_capability.attribution import (
+    AttributionConfig,
+    NeuronScores,
+    attribute,
+    ig_alphas,
+    neuron_order,
+)
 
 pytestmark = pytest.mark.core
 
@@ -523,3 +529,8 @@ def test_attribute_keeps_to_ten_parameters():
     import inspect
 
     assert len(inspect.signature(attribute).parameters) <= 10
+
+
+def test_neuron_order_is_descending_with_ties_by_flat_index():
+    s = torch.tensor([[1.0, 3.0, 1.0], [3.0, 0.0, 2.0]])
+    assert neuron_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]

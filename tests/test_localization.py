@@ -1,4 +1,4 @@
-"""locate: contrastive scores, iterative re-attribution, the budget rule, and bad input."""
+"""localization: locate and rank_neurons, the budget rule, the config and bad input."""
 
 import inspect
 import re
@@ -6,9 +6,8 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from tests.helpers import OTHER, TARGET, _all
 from tl_capability import (
     CapabilityDataset,
     LearnConfig,
@@ -20,66 +19,11 @@ from tl_capability import (
     zoo,
 )
 from tl_capability import localization as localization_module
-from tl_capability.attribution import neuron_order
 from tl_capability.curves import holdout
 from tl_capability.localization import locate, rank_neurons
-from tl_capability.masks import NeuronMask
-from tl_capability.rankings import contrastive_scores, iterative_ranking
+from tl_capability.rankings import iterative_ranking
 
 pytestmark = pytest.mark.core
-
-TARGET = CapabilityDataset.from_pairs(["12+34=", "rev abc:"], ["46", "cba"], name="t")
-OTHER = CapabilityDataset.from_pairs(["the day was", "q"], [" fun", "xy"], name="o")
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
-    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
-    st.lists(st.floats(-5, 5), min_size=6, max_size=6),
-)
-def test_contrastive_scores_subtract_what_controls_need(t, a, b):
-    t, a, b = (torch.tensor(x).view(2, 3) for x in (t, a, b))
-    got = contrastive_scores(t, {"a": a, "b": b})
-    torch.testing.assert_close(got, t - torch.maximum(a.clamp(min=0), b.clamp(min=0)))
-    mean = contrastive_scores(t, {"a": a, "b": b}, reduce="mean", weight=0.5)
-    torch.testing.assert_close(mean, t - 0.5 * (a.clamp(min=0) + b.clamp(min=0)) / 2)
-    assert (got <= t).all()
-
-
-def test_contrastive_scores_refuse_bad_input():
-    s = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="at least one control"):
-        contrastive_scores(s, {})
-    with pytest.raises(ValueError, match="same"):
-        contrastive_scores(s, {"a": torch.zeros(3, 2)})
-    with pytest.raises(ValueError, match="NaN"):
-        contrastive_scores(s, {"a": torch.full((2, 3), float("nan"))})
-    with pytest.raises(ValueError, match="reduce"):
-        contrastive_scores(s, {"a": s}, reduce="median")
-
-
-def test_neuron_order_is_descending_with_ties_by_flat_index():
-    s = torch.tensor([[1.0, 3.0, 1.0], [3.0, 0.0, 2.0]])
-    assert neuron_order(s).tolist() == [[0, 1], [1, 0], [1, 2], [0, 0], [0, 2], [1, 1]]
-
-
-def _all(model, data):
-    return attribute(
-        model, data, "ig", steps=8, metric="logprob", positions="all", progress=False
-    ).values
-
-
-def test_iterative_ranking_equals_the_rounds_done_by_hand(model):
-    order = iterative_ranking(model, TARGET, {"o": OTHER}, chunk=3, rounds=2, progress=False)
-    first = neuron_order(contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)}))[:3]
-    chosen = NeuronMask.from_indices(first, model.cfg.n_layers, model.cfg.d_mlp)
-    with ablate(model, chosen):
-        again = contrastive_scores(_all(model, TARGET), {"o": _all(model, OTHER)})
-    again = again.masked_fill(chosen.tensor, -torch.inf)
-    second = neuron_order(again)[:3]
-    assert order.tolist() == torch.cat([first, second]).tolist()
-    assert len({tuple(p) for p in order.tolist()}) == 6  # no neuron chosen twice
 
 
 def test_the_papers_pipeline_is_attribute_then_select(model):
@@ -108,14 +52,6 @@ def test_bad_input_is_refused(model):
             locate(model, TARGET, progress=False)
     finally:
         model.eval()
-
-
-def test_nothing_stays_attached_after_an_exception(model):
-    too_long = CapabilityDataset.from_pairs(["x" * 500], ["y"], name="long")
-    before = {n: len(h.fwd_hooks) for n, h in model.hook_dict.items()}
-    with pytest.raises(ValueError, match="context"):
-        iterative_ranking(model, TARGET, {"long": too_long}, chunk=2, rounds=2, progress=False)
-    assert {n: len(h.fwd_hooks) for n, h in model.hook_dict.items()} == before
 
 
 def test_located_set_erases_its_capability_on_the_zoo_model(zoo_model):
@@ -161,21 +97,6 @@ def test_rank_neurons_reuses_precomputed_scores(model):
     top = rank_neurons(model, TARGET, {"o": OTHER}, method="all",
                        config=LocateConfig(scores=planted))  # fmt: skip
     assert top[0].tolist() == [1, 5]
-
-
-def test_holdout_ranks_and_checks_on_disjoint_samples():
-    data = zoo.dataset("addition", n=30, split="train")
-    ctrl = {"sort": zoo.dataset("sort", n=12, split="train")}
-    fit, fit_c, check, check_c = holdout(data, ctrl, 1 / 3, seed=0)
-    assert (len(fit), len(check)) == (20, 10)
-    assert set(fit.prompts).isdisjoint(check.prompts)
-    assert set(fit.prompts) | set(check.prompts) == set(data.prompts)
-    assert (len(fit_c["sort"]), len(check_c["sort"])) == (8, 4)
-    assert holdout(data, ctrl, 1 / 3, seed=0)[0].prompts == fit.prompts  # deterministic
-    assert holdout(TARGET, None, 1 / 3)[0] is TARGET  # too small to split: used whole
-    assert holdout(data, None, 0)[2] is data
-    with pytest.raises(ValueError, match="check_fraction"):
-        holdout(data, None, 1.0)
 
 
 def test_learned_locate_warns_on_small_datasets(model):
@@ -295,21 +216,3 @@ def test_a_target_the_model_never_answers_is_flagged(model):
     message = next(str(w.message) for w in caught if "not reached" in str(w.message))
     assert "answers only 0.0 % of the target's check samples" in message
     assert "another seed" not in message
-
-
-def test_contrastive_scores_refuse_a_nan_weight_and_a_list_of_controls():
-    """weight=nan returned all NaN; a list of controls raised AttributeError."""
-    s = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="weight must be a finite number"):
-        contrastive_scores(s, {"a": s}, weight=float("nan"))
-    with pytest.raises(ValueError, match="controls must map names to scores, got list"):
-        contrastive_scores(s, [s])
-
-
-@pytest.mark.parametrize("kwargs", [{"rounds": 2.5}, {"chunk": 0}, {"steps": 0}])
-def test_iterative_ranking_refuses_counts_that_are_not_positive_integers(model, kwargs):
-    """rounds=2.5 raised TypeError from range()."""
-    args = {"chunk": 1, "rounds": 1, **kwargs}
-    name = next(iter(kwargs))
-    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
-        iterative_ranking(model, TARGET, progress=False, **args)
