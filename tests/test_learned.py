@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tl_capability import CapabilityDataset, NeuronMask, ablate, accuracy, attribute, zoo
+from tl_capability._gates import init_logits
 from tl_capability.learned import LearnConfig, LearnedMask, learn_gates, learn_mask
 
 pytestmark = pytest.mark.core
@@ -136,6 +137,20 @@ def test_init_from_scores_ranks_first(model):
     assert result.mask.selection["init"] == "grad_x_act"
 
 
+def test_start_sets_every_gates_start_logit(model):
+    """``start`` moves every gate's θ₀ (the scores' standardised offsets stay on top)."""
+    target, control = _datasets()
+    shape = (model.cfg.n_layers, model.cfg.d_mlp)
+    assert torch.equal(init_logits(None, shape, "sigmoid", -4.0), torch.full(shape, -4.0))
+    assert torch.equal(init_logits(None, shape, "sigmoid"), torch.full(shape, 0.0))
+    scores = torch.randn(shape)
+    moved = init_logits(scores, shape, "sigmoid", -4.0) - init_logits(scores, shape, "sigmoid")
+    assert torch.allclose(moved, torch.full(shape, -4.0))
+    config = LearnConfig(steps=1, lr=1e-4, start=-4.0)
+    logits, _ = learn_gates(model, target, {"c": control}, config=config, progress=False)
+    assert (logits - -4.0).abs().max() < 1e-3
+
+
 def test_progress_bar(model, capsys):
     target, control = _datasets()
     learn_mask(model, target, {"c": control}, config=LearnConfig(steps=2), progress=False)
@@ -191,6 +206,8 @@ def test_bad_arguments(model, kwargs, message):
         ({"lr": 0.0}, "lr must be a finite number in (0, inf)"),
         ({"sparsity": float("nan")}, "sparsity must be a finite number"),
         ({"maintain": -1.0}, "maintain must be a finite number in [0, inf)"),
+        ({"start": float("inf")}, "start must be a finite number"),
+        ({"start": True}, "start must be a finite number"),
     ],
 )
 def test_a_config_out_of_range_is_refused_when_made(fields, message):

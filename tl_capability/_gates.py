@@ -26,15 +26,19 @@ _BETA, _GAMMA, _ZETA = 2.0 / 3.0, -0.1, 1.1
 # The start logit of every gate. Starting from the removal of a large random part of the
 # network (half of it for sigmoid gates) and pruning works; starting nearly closed (−4) does
 # not move: one neuron's removal barely changes a confident answer, so the gradients that would
-# open the right gates are too small before many are open together.
+# open the right gates are too small before many are open together. That holds on the zoo's
+# small models; on SmolLM2-135M (30 layers) half removed destroys the model (KL 15-17 nats) and
+# −4 with contrastive scores added works (docs/findings.md): LearnConfig.start chooses.
 _START = {"hard_concrete": -2.0, "sigmoid": 0.0}
 
 
-def init_logits(init: Any, shape: tuple[int, int], gate: Gate) -> Tensor:
-    """``θ₀``: the gate's start logit ((``_START``)), plus the
+def init_logits(
+    init: Any, shape: tuple[int, int], gate: Gate, start: float | None = None
+) -> Tensor:
+    """``θ₀``: ``start`` (``None``: the gate's start logit, ``_START``), plus the
     standardised scores clamped to ``±3`` when given (higher score: more likely removed; nothing
     starts saturated)."""
-    start = _START[gate]
+    start = _START[gate] if start is None else float(start)
     if init is None:
         return torch.full(shape, start)
     values = init.values if isinstance(init, NeuronScores) else init

@@ -90,6 +90,10 @@ class LearnConfig:
         suppression: The target's loss, ``"unlikely"`` or ``"uniform"`` (see
             [`Suppression`][tl_capability.options.Suppression]).
         batch_size: Samples per dataset per step, and per evaluation batch (bounds memory).
+        start: Every gate's start logit ``θ₀`` (a finite number; ``None``: the gate's own, 0 for
+            ``"sigmoid"``, half of the neurons removed, and −2 for ``"hard_concrete"``). Lower
+            starts keep more of the model: on a deep model (30 layers) half of it removed gives
+            the gradient nothing to tell neurons apart by.
 
     Raises:
         ValueError: For a value out of range or an unknown option, naming the field.
@@ -102,6 +106,7 @@ class LearnConfig:
     gate: Gate = "sigmoid"
     suppression: Suppression = "unlikely"
     batch_size: int = 32
+    start: float | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.steps, "steps")
@@ -111,6 +116,8 @@ class LearnConfig:
         check_option(self.gate, Gate, "gate")
         check_option(self.suppression, Suppression, "suppression")
         check_positive_int(self.batch_size, "batch_size")
+        if self.start is not None:
+            check_range(self.start, "start")
 
 
 def check_datasets(
@@ -248,7 +255,8 @@ def learn_gates(
     check_fraction(max_fraction, "max_fraction")
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
-    theta = init_logits(init, shape, config.gate).to(model_device(model)).requires_grad_(True)
+    theta = init_logits(init, shape, config.gate, config.start)
+    theta = theta.to(model_device(model)).requires_grad_(True)
     budget = max(1, math.floor(max_fraction * theta.numel()))
     names = [resolved.hook_name(layer) for layer in range(shape[0])]
     training = Training(model, target, controls, theta, names, config, budget, seed)
