@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from tl_capability import answer_correct, answer_probability, zoo
-from tl_capability.experiments import fidelity, reliability
+from tl_capability.experiments import corrupt_subjects, fidelity, reliability
 from tl_capability.zoo import real
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,6 +61,20 @@ def cross_fact_drops(model: Any, masks: dict[str, Any], facts: dict[str, Any]) -
     ]
 
 
+def corruptible(model: Any, facts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The facts some other fact's subject can corrupt at equal token lengths (KC needs them),
+    with their corruptions; the others are dropped, each named."""
+    facts = dict(facts)
+    while len(facts) > 1:
+        try:
+            return facts, corrupt_subjects(model, facts)
+        except ValueError as exc:
+            name = str(exc).split("'")[1]
+            print(f"kc: dropped {name!r} ({exc})")
+            facts.pop(name)
+    raise ValueError("fewer than two facts can be corrupted at equal token lengths")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=8)
@@ -85,17 +99,22 @@ def main() -> None:
             "rome": {"samples": args.samples},
             "kc": {"n_edges": args.edges},
         }[method]
-        fid = fidelity(model, facts, method=method, **options)
+        if method == "kc":
+            kc_facts, corrupted = corruptible(model, facts)
+            options["corrupted"] = corrupted
+        else:
+            kc_facts = facts
+        fid = fidelity(model, kc_facts, method=method, **options)
         located = time.perf_counter() - start
         masks = fid.masks if method != "kc" else None
-        extra = {"n_edges": args.edges} if method == "kc" else {}
+        extra = {"n_edges": args.edges, "corrupted": corrupted} if method == "kc" else {}
         ipp = reliability(
-            model, masks, facts, method=method, n_random=args.random, seed=100, **extra
+            model, masks, kc_facts, method=method, n_random=args.random, seed=100, **extra
         )
         cross = cross_fact_drops(model, fid.masks, facts) if method == "kn" else None
         row = {
             "method": method,
-            "facts": len(facts),
+            "facts": len(kc_facts),
             "overlap_same_fact": fid.mean_overlap,
             "overlap_different_facts": fid.rows[-1].overlap,
             "ipp": ipp.ipp,
