@@ -190,8 +190,7 @@ def _granularities_stage(
 ) -> dict[str, Any]:
     """The first facts' causal trace (ROME's layer) and knowledge circuit (EAP), rendered;
     the located layers and the circuit's size."""
-    facts = dict(list(suite.facts.items())[:3])
-    first, data = next(iter(facts.items()))
+    first, data = next(iter(suite.facts.items()))
     window = trace_window(model)
     trace = causal_trace(model, data, "mlp", samples=sizes.trace_samples, window=window)
     report.text(
@@ -202,7 +201,11 @@ def _granularities_stage(
     )
     report.figure("trace", trace_heatmap(trace, 0), f"P(answer) with one state restored: {first}.")
     report.figure("trace-aie", aie_curves(trace), "Average indirect effect per layer.")
-    corrupted = corrupt_subjects(model, facts)[first]
+    found = {"rome_layers": [int(x) for x in trace.located]}
+    corrupted = _corruption(model, first, suite.facts)
+    if corrupted is None:  # a real model's subjects rarely share a token length
+        report.text(f"No other fact's subject has the token length of {first!r}: no circuit.")
+        return found
     circuit = knowledge_circuit(model, data, corrupted, "eap").select(n=50)
     report.figure(
         "circuit",
@@ -211,10 +214,23 @@ def _granularities_stage(
         "pruned to paths from the input to the logits.",
     )
     return {
-        "rome_layers": [int(x) for x in trace.located],
+        **found,
         "circuit_edges": circuit.n_edges,
         "circuit_heads": int(circuit.mask.heads.sum()),
     }
+
+
+def _corruption(model: Any, first: str, facts: dict[str, Any]) -> Any:
+    """``first``'s paraphrases with the subject of the first other fact that keeps their token
+    lengths (the knowledge circuit's corrupted run), or ``None``."""
+    for other, data in facts.items():
+        if other == first:
+            continue
+        try:
+            return corrupt_subjects(model, {first: facts[first], other: data})[first]
+        except ValueError:
+            continue
+    return None
 
 
 def _gradient_stage(model: Any, suite: _Suite, report: Report) -> tuple[Any, Any, Any]:
