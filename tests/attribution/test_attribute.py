@@ -240,46 +240,40 @@ def _checkpoint(tmp_path):
     return tmp_path / "attribution-rank0-of-1.safetensors"
 
 
+def _checkpointed(model, method, folder, **kwargs):
+    """One attribution that checkpoints into ``folder``."""
+    return attribute(
+        model,
+        DATA,
+        method,
+        progress=False,
+        config=AttributionConfig(checkpoint_dir=folder),
+        **kwargs,
+    )
+
+
 def test_checkpoint_of_edited_weights_is_refused(model, tmp_path):
     """Editing the weights between two runs used to resume to the pre-edit scores."""
     from tl_capability.edits import erase_weights
     from tl_capability.masks import NeuronMask
 
-    clean = attribute(
-        model, DATA, "grad_x_act", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
-    )
+    clean = _checkpointed(model, "grad_x_act", tmp_path)
     mask = NeuronMask.from_indices([(0, 3), (1, 5)], model.cfg.n_layers, model.cfg.d_mlp)
     with erase_weights(model, mask):
         edited = attribute(model, DATA, "grad_x_act", progress=False)
         assert not torch.equal(edited.values, clean.values)
         with pytest.raises(ValueError, match="another run"):
-            attribute(
-                model,
-                DATA,
-                "grad_x_act",
-                progress=False,
-                config=AttributionConfig(checkpoint_dir=tmp_path),
-            )
-    resumed = attribute(
-        model, DATA, "grad_x_act", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
-    )
+            _checkpointed(model, "grad_x_act", tmp_path)
+    resumed = _checkpointed(model, "grad_x_act", tmp_path)
     assert torch.equal(resumed.values, clean.values)
 
 
 def test_checkpoint_of_another_dtype_is_refused(model, tmp_path):
-    attribute(
-        model, DATA, "activation", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
-    )
+    _checkpointed(model, "activation", tmp_path)
     model.to(torch.float64)
     try:
         with pytest.raises(ValueError, match="another run"):
-            attribute(
-                model,
-                DATA,
-                "activation",
-                progress=False,
-                config=AttributionConfig(checkpoint_dir=tmp_path),
-            )
+            _checkpointed(model, "activation", tmp_path)
     finally:
         model.to(torch.float32)
 
@@ -311,43 +305,21 @@ def _rewrite(path, **changes):
     ],
 )
 def test_corrupt_checkpoint_is_refused_naming_the_file(model, tmp_path, change):
-    attribute(
-        model,
-        DATA,
-        "activation",
-        per_sample=True,
-        progress=False,
-        config=AttributionConfig(checkpoint_dir=tmp_path),
-    )
+    _checkpointed(model, "activation", tmp_path, per_sample=True)
     _rewrite(_checkpoint(tmp_path), **change)
     with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
-        attribute(
-            model,
-            DATA,
-            "activation",
-            per_sample=True,
-            progress=False,
-            config=AttributionConfig(checkpoint_dir=tmp_path),
-        )
+        _checkpointed(model, "activation", tmp_path, per_sample=True)
 
 
 @pytest.mark.parametrize("where", [12, -3])
 def test_checkpoint_with_flipped_bytes_is_refused(model, tmp_path, where):
-    attribute(
-        model, DATA, "activation", progress=False, config=AttributionConfig(checkpoint_dir=tmp_path)
-    )
+    _checkpointed(model, "activation", tmp_path)
     path = _checkpoint(tmp_path)
     raw = bytearray(path.read_bytes())
     raw[where] ^= 0x5A
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="attribution-rank0-of-1.safetensors"):
-        attribute(
-            model,
-            DATA,
-            "activation",
-            progress=False,
-            config=AttributionConfig(checkpoint_dir=tmp_path),
-        )
+        _checkpointed(model, "activation", tmp_path)
 
 
 def _saved_scores(model, tmp_path):
