@@ -27,6 +27,7 @@ Method = Localizer
 (Dai et al.), the MLP layer of causal tracing (ROME, Meng et al.), or a knowledge circuit
 (Yao et al.)."""
 
+
 def _check_method(method: Any) -> str:
     return check_option(method, Localizer, "method")
 

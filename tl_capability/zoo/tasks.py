@@ -25,6 +25,7 @@ from tl_capability.options import Split, check_option
 ALPHABET = string.ascii_lowercase + string.digits + " +=:?.,'"
 """Every character a zoo prompt or answer may contain."""
 
+
 @dataclass(frozen=True)
 class Example:
     """One sample of a task.
