@@ -69,7 +69,8 @@ def main() -> None:
         random_controls,
         zoo,
     )
-    from tl_capability.curves import budget_mask, erase_curve, holdout
+    from tl_capability.budget import budget_mask, holdout
+    from tl_capability.curves import erase_curve
     from tl_capability.experiments import mean_ci
     from tl_capability.localization import locate, rank_neurons
     from tl_capability.report import Report, erase_curves_figure

@@ -150,7 +150,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from tl_capability import zoo
-    from tl_capability.curves import budget_mask, erase_curve, holdout
+    from tl_capability.budget import budget_mask, holdout
+    from tl_capability.curves import erase_curve
 
     t0 = time.perf_counter()
     model = zoo.load_model(args.model)

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import TARGET
 from tl_capability import (
     CapabilityDataset,
     NeuronScores,
@@ -18,9 +17,8 @@ from tl_capability import (
     accuracy,
     select,
     tokenize,
-    zoo,
 )
-from tl_capability.curves import FRACTIONS, EraseCurve, erase_curve, erase_order, holdout
+from tl_capability.curves import FRACTIONS, EraseCurve, erase_curve, erase_order
 
 pytestmark = pytest.mark.core
 
@@ -269,18 +267,3 @@ def test_erase_curves_figure_renders_without_pyplot(tmp_path):
         assert "matplotlib.pyplot" not in sys.modules
     with pytest.raises(ValueError, match="no erase curves"):
         erase_curves_figure([])
-
-
-def test_holdout_ranks_and_checks_on_disjoint_samples():
-    data = zoo.dataset("addition", n=30, split="train")
-    ctrl = {"sort": zoo.dataset("sort", n=12, split="train")}
-    fit, fit_c, check, check_c = holdout(data, ctrl, 1 / 3, seed=0)
-    assert (len(fit), len(check)) == (20, 10)
-    assert set(fit.prompts).isdisjoint(check.prompts)
-    assert set(fit.prompts) | set(check.prompts) == set(data.prompts)
-    assert (len(fit_c["sort"]), len(check_c["sort"])) == (8, 4)
-    assert holdout(data, ctrl, 1 / 3, seed=0)[0].prompts == fit.prompts  # deterministic
-    assert holdout(TARGET, None, 1 / 3)[0] is TARGET  # too small to split: used whole
-    assert holdout(data, None, 0)[2] is data
-    with pytest.raises(ValueError, match="check_fraction"):
-        holdout(data, None, 1.0)

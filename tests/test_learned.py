@@ -134,7 +134,7 @@ def test_init_from_scores_ranks_first(model):
     result = learn_mask(model, target, {"c": control}, config=config, init=scores, progress=False)
     top = scores.values.flatten().argmax()
     assert result.ranking().flatten().argmax() == top
-    assert result.mask.selection["init"] == "grad_x_act"
+    assert result.mask.selection["init_scores"] == "grad_x_act"
 
 
 def test_start_sets_every_gates_start_logit(model):
@@ -220,7 +220,9 @@ def test_the_selection_records_the_config(model):
     target, control = _datasets()
     config = LearnConfig(steps=2, batch_size=2, gate="hard_concrete", sparsity=1.5)
     mask = learn_mask(model, target, {"c": control}, config=config, seed=3, progress=False).mask
-    assert {k: mask.selection[k] for k in asdict(config)} == asdict(config)
+    ran = asdict(config.resolved(mask.selection["start"]))  # the start and recipe filled in
+    assert {k: mask.selection[k] for k in ran} == ran
+    assert mask.selection["start_probe"][mask.selection["start"]] <= 2.0
     assert mask.selection["seed"] == 3 and mask.selection["method"] == "learned"
     with pytest.raises(ValueError, match="config must be a LearnConfig"):
         learn_mask(model, target, None, config={"steps": 2}, progress=False)
@@ -337,7 +339,7 @@ def test_the_maintenance_reference_is_taken_for_the_controls_in_the_batch(
     monkeypatch.setattr(_gates, "collate", spy_collate)
     monkeypatch.setattr(_gates.CleanLogProbs, "__call__", spy_call)
     controls = {"addition": train["addition"], "sort": train["sort"]}
-    config = learned.LearnConfig(steps=4)
+    config = learned.LearnConfig(steps=4, start=0.0)  # no start probe: training steps only
     learned.learn_gates(zoo_model, train["sentiment"], controls, config=config, progress=False)
     pairs = [
         (events[k - 1][1], ref)

@@ -19,7 +19,7 @@ from tl_capability import (
     zoo,
 )
 from tl_capability import localization as localization_module
-from tl_capability.curves import holdout
+from tl_capability.budget import holdout
 from tl_capability.localization import locate, rank_neurons
 from tl_capability.rankings import iterative_ranking
 

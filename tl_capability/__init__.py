@@ -11,6 +11,7 @@ import importlib as _importlib
 from typing import Any as _Any
 
 from tl_capability.attribution import AttributionConfig, NeuronScores, attribute, ig_alphas
+from tl_capability.budget import budget_mask, holdout
 from tl_capability.circuit_figures import circuit_figure
 from tl_capability.circuits import (
     CircuitMask,
@@ -19,7 +20,7 @@ from tl_capability.circuits import (
     faithfulness,
     knowledge_circuit,
 )
-from tl_capability.curves import EraseCurve, budget_mask, erase_curve, holdout
+from tl_capability.curves import EraseCurve, erase_curve
 from tl_capability.data import Batch, CapabilityDataset, TokenizedSample, batches, tokenize
 from tl_capability.edits import EditHandle, edit_knowledge, erase_weights, finetune_neurons
 from tl_capability.empirical_neg import EmpiricalNEG, empirical_neg

@@ -32,6 +32,11 @@ _BETA, _GAMMA, _ZETA = 2.0 / 3.0, -0.1, 1.1
 _START = {"hard_concrete": -2.0, "sigmoid": 0.0}
 
 
+def default_start(gate: Gate) -> float:
+    """The gate's own start logit (half removed for sigmoid gates)."""
+    return _START[gate]
+
+
 def init_logits(
     init: Any, shape: tuple[int, int], gate: Gate, start: float | None = None
 ) -> Tensor:
@@ -139,6 +144,32 @@ class CleanLogProbs:
             for i, logp in zip(part, self._run([data[i] for i in part]), strict=True):
                 self.kept[name, i] = logp
         return torch.cat([self.kept[name, i] for i in indices])
+
+
+def removal_kl(
+    model: Any,
+    samples: Mapping[str, list],
+    clean: CleanLogProbs,
+    hook_names: list[str],
+    theta: Tensor,
+    gate: Gate,
+    seed: int,
+) -> float:
+    """The mean KL (nats) of ``samples``' answers, clean model against one draw of the gates at
+    ``theta`` (no gradients): how much of the model a start destroys."""
+    removal = [removal_sample(theta, gate, torch.Generator().manual_seed(seed))]
+    hooks = [(name, _gated(removal, i)) for i, name in enumerate(hook_names)]
+    pad = clean.pad
+    kls = []
+    for name, data in samples.items():
+        chosen = list(range(len(data)))
+        reference = clean(name, chosen)
+        batch = collate(data, chosen, pad).to(model_device(model))
+        with torch.no_grad():
+            logits = answer_logits(model, batch.tokens, batch.target_row, batch.target_pos, hooks)
+        kept = logits.float().log_softmax(-1)
+        kls.append((reference.exp() * (reference - kept)).sum(-1).mean().item())
+    return sum(kls) / len(kls)
 
 
 def _gated(removal: list[Tensor], layer: int) -> Any:

@@ -17,7 +17,6 @@ Drops are in accuracy points (0-100): baseline minus erased accuracy, times 100.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +31,8 @@ from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate, mask_hooks
 from tl_capability.masks import NeuronMask, random_controls
-from tl_capability.options import check_fraction as _check_share  # holdout: a parameter
-from tl_capability.options import check_positive_int, check_range
-from tl_capability.sites import model_name, neuron_site, require_eval
+from tl_capability.options import check_positive_int
+from tl_capability.sites import neuron_site, require_eval
 from tl_capability.tables import Table, mean_ci
 
 #: Default grid of sizes, as fractions of all the model's neurons.
@@ -292,98 +290,3 @@ def erase_curve(
         label, own, sizes, shape, baseline, own_drop, other_drops,
         random_drop, random_ci, random_runs, order, site,
     )  # fmt: skip
-
-
-def holdout(
-    target: CapabilityDataset,
-    controls: Mapping[str, CapabilityDataset] | None,
-    check_fraction: float = 1 / 3,
-    seed: int = 0,
-) -> tuple[
-    CapabilityDataset, dict[str, CapabilityDataset], CapabilityDataset, dict[str, CapabilityDataset]
-]:
-    """Splits target and controls into a part to rank on and a part to check the budget on.
-
-    The learned mask is trained to keep the very control samples it sees, so a budget checked on
-    them is optimistic (on the zoo's Llama model a set that spared its controls in-sample cost
-    another capability 43 points on fresh samples). Each dataset is split at random
-    (``seed``); a dataset of fewer than 4 samples is used whole for both.
-
-    Returns:
-        ``(fit_target, fit_controls, check_target, check_controls)``.
-
-    Warns:
-        UserWarning: When a split's check part repeats (prompt, answer) pairs of its ranking
-            part (a dataset with repeated samples): the check is then not held out.
-
-    Raises:
-        ValueError: For a ``check_fraction`` outside ``[0, 1)``.
-    """
-    _check_share(check_fraction, "check_fraction", zero_ok=True, one_ok=False)
-
-    def split(data: CapabilityDataset) -> tuple[CapabilityDataset, CapabilityDataset]:
-        if check_fraction == 0 or len(data) < 4:
-            return data, data
-        fit, check = data.split(1 - check_fraction, seed=seed)
-        seen = set(zip(fit.prompts, fit.answers, strict=True))
-        repeated = sum(pair in seen for pair in zip(check.prompts, check.answers, strict=True))
-        if repeated:
-            distinct = len(set(zip(data.prompts, data.answers, strict=True)))
-            warnings.warn(
-                f"{repeated} of the {len(check)} check samples of {data.name!r} repeat samples "
-                f"it is ranked on ({distinct} distinct of {len(data)}): the budget rule is then "
-                "checked on samples already seen, and its 'reached' is optimistic. Remove the "
-                "repeated samples",
-                stacklevel=3,
-            )
-        return fit, check
-
-    fit_target, check_target = split(target)
-    parts = {name: split(data) for name, data in (controls or {}).items()}
-    return (
-        fit_target,
-        {n: p[0] for n, p in parts.items()},
-        check_target,
-        {n: p[1] for n, p in parts.items()},
-    )
-
-
-def budget_mask(
-    model: Any,
-    order: Int[Tensor, "neuron 2"],
-    target: CapabilityDataset,
-    controls: Mapping[str, CapabilityDataset],
-    *,
-    target_drop: float,
-    tolerance: float,
-    progress: bool = True,
-    selection: dict[str, Any] | None = None,
-) -> NeuronMask:
-    """The shortest prefix of ``order`` that drops ``target`` by ``target_drop`` points while
-    no control drops by more than ``tolerance``, measured on the data given at ten sizes up to
-    ``len(order)``. When no size does both, the one that hurts the target most within the
-    tolerance (the smallest size when none is within it); ``selection["reached"]`` says which.
-    """
-    check_range(target_drop, "target_drop", 0.0, 100.0, low_open=True, unit=" points")
-    check_range(tolerance, "tolerance", 0.0, 100.0, unit=" points")
-    sizes = sorted({max(1, round(len(order) * i / 10)) for i in range(1, 11)})
-    curve = erase_curve(
-        model, order, target, dict(controls) or None, sizes=sizes, n_random=0, progress=progress
-    )
-    k = curve.budget(target_drop, tolerance)
-    reached = k is not None
-    if k is None:
-        fits = [i for i, w in enumerate(curve.worst_other) if w <= tolerance]
-        k = curve.sizes[max(fits, key=lambda i: curve.own_drop[i]) if fits else 0]
-    i = curve.sizes.index(k)
-    info = {
-        **(selection or {}),
-        "neurons": k,
-        "reached": reached,
-        "target_drop": target_drop,
-        "tolerance": tolerance,
-        "own_drop": curve.own_drop[i],
-        "worst_other_drop": curve.worst_other[i],
-        "clean_accuracy": curve.baseline[curve.target],
-    }
-    return NeuronMask(curve.mask_at(k).tensor, model_name(model), "post", info)

@@ -22,13 +22,10 @@ subnetworks in pretrained language models") add the maintenance term: suppressio
 ``KL(uniform ‖ p_removed)`` on the target, ``KL(p_orig ‖ p_removed)`` on controls, ``λ ·`` mean
 gate, with Gumbel-sigmoid gates and a straight-through estimator (``gate="sigmoid"`` here).
 
-Defaults, measured on the zoo model (six capabilities, each against the other five; 100
-training samples each, drops on 150 test samples): sigmoid gates starting half removed,
-``λ = 3``, 150 steps at ``lr = 0.1`` reached a 60-point drop on the training data for all six
-with 23–74 neurons (1–3.6 %), 45–67 points on the test samples, worst other capability ≤ 8
-points; grad × act's top neurons of the same count dropped their own capability by 0–14.
-Hard-concrete gates (start ``θ = −2``) reached it for three of six, with 41–90 neurons;
-starting from grad × act scores gave larger, less specific sets (worst other up to 27 points).
+Defaults (``docs/findings.md``): sigmoid gates, ``λ = 3``; the start is read from the model
+([`choose_start`][tl_capability.learn_start.choose_start]) and sets the recipe
+([`LearnConfig`][tl_capability.learned.LearnConfig]). Hard-concrete gates and a uniform
+suppression erased less on the zoo models.
 
 After training, the gates are **binarised**: neurons are ranked by ``θ`` and the smallest top-k
 (at most ``max_fraction`` of all neurons) whose zero ablation drops the target's accuracy by
@@ -38,9 +35,8 @@ After training, the gates are **binarised**: neurons are ranked by ``θ`` and th
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -48,14 +44,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_capability._gates import Training, init_logits
+from tl_capability._gates import Training, default_start, init_logits
 from tl_capability.attribution import NeuronScores
-from tl_capability.data import CapabilityDataset
+from tl_capability.data import CapabilityDataset, check_datasets
 from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate
+from tl_capability.learn_start import choose_start
 from tl_capability.masks import NeuronMask
 from tl_capability.options import (
     Gate,
+    LearnInit,
     Site,
     Suppression,
     check_fraction,
@@ -64,6 +62,13 @@ from tl_capability.options import (
     check_range,
 )
 from tl_capability.sites import is_masked_lm, model_device, model_name, neuron_site, require_eval
+
+PRUNE_RECIPE = {"steps": 150, "lr": 0.1, "batch_size": 32}
+"""Steps, learning rate and batch of gates that start at the gate's own start (see
+[`LearnConfig`][tl_capability.learned.LearnConfig])."""
+GROW_RECIPE = {"steps": 40, "lr": 0.2, "batch_size": 8}
+"""Steps, learning rate and batch of gates that start lower (see
+[`LearnConfig`][tl_capability.learned.LearnConfig])."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,8 @@ class LearnConfig:
         >>> learn_mask(model, target, controls, config=LearnConfig(steps=300, gate="hard_concrete"))
 
     Attributes:
-        steps: Optimisation steps (a positive integer).
-        lr: Adam's learning rate on the gate logits ``θ`` (positive).
+        steps: Optimisation steps (a positive integer; ``None``: the recipe's, see below).
+        lr: Adam's learning rate on the gate logits ``θ`` (positive; ``None``: the recipe's).
         sparsity: Weight ``λ`` (at least 0) of the expected number of removed neurons divided by
             the budget ``max_fraction · n_neurons``: filling the budget costs ``λ`` nats, on the
             scale of the other two terms whatever the model's size.
@@ -89,74 +94,58 @@ class LearnConfig:
             (Gumbel-sigmoid with a straight-through hard gate; Bayazit et al.).
         suppression: The target's loss, ``"unlikely"`` or ``"uniform"`` (see
             [`Suppression`][tl_capability.options.Suppression]).
-        batch_size: Samples per dataset per step, and per evaluation batch (bounds memory).
-        start: Every gate's start logit ``θ₀`` (a finite number; ``None``: the gate's own, 0 for
-            ``"sigmoid"``, half of the neurons removed, and −2 for ``"hard_concrete"``). Lower
-            starts keep more of the model: on a deep model (30 layers) half of it removed gives
-            the gradient nothing to tell neurons apart by.
+        batch_size: Samples per dataset per step, and per evaluation batch (bounds memory;
+            ``None``: the recipe's).
+        start: Every gate's start logit ``θ₀`` (a finite number). ``None`` (the default): the
+            highest start the model tolerates
+            ([`choose_start`][tl_capability.learn_start.choose_start]): the gate's own (0 for
+            ``"sigmoid"``, half of the neurons removed; −2 for ``"hard_concrete"``) on a model
+            that loses little with that many neurons removed at random, lower on one that does
+            not (SmolLM2-135M: −2).
+        init: Where ``locate``'s learned mask starts
+            ([`LearnInit`][tl_capability.options.LearnInit]); ``learn_mask`` takes its scores
+            as an argument instead.
+
+    The recipe: a start at the gate's own prunes from a large random removal and runs
+    ``PRUNE_RECIPE`` (150 steps, ``lr`` 0.1, batch 32: measured on the zoo models); a lower start
+    grows a small set and runs ``GROW_RECIPE`` (40 steps, ``lr`` 0.2, batch 8: measured on
+    SmolLM2-135M, where a step costs 2-4 s). Fields set explicitly win over the recipe.
 
     Raises:
         ValueError: For a value out of range or an unknown option, naming the field.
     """
 
-    steps: int = 150
-    lr: float = 0.1
+    steps: int | None = None
+    lr: float | None = None
     sparsity: float = 3.0
     maintain: float = 1.0
     gate: Gate = "sigmoid"
     suppression: Suppression = "unlikely"
-    batch_size: int = 32
+    batch_size: int | None = None
     start: float | None = None
+    init: LearnInit = "auto"
 
     def __post_init__(self) -> None:
-        check_positive_int(self.steps, "steps")
-        check_range(self.lr, "lr", 0.0, low_open=True)
+        if self.steps is not None:
+            check_positive_int(self.steps, "steps")
+        if self.lr is not None:
+            check_range(self.lr, "lr", 0.0, low_open=True)
         check_range(self.sparsity, "sparsity", 0.0)
         check_range(self.maintain, "maintain", 0.0)
         check_option(self.gate, Gate, "gate")
         check_option(self.suppression, Suppression, "suppression")
-        check_positive_int(self.batch_size, "batch_size")
+        if self.batch_size is not None:
+            check_positive_int(self.batch_size, "batch_size")
         if self.start is not None:
             check_range(self.start, "start")
+        check_option(self.init, LearnInit, "init")
 
-
-def check_datasets(
-    target: CapabilityDataset, controls: Mapping[str, CapabilityDataset] | None
-) -> dict[str, CapabilityDataset]:
-    """The one check of a target and its controls, for every localizer that takes both.
-
-    A control that is the target cannot be both erased and kept: the same object, a control
-    named as the target (by its key or its ``name``), or the same (prompt, answer) pairs in any
-    order (their multiset), whatever its name.
-
-    Returns:
-        The controls as a new ``dict`` (empty for ``None``).
-
-    Raises:
-        ValueError: For a target that is not a ``CapabilityDataset``, controls that are not a
-            non-empty mapping of name -> ``CapabilityDataset``, or a control that is the target.
-    """
-    if not isinstance(target, CapabilityDataset):
-        raise ValueError(f"target must be a CapabilityDataset, got {type(target).__name__}")
-    if controls is None:
-        return {}
-    if not isinstance(controls, Mapping) or not controls:
-        raise ValueError(
-            "controls must be a non-empty mapping of name -> CapabilityDataset (or None, for "
-            f"no controls), got {controls!r:.60}"
-        )
-    pairs = Counter(zip(target.prompts, target.answers, strict=True))
-    for key, data in controls.items():
-        if not isinstance(data, CapabilityDataset):
-            raise ValueError(f"control {key!r} is not a CapabilityDataset")
-        same_name = target.name is not None and target.name in (key, data.name)
-        same_pairs = Counter(zip(data.prompts, data.answers, strict=True)) == pairs
-        if data is target or same_name or same_pairs:
-            raise ValueError(
-                f"control {key!r} is the target itself ({target.name!r}): a mask cannot both "
-                "erase and keep it"
-            )
-    return dict(controls)
+    def resolved(self, start: float) -> LearnConfig:
+        """This config with ``start`` and every field left to the recipe filled in."""
+        grows = start < default_start(self.gate)
+        recipe = GROW_RECIPE if grows else PRUNE_RECIPE
+        filled = {k: v for k, v in recipe.items() if getattr(self, k) is None}
+        return replace(self, start=float(start), **filled)
 
 
 @dataclass(frozen=True)
@@ -245,6 +234,25 @@ def learn_gates(
     ``θ`` (higher: more surely removed) and the per-step history, without binarising them (what
     [`locate`][tl_capability.localization.locate] ranks by; it picks the set size itself).
     Arguments and errors as for [`learn_mask`][tl_capability.learned.learn_mask]."""
+    logits, history, _, _ = _train_gates(
+        model, target, controls, config, init, max_fraction, seed, site, progress
+    )
+    return logits, history
+
+
+def _train_gates(
+    model: Any,
+    target: CapabilityDataset,
+    controls: Mapping[str, CapabilityDataset] | None,
+    config: LearnConfig | None,
+    init: Float[Tensor, "layer d_mlp"] | NeuronScores | None,
+    max_fraction: float,
+    seed: int,
+    site: Site,
+    progress: bool,
+) -> tuple[Tensor, list[dict[str, Any]], LearnConfig, dict[float, float]]:
+    """``learn_gates``, also returning the config it ran (start and recipe filled in) and the
+    start probe's readings (empty when the config fixed the start)."""
     config = LearnConfig() if config is None else config
     if not isinstance(config, LearnConfig):
         raise ValueError(f"config must be a LearnConfig, got {type(config).__name__}")
@@ -255,6 +263,12 @@ def learn_gates(
     check_fraction(max_fraction, "max_fraction")
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
+    start, readings = config.start, {}
+    if start is None:
+        start, readings = choose_start(
+            model, target, controls, gate=config.gate, init=init, seed=seed, site=site
+        )
+    config = config.resolved(start)
     theta = init_logits(init, shape, config.gate, config.start)
     theta = theta.to(model_device(model)).requires_grad_(True)
     budget = max(1, math.floor(max_fraction * theta.numel()))
@@ -277,7 +291,7 @@ def learn_gates(
         training.removal.clear()
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-    return theta.detach().cpu(), history
+    return theta.detach().cpu(), history, config, readings
 
 
 def learn_mask(
@@ -312,7 +326,7 @@ def learn_mask(
             parameters' ``requires_grad`` flags are restored, also after an exception.
         target: The capability to erase (teacher-forced answers).
         controls: Capabilities to keep, by name; none may be the target
-            ([`check_datasets`][tl_capability.learned.check_datasets]). ``None`` learns
+            ([`check_datasets`][tl_capability.data.check_datasets]). ``None`` learns
             without the maintenance term (suppression and sparsity only).
         config: How the gates train ([`LearnConfig`][tl_capability.learned.LearnConfig]:
             steps, learning rate, loss weights, gate, suppression, batch size); ``None``: the
@@ -340,16 +354,8 @@ def learn_mask(
     """
     check_range(target_drop, "target_drop", 0.0, 100.0, low_open=True, unit=" points")
     config = LearnConfig() if config is None else config
-    logits, history = learn_gates(
-        model,
-        target,
-        controls,
-        config=config,
-        init=init,
-        max_fraction=max_fraction,
-        seed=seed,
-        site=site,
-        progress=progress,
+    logits, history, config, readings = _train_gates(
+        model, target, controls, config, init, max_fraction, seed, site, progress
     )
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
@@ -360,9 +366,10 @@ def learn_mask(
         "method": "learned",
         **asdict(config),
         "seed": seed,
+        "start_probe": readings,
         "target_drop": target_drop,
         "max_fraction": max_fraction,
-        "init": getattr(init, "method", None if init is None else "tensor"),
+        "init_scores": getattr(init, "method", None if init is None else "tensor"),
         "dataset": target.name,
         "controls": list(controls or {}),
     }

@@ -19,14 +19,13 @@ of several training regimes (``docs/findings.md`` has the measurements,
   ([`iterative_ranking`][tl_capability.rankings.iterative_ranking]).
 - ``"learned"`` (the default): a removal mask trained to suppress the target and keep the controls
   ([`learn_mask`][tl_capability.learned.learn_mask]; Chang et al., NAACL 2024; Bayazit et al., EMNLP
-  2024). On all three zoo models it erased more with fewer neurons and spared the controls better
-  than every ranking by scores.
+  2024), its start read from the model ([`learned_start`][tl_capability.learn_start.learned_start]).
 
-Every ranked method ranks on two thirds of the data given and then takes the smallest prefix
-of its ranking that drops the target's accuracy by ``target_drop`` points while no control
-drops by more than ``tolerance`` ([`budget_mask`][tl_capability.curves.budget_mask]), measured on
-the held-out third ([`holdout`][tl_capability.curves.holdout]), within ``max_fraction`` of all
-neurons.
+Every ranked method ranks on two thirds of the data given; the budget rule
+([`budget_mask`][tl_capability.budget.budget_mask]) then takes the smallest prefix of its ranking,
+from 0.01 % of the neurons up to ``max_fraction``, that drops the target's accuracy by
+``target_drop`` points while no control drops by more than ``tolerance``, measured on the
+held-out third ([`holdout`][tl_capability.budget.holdout]).
 """
 
 from __future__ import annotations
@@ -40,10 +39,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_capability.attribution import NeuronScores, attribute, neuron_order
-from tl_capability.curves import budget_mask, holdout
-from tl_capability.data import CapabilityDataset
+from tl_capability.budget import budget_mask, holdout
+from tl_capability.data import CapabilityDataset, check_datasets
 from tl_capability.evaluate import accuracy
-from tl_capability.learned import LearnConfig, check_datasets, learn_gates
+from tl_capability.learn_start import learned_start
+from tl_capability.learned import LearnConfig, learn_gates
 from tl_capability.masks import NeuronMask, select
 from tl_capability.options import (
     LocateMethod,
@@ -85,7 +85,7 @@ class LocateConfig:
             ([`contrastive_scores`][tl_capability.rankings.contrastive_scores]).
         sigma: The σ rule of ``method="answer"`` (at least 0).
         check_fraction: Share of every dataset held out from ranking to check the budget
-            rule on ([`holdout`][tl_capability.curves.holdout]), in ``[0, 1)``; 0 ranks
+            rule on ([`holdout`][tl_capability.budget.holdout]), in ``[0, 1)``; 0 ranks
             and checks on the same samples.
         batch_size: Samples per attribution batch (a positive integer; ``None``: attribution's
             default).
@@ -143,10 +143,9 @@ def rank_neurons(
 ) -> Int[Tensor, "neuron 2"]:
     """The first ``max_fraction`` of all neurons, in the order ``method`` would erase them.
 
-    ``"answer"`` ranks by the papers' answer-position IG of ``P(answer)``. ``config.scores``
-    may hold precomputed all-position scores by dataset name, to reuse them across calls
-    (``"all"`` and ``"contrastive"`` only). See [`locate`][tl_capability.localization.locate]
-    for the arguments.
+    ``"answer"`` ranks by answer-position IG of ``P(answer)``. ``config.scores`` may hold
+    precomputed all-position scores by dataset name (``"all"``, ``"contrastive"``). Arguments
+    as for [`locate`][tl_capability.localization.locate].
 
     Raises:
         ValueError: As [`locate`][tl_capability.localization.locate], and for precomputed
@@ -198,16 +197,34 @@ def rank_neurons(
             batch_size=config.batch_size,
             progress=progress,
         )[:budget]
+    return _learned_order(model, target, controls, learn, config, max_fraction, progress)[0]
+
+
+def _learned_order(
+    model: Any,
+    target: CapabilityDataset,
+    controls: Mapping[str, CapabilityDataset],
+    learn: LearnConfig,
+    config: LocateConfig,
+    max_fraction: float,
+    progress: bool,
+) -> tuple[Int[Tensor, "neuron 2"], LearnConfig]:
+    """The learned mask's erase order and the config it ran (start and recipe filled in)."""
+    learn, init = learned_start(
+        model, target, controls or None, learn, seed=config.seed, batch_size=config.batch_size
+    )
     logits, _ = learn_gates(
         model,
         target,
         controls or None,
         config=learn,
+        init=init,
         max_fraction=max_fraction,
         seed=config.seed,
         progress=progress,
     )
-    return neuron_order(logits)[:budget]
+    budget = max(1, int(max_fraction * logits.numel()))
+    return neuron_order(logits)[:budget], learn.resolved(learn.start)
 
 
 def _config(value: Any, kind: type, name: str) -> Any:
@@ -245,7 +262,7 @@ def locate(
         model: A TransformerLens model in eval mode.
         target: (prompt, answer) pairs of the capability.
         controls: Other capabilities (or generic text as prompt/answer pairs) to spare, by name
-            ([`check_datasets`][tl_capability.learned.check_datasets]). ``None`` locates
+            ([`check_datasets`][tl_capability.data.check_datasets]). ``None`` locates
             without controls (no contrast, no tolerance).
         method: See the module docstring. ``"answer"`` is the papers' literal pipeline
             (answer-position IG, then the σ rule; no budget rule).
@@ -271,12 +288,12 @@ def locate(
             then the budget rule's fallback size; the advice names why when the model answers
             too few of the target to lose ``target_drop`` points), when the model answers none
             of the target (``"answer"``), when check samples repeat ranking samples
-            ([`holdout`][tl_capability.curves.holdout]), and for learned masks on small
+            ([`holdout`][tl_capability.budget.holdout]), and for learned masks on small
             datasets.
 
     Raises:
         ValueError: For an unknown method, controls that
-            [`check_datasets`][tl_capability.learned.check_datasets] refuses, ``max_fraction``,
+            [`check_datasets`][tl_capability.data.check_datasets] refuses, ``max_fraction``,
             ``target_drop`` or ``tolerance`` out of range, a config that is not a
             ``LocateConfig`` / ``LearnConfig``, precomputed scores of another shape, or a model
             in training mode.
@@ -298,29 +315,26 @@ def locate(
     }
     if method == "answer":
         return _papers_pipeline(model, target, config, params)
-    if method == "learned":
-        params["learn"] = asdict(learn)
-        if len(target) < LEARNED_MIN_SAMPLES:
-            warnings.warn(
-                f"locate(method='learned') on {len(target)} samples: learned masks overfit "
-                f"small datasets (on the dropout-trained zoo model, 64 samples gave sets that "
-                f"spared the controls seen in training but not fresh ones); pass at least "
-                f"{LEARNED_MIN_SAMPLES} samples of the target and of each control",
-                stacklevel=2,
-            )
+    if method == "learned" and len(target) < LEARNED_MIN_SAMPLES:
+        warnings.warn(
+            f"locate(method='learned') on {len(target)} samples: learned masks overfit small "
+            f"datasets (sets that spare the controls seen in training but not fresh ones); "
+            f"pass at least {LEARNED_MIN_SAMPLES} samples of the target and of each control",
+            stacklevel=2,
+        )
     fit_target, fit_controls, check_target, check_controls = holdout(
         target, checked, config.check_fraction, config.seed
     )
-    order = rank_neurons(
-        model,
-        fit_target,
-        fit_controls or None,
-        method=method,
-        max_fraction=max_fraction,
-        progress=progress,
-        config=config,
-        learn=learn,
-    )
+    if method == "learned":
+        order, ran = _learned_order(
+            model, fit_target, fit_controls, learn, config, max_fraction, progress
+        )
+        params["learn"] = asdict(ran)
+    else:
+        order = rank_neurons(
+            model, fit_target, fit_controls or None, method=method,
+            max_fraction=max_fraction, progress=progress, config=config,
+        )  # fmt: skip
     params["check_fraction"] = config.check_fraction
     mask = budget_mask(
         model,

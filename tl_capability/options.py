@@ -55,6 +55,14 @@ Reduce = Literal["max", "mean"]
 Gate = Literal["hard_concrete", "sigmoid"]
 """The removal gate of [`learn_mask`][tl_capability.learned.learn_mask]."""
 
+LearnInit = Literal["auto", "none", "contrastive"]
+"""Where ``locate``'s learned mask starts its gates
+([`LearnConfig.init`][tl_capability.learned.LearnConfig]): ``"none"``, every gate at the start
+logit; ``"contrastive"``, plus the standardised contrastive all-position grad × act scores
+(the controls' need weighted 3); ``"auto"``, the contrastive scores only where the start probe
+lowers the start below the gate's own (a model that does not tolerate half of its neurons
+removed: its gates need the scores to know where to open)."""
+
 Suppression = Literal["unlikely", "uniform"]
 """The suppression loss of [`learn_mask`][tl_capability.learned.learn_mask].
 

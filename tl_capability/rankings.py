@@ -16,9 +16,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability.attribution import NeuronScores, attribute, neuron_order
-from tl_capability.data import CapabilityDataset
+from tl_capability.data import CapabilityDataset, check_datasets
 from tl_capability.interventions import ablate
-from tl_capability.learned import check_datasets
 from tl_capability.masks import NeuronMask
 from tl_capability.options import Reduce, check_option, check_positive_int, check_range
 from tl_capability.sites import neuron_site, require_eval
@@ -121,7 +120,7 @@ def iterative_ranking(
     Raises:
         ValueError: For ``chunk``, ``rounds`` or ``steps`` that are not positive integers,
             more neurons asked for than the model has, a negative or non-finite ``weight``,
-            or datasets that [`check_datasets`][tl_capability.learned.check_datasets] refuses.
+            or datasets that [`check_datasets`][tl_capability.data.check_datasets] refuses.
     """
     check_option(reduce, Reduce, "reduce")
     check_positive_int(chunk, "chunk")
@@ -151,3 +150,33 @@ def iterative_ranking(
         chosen[picked[:, 0], picked[:, 1]] = True
         order.append(picked)
     return torch.cat(order)
+
+
+#: The weight of the controls' need in the learned mask's contrastive start
+#: (``contrastive_scores(weight=3)``): on SmolLM2-135M it halved the worst other drop of the
+#: first 0.05 % against weight 1 (docs/findings.md, "locate on SmolLM2-135M").
+INIT_CONTROL_WEIGHT = 3.0
+
+
+def contrastive_init(
+    model: Any,
+    target: CapabilityDataset,
+    controls: Mapping[str, CapabilityDataset] | None,
+    batch_size: int | None = None,
+) -> Float[Tensor, "layer d_mlp"]:
+    """The scores a learned mask starts from with ``LearnConfig(init="contrastive")``:
+    all-position grad × act of ``log P(answer)`` (one forward and backward pass per sample),
+    minus ``INIT_CONTROL_WEIGHT`` times the largest need of any control (the target's own
+    scores without controls)."""
+
+    def gxa(data: CapabilityDataset) -> Tensor:
+        return attribute(
+            model, data, "grad_x_act", metric="logprob", positions="all",
+            batch_size=batch_size, progress=False,
+        ).values  # fmt: skip
+
+    own = gxa(target)
+    if not controls:
+        return own
+    others = {name: gxa(data) for name, data in controls.items()}
+    return contrastive_scores(own, others, weight=INIT_CONTROL_WEIGHT)

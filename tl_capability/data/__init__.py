@@ -16,12 +16,14 @@ tokenizers expect (``" Paris"``).
 
 Right padding is exact for decoder-only models: no real position attends to a later one.
 
-Three modules hold it: `dataset` (the class), `tokenization` and `batching`; every public name
+Four modules hold it: `dataset` (the class), `tokenization`, `batching` and `pairs` (the one
+check of a target and its controls); every public name
 is re-exported here.
 """
 
 from tl_capability.data.batching import Batch, batch_sizes, batches, collate, count_batches
 from tl_capability.data.dataset import CapabilityDataset
+from tl_capability.data.pairs import check_datasets
 from tl_capability.data.tokenization import (
     TokenizedSample,
     answer_token_mismatches,
@@ -39,6 +41,7 @@ __all__ = [
     "batch_sizes",
     "batches",
     "check_answer_tokens",
+    "check_datasets",
     "collate",
     "count_batches",
     "model_tokenizer",
