@@ -100,6 +100,24 @@ def test_locate_against_controls_goes_through_locate(capsys, tmp_path):
     assert mask.selection["controls"] == ["addition", "sort"]
     assert 0 < len(mask) <= 0.05 * 2048
     assert "worst control drop" in capsys.readouterr().out
+    # The budget rule's walk, drawn: own, worst control and random drop at every size tried.
+    assert (out / "budget.png").is_file()
+    index = (out / "index.md").read_text()
+    assert "worst control drop / random sets" in index
+    assert len(mask.selection["scan"][0]) == 4
+
+
+def test_the_papers_pipeline_against_controls_says_what_its_set_costs_them(capsys, tmp_path):
+    out = tmp_path / "mask"
+    assert cli.main(["locate", "--model", "zoo", "--data", "sentiment", "--controls",
+                     "addition", "--method", "ig", "--steps", "4", "--n", "24", "--out",
+                     str(out), "--quiet"]) == 0  # fmt: skip
+    sel = NeuronMask.load(out).selection
+    assert set(sel["control_drops"]) == {"addition"}
+    assert isinstance(sel["not_localization"], bool)
+    text = capsys.readouterr().out
+    assert "controls {'addition'" in text and "random sets" in text
+    assert ("NOT localization" in text) == sel["not_localization"]
 
 
 def test_locate_refuses_controls_named_like_the_target(tmp_path):

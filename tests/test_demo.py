@@ -50,7 +50,10 @@ def test_the_demo_flags_sets_that_break_every_capability():
     localization."""
     from types import SimpleNamespace
 
-    from tl_capability.demo import _breaks_everything
+    from tl_capability.experiments.erase import EraseResult
+
+    def _breaks_everything(found, sigma):
+        return EraseResult.not_localized(found, sigma)
 
     def erased(cells):
         rows = [

@@ -25,12 +25,12 @@ from tl_capability.curves import _prefix
 from tl_capability.data import CapabilityDataset, tokenize
 from tl_capability.evaluate import accuracy
 from tl_capability.interventions import ablate
-from tl_capability.masks import NeuronMask
+from tl_capability.masks import NeuronMask, random_controls
 from tl_capability.options import check_fraction as _check_share  # holdout: a parameter
-from tl_capability.options import check_range
+from tl_capability.options import check_positive_int, check_range
 from tl_capability.sites import model_name, neuron_site
 
-__all__ = ["SMALLEST_FRACTION", "budget_mask", "budget_sizes", "holdout"]
+__all__ = ["SMALLEST_FRACTION", "budget_figure", "budget_mask", "budget_sizes", "holdout"]
 
 SMALLEST_FRACTION = 1e-4
 """The smallest size the budget rule tries, as a share of all neurons (at least one neuron)."""
@@ -111,6 +111,8 @@ def budget_mask(
     tolerance: float,
     progress: bool = True,
     selection: dict[str, Any] | None = None,
+    n_random: int = 1,
+    seed: int = 0,
 ) -> NeuronMask:
     """The shortest prefix of ``order`` that drops ``target`` by ``target_drop`` points while
     no control drops by more than ``tolerance``, measured on the data given.
@@ -120,7 +122,9 @@ def budget_mask(
     in a row whose worst control is over ``tolerance`` (larger sets only cost the controls more).
     When no size meets it, the one that hurts the target most within the tolerance (the
     smallest when none is within it); ``selection["reached"]`` says which, and
-    ``selection["scan"]`` lists ``[size, own drop, worst control drop]`` for every size tried.
+    ``selection["scan"]`` lists ``[size, own drop, worst control drop, random drop]`` for every
+    size tried, the last the target's mean drop over ``n_random`` random sets of the prefix's
+    per-layer shape (seeds ``seed + i``; NaN for 0), so that no one reads an own drop alone.
     """
     check_range(target_drop, "target_drop", 0.0, 100.0, low_open=True, unit=" points")
     check_range(tolerance, "tolerance", 0.0, 100.0, unit=" points")
@@ -134,12 +138,18 @@ def budget_mask(
     clean = accuracies()
     scan: list[list[float]] = []
     over = 0
+    check_positive_int(n_random, "n_random", minimum=0)
     for k in tqdm(budget_sizes(len(order), site.n_neurons), disable=not progress, desc="budget"):
-        with ablate(model, _prefix(order, k, shape, "post", "budget")):
+        prefix = _prefix(order, k, shape, "post", "budget")
+        with ablate(model, prefix):
             acc = accuracies()
         drops = {n: 100 * (clean[n] - a) for n, a in acc.items()}
         worst = max((d for n, d in drops.items() if n), default=0.0)
-        scan.append([k, drops[""], worst])
+        placebo = []
+        for control in random_controls(prefix, n_random, seed=seed):
+            with ablate(model, control):
+                placebo.append(100 * (clean[""] - accuracy(model, samples[""], progress=False)))
+        scan.append([k, drops[""], worst, sum(placebo) / n_random if placebo else math.nan])
         if drops[""] >= target_drop and worst <= tolerance:
             break
         over = over + 1 if worst > tolerance else 0
@@ -149,7 +159,7 @@ def budget_mask(
     if not reached:
         fits = [row for row in scan if row[2] <= tolerance]
         best = max(fits, key=lambda row: row[1]) if fits else scan[0]
-    k, own, worst = best if not reached else scan[-1]
+    k, own, worst, _ = best if not reached else scan[-1]
     info = {
         **(selection or {}),
         "neurons": int(k),
@@ -163,3 +173,35 @@ def budget_mask(
     }
     return NeuronMask(_prefix(order, int(k), shape, "post", "budget").tensor, model_name(model),
                       "post", info)  # fmt: skip
+
+
+def budget_figure(mask: NeuronMask) -> Any:
+    """The budget rule's walk, drawn: the target's drop, the worst control's and random sets'
+    at every size tried (from ``mask.selection["scan"]``; log-scaled x in % of the neurons),
+    the goal and the tolerance as lines, the size kept marked. The walk stops where the goal
+    is met, so the curve ends there.
+
+    Raises:
+        ValueError: For a mask that no budget rule made (no ``scan`` in its selection).
+    """
+    from matplotlib.figure import Figure
+
+    scan = mask.selection.get("scan")
+    if not scan:
+        raise ValueError("the mask has no budget scan: only locate's budget rule records one")
+    sel, n = mask.selection, mask.tensor.numel()
+    x = [100 * row[0] / n for row in scan]
+    fig = Figure(figsize=(5.2, 3.6), layout="tight")
+    ax = fig.subplots()
+    ax.plot(x, [row[1] for row in scan], "o-", color="C0", label=sel.get("dataset") or "target")
+    ax.plot(x, [row[2] for row in scan], "s--", color="C3", label="worst control")
+    ax.plot(x, [row[3] for row in scan], ":", color="grey", label="random, same layers")
+    ax.axhline(sel["target_drop"], color="C0", lw=0.8, alpha=0.5)
+    ax.axhline(sel["tolerance"], color="C3", lw=0.8, alpha=0.5)
+    ax.axvline(100 * len(mask) / n, color="black", lw=0.8, label=f"kept: {len(mask)} neurons")
+    ax.set_xscale("log")
+    ax.set(xlabel="% of neurons zeroed", ylabel="accuracy drop (points)", ylim=(-5, 105))
+    goal = "goal reached" if sel["reached"] else "goal NOT reached"
+    ax.set_title(f"locate's budget rule on the check samples ({goal})", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig

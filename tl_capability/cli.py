@@ -26,19 +26,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from tl_capability._cli_args import (
     common_options,
     count,
-    drop,
     positive_int,
-    share,
     staged,
-    tolerance,
 )
-from tl_capability.localization import DEFAULT_LOCATE_METHOD
-from tl_capability.options import AttributionMethod, LocateMethod, Metric, Side, options
+from tl_capability._cli_locate import add_locate
 
 # Each command imports what it uses when it runs (plots, pandas, hub loaders load lazily).
 
@@ -118,82 +113,6 @@ def _demo(args: argparse.Namespace) -> int:
             "(model-critical neurons); read own drops beside the others' and the random sets'."
         )
     print(f"Report: {index.resolve()} ({head['seconds']} s)")
-    return 0
-
-
-def _selection(args: argparse.Namespace) -> dict[str, Any]:
-    if args.top_k is not None:
-        return {"top_k": args.top_k, "side": args.side}
-    if args.quantile is not None:
-        return {"quantile": args.quantile, "side": args.side}
-    return {"sigma": args.sigma, "side": args.side}
-
-
-def _locate(args: argparse.Namespace) -> int:
-    from tl_capability.attribution import attribute
-    from tl_capability.loaders import resolve
-    from tl_capability.localization import LocateConfig, locate
-    from tl_capability.masks import select
-    from tl_capability.models import load_model
-
-    papers = args.method in options(AttributionMethod)  # scores, then a selection rule
-    if papers and args.budget is not None:
-        raise ValueError(
-            f"--budget is a budget of locate's methods; --method {args.method} selects by "
-            "--sigma, --top-k or --quantile"
-        )
-    out = Path(args.out)
-    # Staged first: an --out that cannot be written fails before the model is loaded.
-    with staged(out) as folder:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
-        data = resolve(args.data, split=args.split, n=args.n, seed=args.seed)
-        if papers:
-            scores = attribute(
-                model,
-                data,
-                args.method,
-                steps=20 if args.steps is None else args.steps,
-                metric=args.metric,
-                batch_size=args.batch_size,
-                progress=not args.quiet,
-            )
-            mask = select(scores, **_selection(args))
-            scores.save(folder)
-        else:
-            controls = {}
-            for spec in args.controls or []:
-                control = resolve(spec, split=args.split, n=args.n, seed=args.seed)
-                name = control.name or spec
-                if name in controls or name == data.name:
-                    raise ValueError(f"two datasets are named {name!r}: give each a distinct spec")
-                controls[name] = control
-            mask = locate(
-                model,
-                data,
-                controls or None,
-                method=args.method,
-                max_fraction=0.05 if args.budget is None else args.budget,
-                target_drop=args.target_drop,
-                tolerance=args.tolerance,
-                progress=not args.quiet,
-                config=LocateConfig(
-                    ig_steps=args.steps, sigma=args.sigma, batch_size=args.batch_size
-                ),
-            )
-        mask.save(folder)
-    print(
-        f"{len(mask)} of {mask.tensor.numel()} neurons ({100 * mask.fraction:.2f} %), per layer "
-        f"{mask.per_layer()}; {len(data)} samples of {data.name!r}"
-    )
-    if "own_drop" in mask.selection:
-        sel = mask.selection
-        goal = "reached" if sel["reached"] else "NOT reached"
-        print(
-            f"on the data given: own drop {sel['own_drop']:.1f} points, worst control drop "
-            f"{sel['worst_other_drop']:.1f} (goal {sel['target_drop']:g} / "
-            f"{sel['tolerance']:g}: {goal})"
-        )
-    print(f"mask written to {out.resolve()}")
     return 0
 
 
@@ -283,42 +202,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_locate(sub: Any) -> None:
-    """The ``locate`` command's parser."""
-    locate = sub.add_parser("locate", help="locate a dataset's neurons and save the mask")
-    common_options(locate)
-    locate.add_argument("--data", required=True, help="dataset spec (see the module docstring)")
-    locate.add_argument(
-        "--controls", nargs="+", default=None, help="dataset specs of capabilities to spare"
-    )
-    locate.add_argument(
-        "--method",
-        default=DEFAULT_LOCATE_METHOD,
-        choices=[*options(LocateMethod), *options(AttributionMethod)],
-        help="a localization method of tl_capability.locate (default "
-        f"{DEFAULT_LOCATE_METHOD}), or an attribution method for the papers' pipeline "
-        "(scores, then --sigma/--top-k/--quantile)",
-    )
-    locate.add_argument(
-        "--budget", type=share, default=None, help="largest share of neurons (default 0.05)"
-    )
-    locate.add_argument("--target-drop", type=drop, default=60.0, help="goal, in points")
-    locate.add_argument("--tolerance", type=tolerance, default=10.0, help="worst control drop")
-    locate.add_argument("--metric", default="prob", choices=options(Metric))
-    locate.add_argument(
-        "--steps", type=positive_int, default=None, help="integrated-gradient steps"
-    )
-    locate.add_argument("--batch-size", type=positive_int, default=None)
-    rule = locate.add_mutually_exclusive_group()
-    rule.add_argument("--sigma", type=float, default=2.0, help="σ rule (default 2)")
-    rule.add_argument("--top-k", type=int, default=None, help="keep the k largest |scores|")
-    rule.add_argument("--quantile", type=float, default=None, help="keep |scores| ≥ quantile")
-    locate.add_argument("--side", default="positive", choices=options(Side))
-    locate.add_argument("--seed", type=int, default=1, help="sampling seed of zoo datasets")
-    locate.add_argument("--out", required=True, help="folder for mask.* and scores.*")
-    locate.set_defaults(func=_locate, split="train")
-
-
 def _parser() -> argparse.ArgumentParser:
     """The parser of every command."""
     parser = argparse.ArgumentParser(
@@ -341,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
-    _add_locate(sub)
+    add_locate(sub)
 
     erase = sub.add_parser("erase", help="accuracy with a saved mask erased vs random sets")
     common_options(erase)

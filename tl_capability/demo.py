@@ -144,14 +144,7 @@ def _localization_stage(
         steps=sizes.steps,
     )
     add_localization(report, found)
-    everything = _breaks_everything(found.erased, found.sigma)
-    if everything:
-        report.text(
-            f"**Not localization:** at σ = {found.sigma:g} the located sets of {everything} "
-            "drop every capability, their own and the others alike (more than their random "
-            "sets do): these neurons are critical to the model, not to one capability. Read "
-            "an own drop only beside the other capabilities' drops and the random sets'."
-        )
+    everything = found.erased.not_localized(found.sigma)
     return found, everything
 
 
@@ -316,22 +309,3 @@ def _headline(
     final = {r.neurons: r.accuracy for r in enhanced.rows if r.epochs == max(sizes.epochs)}
     headline["enhancement"] = final
     return headline
-
-
-def _breaks_everything(erased: Any, sigma: float, margin: float = 10.0) -> list[str]:
-    """The capabilities whose located set drops every other capability by at least its own
-    drop less ``margin`` points, and more than its random sets do: model-critical neurons."""
-    flagged = []
-    for row in erased.at(sigma):
-        if row.located != row.evaluated:
-            continue
-        others = [
-            r for r in erased.at(sigma) if r.located == row.located and r.evaluated != row.located
-        ]
-        if (
-            others
-            and row.drop > 0
-            and all(r.drop >= row.drop - margin and r.drop > r.random_drop + margin for r in others)
-        ):
-            flagged.append(row.located)
-    return flagged

@@ -337,15 +337,9 @@ def locate(
         )  # fmt: skip
     params["check_fraction"] = config.check_fraction
     mask = budget_mask(
-        model,
-        order,
-        check_target,
-        check_controls,
-        target_drop=target_drop,
-        tolerance=tolerance,
-        progress=progress,
-        selection=params,
-    )
+        model, order, check_target, check_controls, target_drop=target_drop,
+        tolerance=tolerance, progress=progress, selection=params, seed=config.seed,
+    )  # fmt: skip
     if not mask.selection["reached"]:
         _warn_not_reached(target.name, mask.selection, max_fraction)
     return mask

@@ -358,6 +358,14 @@ def add_localization(report: Report, result: Any) -> Any:
         "Own-capability drop, split overlap and size against σ.",
     )
     report.table(result.erased)
+    flagged = result.erased.not_localized(sigma)
+    if flagged:
+        report.text(
+            f"**Not localization:** at σ = {sigma:g} the located sets of {', '.join(flagged)} "
+            "drop every capability, their own and the others alike (more than their random "
+            "sets do): these neurons are critical to the model, not to one capability. Read "
+            "an own drop only beside the other capabilities' drops and the random sets'."
+        )
     report.figure(
         "amplify-matrix",
         erase_matrix(result.amplified, sigma),
