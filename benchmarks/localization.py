@@ -1,4 +1,4 @@
-"""Every localization method side by side on one zoo model (docs/findings.md's headline table).
+"""Every localization method side by side on one model (docs/findings.md's headline table).
 
 For each capability of the zoo, each method ranks neurons on two thirds of the capability's
 *train* samples against the other five as controls; ``tl_capability.budget_mask`` picks the set
@@ -11,6 +11,7 @@ per-layer shape (3 seeds). Erase curves over the whole budget (own, worst other,
 95 % band) go to one figure per capability.
 
     python benchmarks/localization.py --model gpt2 [--out DIR] [--methods answer,all,...]
+        [--data a.jsonl b.jsonl ...]   # any model: --model DIR or FILE.gguf
         [--locate 64] [--evaluate 150] [--steps 8] [--budget 0.05] [--threads 2]
         [--learn-steps N] [--learn-lr LR] [--seed S] [--no-curves]
 
@@ -36,7 +37,13 @@ METHODS = ("answer", "all", "contrastive", "iterative", "learned")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="gpt2", help="a zoo model name (zoo.model_names())")
+    parser.add_argument(
+        "--model", default="gpt2", help="a zoo model name, a model directory or a GGUF file"
+    )
+    parser.add_argument(
+        "--data", nargs="+", default=None,
+        help="datasets: zoo capabilities or files of prompt/answer pairs (default: the zoo's)",
+    )  # fmt: skip
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--capabilities", default=None, help="comma-separated (default: all)")
     parser.add_argument("--locate", type=int, default=96, help="train samples per capability")
@@ -67,7 +74,6 @@ def main() -> None:
         accuracy,
         attribute,
         random_controls,
-        zoo,
     )
     from tl_capability.budget import budget_mask, holdout
     from tl_capability.curves import erase_curve
@@ -75,15 +81,14 @@ def main() -> None:
     from tl_capability.localization import locate, rank_neurons
     from tl_capability.report import Report, erase_curves_figure
 
-    model = zoo.load_model(args.model)
-    names = args.capabilities.split(",") if args.capabilities else zoo.capability_names()
+    model = _model(args.model)
+    train, test = _datasets(model, args)
+    names = list(train)
     methods = args.methods.split(",")
-    train = {n: zoo.dataset(n, n=args.locate, split="train", seed=1) for n in names}
     # locate()'s split: rank on `fit`, check the budget on `check` (every dataset split alike).
     parts = {n: holdout(train[n], None, args.check_fraction) for n in names}
     fit = {n: p[0] for n, p in parts.items()}
     check = {n: p[2] for n, p in parts.items()}
-    test = {n: zoo.dataset(n, n=args.evaluate, split="test", seed=2) for n in names}
     base = {n: accuracy(model, test[n]) for n in names}
     n_neurons = model.cfg.n_layers * model.cfg.d_mlp
     print(f"model {args.model}: accuracy", {n: round(100 * b, 1) for n, b in base.items()})
@@ -208,8 +213,8 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
     print(frame.to_markdown(index=False, floatfmt=".1f"))
     print("\nmean over capabilities:\n")
     print(summary.to_markdown(floatfmt=".1f"))
-    out = args.out / args.model
-    report = Report(f"Localization methods on the zoo model {args.model!r}")
+    out = args.out / Path(args.model).name  # a directory or file: its last name
+    report = Report(f"Localization methods on the model {args.model!r}")
     report.text(
         f"Located on {args.locate} train samples per capability (the other capabilities as "
         f"controls), measured on {args.evaluate} test samples; budget ≤ {100 * args.budget:g} % "
@@ -221,7 +226,7 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
     if every:
         report.figure(
             "curves",
-            erase_curves_figure(every, title=f"zoo model {args.model}"),
+            erase_curves_figure(every, title=f"model {args.model}"),
             "Erase curves of every method, one panel per capability (test samples).",
         )
     for n in names if every else []:
@@ -234,6 +239,43 @@ def _write(args, rows, curves, names, methods, Report, erase_curves_figure) -> N
     frame.to_csv(out / "results.csv", index=False)
     torch.save(curves, out / "curves.pt")  # EraseCurve objects, to redraw without re-running
     print(f"\nwrote {out / 'index.md'}")
+
+
+def _model(name: str):
+    """A zoo model by name, else any model ``tl_capability.models.load_model`` takes."""
+    from tl_capability import zoo
+    from tl_capability.models import load_model
+
+    known = (*zoo.model_names(), *zoo.real_model_names())
+    return zoo.load_model(name) if name in known else load_model(name)
+
+
+def _datasets(model, args):
+    """Train and test samples per dataset, kept where the model answers them. A zoo
+    capability draws from its two splits; a file (or any ``loaders.resolve`` spec) is split at
+    random, ``--locate`` samples to train on and the rest (up to ``--evaluate``) to test on."""
+    from tl_capability import zoo
+    from tl_capability.evaluate import correct_subset
+    from tl_capability.loaders import resolve
+
+    specs = args.data or (
+        args.capabilities.split(",") if args.capabilities else zoo.capability_names()
+    )
+    train, test = {}, {}
+    for spec in specs:
+        if spec in zoo.capability_names():
+            fit = zoo.dataset(spec, n=args.locate, split="train", seed=1)
+            held = zoo.dataset(spec, n=args.evaluate, split="test", seed=2)
+        else:
+            data, _ = correct_subset(model, resolve(spec), progress=False)
+            if len(data) <= args.locate:
+                raise ValueError(f"{spec}: {len(data)} answered samples, --locate {args.locate}")
+            fit, held = data.split(args.locate / len(data), seed=1)
+            held = held.select(range(min(len(held), args.evaluate)))
+        name = fit.name or spec
+        train[name], _ = correct_subset(model, fit, progress=False)
+        test[name], _ = correct_subset(model, held, progress=False)
+    return train, test
 
 
 if __name__ == "__main__":

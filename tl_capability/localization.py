@@ -62,7 +62,7 @@ from tl_capability.rankings import (
 from tl_capability.sites import model_name, neuron_site, require_eval
 
 DEFAULT_LOCATE_METHOD: LocateMethod = "learned"
-LEARNED_MIN_SAMPLES = 150
+LEARNED_MIN_SAMPLES = 96
 
 
 @dataclass(frozen=True)
