@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from tests.helpers import TARGET
 from tl_capability import ablate, accuracy, attribute, zoo
 from tl_capability.attribution import neuron_order
-from tl_capability.budget import SMALLEST_FRACTION, budget_mask, budget_sizes, holdout
+from tl_capability.budget import (
+    SMALLEST_FRACTION,
+    budget_mask,
+    budget_sizes,
+    holdout,
+    warn_not_reached,
+)
 
 pytestmark = pytest.mark.core
 
@@ -101,3 +107,35 @@ def test_holdout_ranks_and_checks_on_disjoint_samples():
     assert holdout(data, None, 0)[2] is data
     with pytest.raises(ValueError, match="check_fraction"):
         holdout(data, None, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("clean", "scan", "words"),
+    [
+        (0.3, [[4, 20.0, 0.0, 0.0]], "answers only 30.0 %"),
+        (1.0, [[4, 5.0, 0.0, 0.0], [6, 12.0, 30.0, 0.0]], "may not live in MLP neurons"),
+        (1.0, [[4, 5.0, 0.0, 0.0], [6, 70.0, 30.0, 0.0]], "another seed"),
+    ],
+)
+def test_a_missed_goal_says_why(clean, scan, words):
+    sel = {"clean_accuracy": clean, "target_drop": 60.0, "tolerance": 10.0, "neurons": 4,
+           "own_drop": scan[0][1], "worst_other_drop": 0.0, "scan": scan}  # fmt: skip
+    with pytest.warns(UserWarning, match="was not reached") as caught:
+        warn_not_reached("t", sel, 0.05)
+    assert words in str(caught[0].message)
+
+
+def test_the_walk_is_drawn_and_a_mask_without_one_is_refused(zoo_model, ranked):
+    from tl_capability import NeuronMask
+    from tl_capability.budget import budget_figure
+
+    data, order = ranked
+    mask = budget_mask(zoo_model, order, data["sentiment"], {"sort": data["sort"]},
+                       target_drop=30.0, tolerance=10.0, progress=False)  # fmt: skip
+    ax = budget_figure(mask).axes[0]
+    scan = mask.selection["scan"]
+    own, worst, rand = (list(line.get_ydata()) for line in ax.get_lines()[:3])
+    assert own == [row[1] for row in scan] and worst == [row[2] for row in scan]
+    assert rand == [row[3] for row in scan] and ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="no budget scan"):
+        budget_figure(NeuronMask.empty(4, 512))

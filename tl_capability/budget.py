@@ -30,7 +30,14 @@ from tl_capability.options import check_fraction as _check_share  # holdout: a p
 from tl_capability.options import check_positive_int, check_range
 from tl_capability.sites import model_name, neuron_site
 
-__all__ = ["SMALLEST_FRACTION", "budget_figure", "budget_mask", "budget_sizes", "holdout"]
+__all__ = [
+    "SMALLEST_FRACTION",
+    "budget_figure",
+    "budget_mask",
+    "budget_sizes",
+    "holdout",
+    "warn_not_reached",
+]
 
 SMALLEST_FRACTION = 1e-4
 """The smallest size the budget rule tries, as a share of all neurons (at least one neuron)."""
@@ -205,3 +212,37 @@ def budget_figure(mask: NeuronMask) -> Any:
     ax.set_title(f"locate's budget rule on the check samples ({goal})", fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def warn_not_reached(name: str | None, sel: dict[str, Any], max_fraction: float) -> None:
+    """Warns that a mask missed ``locate``'s goal, with advice that fits why (``sel``: its
+    ``selection``, with the budget walk's ``scan``)."""
+    # A mask that misses its goal is still returned (the rule's fallback), but quietly
+    # handing it over would let a weak set pass for "the capability's neurons".
+    clean, goal = 100 * sel["clean_accuracy"], sel["target_drop"]
+    best = max(sel.get("scan") or [[0, sel["own_drop"]]], key=lambda row: row[1])
+    if clean < goal:
+        advice = (
+            f"The model answers only {clean:.1f} % of the target's check samples, so no set "
+            f"can drop it by {goal:g} points: give samples the model answers "
+            "(check with accuracy(model, target)), or lower target_drop"
+        )
+    elif best[1] < goal / 2:
+        advice = (
+            f"No size tried dropped it by more than {best[1]:.0f} points, even where the "
+            "controls fell: the capability may not live in MLP neurons (attention, say, as "
+            "for copying tasks); budget_figure(mask) or erase_curve shows the curve"
+        )
+    else:
+        advice = (
+            "Try more samples, a larger max_fraction or, for learned masks, which vary with "
+            "the seed, another seed (LocateConfig(seed=...))"
+        )
+    warnings.warn(
+        f"locate({name!r}): the goal (target drop >= {goal:g} points, every "
+        f"control <= {sel['tolerance']:g}) was not reached on the check samples within "
+        f"{100 * max_fraction:g} % of the neurons; returning {sel['neurons']} neurons "
+        f"(target drop {sel['own_drop']:.1f}, worst control {sel['worst_other_drop']:.1f}). "
+        f"{advice} (mask.selection['reached'] records this)",
+        stacklevel=3,
+    )

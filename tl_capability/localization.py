@@ -39,7 +39,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_capability.attribution import NeuronScores, attribute, neuron_order
-from tl_capability.budget import budget_mask, holdout
+from tl_capability.budget import budget_mask, holdout, warn_not_reached
 from tl_capability.data import CapabilityDataset, check_datasets
 from tl_capability.evaluate import accuracy
 from tl_capability.learn_start import learned_start
@@ -341,7 +341,7 @@ def locate(
         tolerance=tolerance, progress=progress, selection=params, seed=config.seed,
     )  # fmt: skip
     if not mask.selection["reached"]:
-        _warn_not_reached(target.name, mask.selection, max_fraction)
+        warn_not_reached(target.name, mask.selection, max_fraction)
     return mask
 
 
@@ -366,29 +366,3 @@ def _papers_pipeline(
     mask = select(scores, sigma=config.sigma)
     selection = {**params, "rule": "sigma", "sigma": config.sigma, "neurons": len(mask)}
     return NeuronMask(mask.tensor, model_name(model), "post", selection)
-
-
-def _warn_not_reached(name: str | None, sel: dict[str, Any], max_fraction: float) -> None:
-    """The warning of a mask that missed locate's goal, with advice that fits why."""
-    # A mask that misses its goal is still returned (the rule's fallback), but quietly
-    # handing it over would let a weak set pass for "the capability's neurons".
-    clean = 100 * sel["clean_accuracy"]
-    if clean < sel["target_drop"]:
-        advice = (
-            f"The model answers only {clean:.1f} % of the target's check samples, so no set "
-            f"can drop it by {sel['target_drop']:g} points: give samples the model answers "
-            "(check with accuracy(model, target)), or lower target_drop"
-        )
-    else:
-        advice = (
-            "Try more samples, a larger max_fraction or, for learned masks, which vary with "
-            "the seed, another seed (LocateConfig(seed=...))"
-        )
-    warnings.warn(
-        f"locate({name!r}): the goal (target drop >= {sel['target_drop']:g} points, every "
-        f"control <= {sel['tolerance']:g}) was not reached on the check samples within "
-        f"{100 * max_fraction:g} % of the neurons; returning {sel['neurons']} neurons "
-        f"(target drop {sel['own_drop']:.1f}, worst control {sel['worst_other_drop']:.1f}). "
-        f"{advice} (mask.selection['reached'] records this)",
-        stacklevel=3,
-    )
