@@ -23,7 +23,10 @@ projection's, ``H`` the unembedding's, ``L`` layers, ``S`` steps, ``T`` the prom
 - NeurGrad: one forward and one backward of the sequence, the head at the answer positions:
   ``2·(T·L·B + A·H)``;
 - empirical NEG: per neuron, shift and answer token, a row from its layer up, forward only:
-  ``A·k·v·((L−1−l)·B + O + H)``.
+  ``A·k·v·((L−1−l)·B + O + H)``;
+- a learned-mask step (``locate``'s default on this model: ``GROW_RECIPE``, 8 target and 8
+  control samples): per sample, NeurGrad's floor (the gates' gradient is the activations'),
+  so ``s / prompt`` there is per sample of the step.
 """
 
 from __future__ import annotations
@@ -60,10 +63,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--only", default="", help="comma-separated rows (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from tl_capability import attribute, empirical_neg, tokenize, zoo
+    from tl_capability import (
+        CapabilityDataset,
+        LearnConfig,
+        attribute,
+        empirical_neg,
+        learn_gates,
+        tokenize,
+        zoo,
+    )
     from tl_capability.evaluate import correct_subset
     from tl_capability.zoo import real
 
@@ -91,6 +103,7 @@ def main() -> None:
         * sum(2 * (tokens * depth(x) + answers * head) for x in range(n_layers)),
         "NeurGrad": 2 * (tokens * n_layers * block + answers * head),
         "empirical NEG": answers * shifts * sum(depth(int(x)) + head for x, _ in neurons),
+        "learned-mask step": 2 * (tokens * n_layers * block + answers * head),
     }
     calls = {
         "answer IG": lambda: attribute(model, data, steps=args.steps, progress=False),
@@ -99,7 +112,22 @@ def main() -> None:
         ),
         "NeurGrad": lambda: attribute(model, data, "neurgrad", progress=False),
         "empirical NEG": lambda: empirical_neg(model, data, neurons, progress=False),
+        # one step on n target and n control samples (the same prompts: the floor's tokens)
+        "learned-mask step": lambda: learn_gates(
+            model,
+            data,
+            {"c": control},
+            progress=False,
+            config=LearnConfig(steps=1, start=-2.0, batch_size=n, lr=0.2, init="none"),
+        ),
     }
+    # the control: the same prompts, answers rotated (same tokens; check_datasets refuses a
+    # control with the target's very pairs)
+    control = CapabilityDataset.from_pairs(
+        data.prompts, [*data.answers[1:], *data.answers[:1]], "control"
+    )
+    if args.only:
+        calls = {k: v for k, v in calls.items() if k in args.only.split(",")}
     print(
         f"SmolLM2-135M ({args.dtype}), {n} prompts of {args.task} ({tokens:.1f} tokens, "
         f"{answers:.1f} answer tokens on average), {args.steps} steps, {args.neurons} NEG "
@@ -110,8 +138,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, fn in calls.items():
         first, best = _timed(fn, args.repeat)
-        floor_s = n * floors[name] / rate
-        print(f"| {name} | {first:.2f} | {best:.2f} | {best / n:.3f} | {best / floor_s:.1f}x |")
+        per = 2 * n if name == "learned-mask step" else n  # target and control rows
+        floor_s = per * floors[name] / rate
+        print(f"| {name} | {first:.2f} | {best:.2f} | {best / per:.3f} | {best / floor_s:.1f}x |")
 
 
 if __name__ == "__main__":
