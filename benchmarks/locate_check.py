@@ -12,6 +12,9 @@ SmolLM2 ranks on prompt formats ``--fit-formats`` and is measured on the held-ou
     python benchmarks/locate_check.py --model smollm2-135m \\
         --tasks singular-plural,capitalize,present-past --n-eval 100
     python benchmarks/locate_check.py --model llama --learn '{"start": -2}'  # LearnConfig fields
+    python benchmarks/locate_check.py --model smollm2-135m --only capitalize \
+        --tasks singular-plural,capitalize,present-past --learn '{"steps": 20};{"steps": 80}'
+
 
 One JSON line per task: neurons, share (%), own / worst other / random drop on the test
 samples, whether the budget rule reached its goal on its check samples, the start and steps the
@@ -41,7 +44,7 @@ def main() -> None:
     parser.add_argument("--fit-formats", default="0,1,2", help="real tasks: ranking formats")
     parser.add_argument("--eval-format", type=int, default=3, help="real tasks: held out")
     parser.add_argument("--seed", type=int, default=0, help="locate's seed")
-    parser.add_argument("--learn", default="", help="LearnConfig fields as JSON")
+    parser.add_argument("--learn", default="", help="LearnConfig fields as JSON; ';' for several")
     parser.add_argument("--only", default="", help="comma-separated targets (default: all)")
     parser.add_argument("--out", type=Path, default=Path("locate-check.jsonl"))
     args = parser.parse_args()
@@ -49,8 +52,7 @@ def main() -> None:
 
     import locate_real
 
-    from tl_capability import LearnConfig, LocateConfig, ablate, accuracy, random_controls, zoo
-    from tl_capability.localization import locate
+    from tl_capability import LearnConfig, zoo
     from tl_capability.models import load_model
 
     known = (*zoo.model_names(), *zoo.real_model_names())
@@ -64,38 +66,45 @@ def main() -> None:
     train, test, kept = locate_real._data(args, model, tasks)
     train = {t: d.select(range(min(len(d), keep))) for t, d in train.items()}
     print("kept (train, test):", kept, flush=True)
-    learn = LearnConfig(**json.loads(args.learn)) if args.learn else None
-    for target in args.only.split(",") if args.only else tasks:
-        start = time.perf_counter()
-        controls = {n: train[n] for n in tasks if n != target}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mask = locate(model, train[target], controls, progress=False, learn=learn,
-                          config=LocateConfig(seed=args.seed))  # fmt: skip
-        seconds = time.perf_counter() - start
-        base = {n: accuracy(model, d, progress=False) for n, d in test.items()}
-        with ablate(model, mask):
-            drops = {
-                n: 100 * (base[n] - accuracy(model, d, progress=False)) for n, d in test.items()
-            }
-        placebo = []
-        for control in random_controls(mask, 3, seed=0):
-            with ablate(model, control):
-                placebo.append(100 * (base[target] - accuracy(model, test[target], progress=False)))
-        sel = mask.selection
-        row = {
-            "model": args.model, "task": target, "n_train": len(train[target]),
-            "n_test": len(test[target]), "neurons": len(mask),
-            "percent": round(100 * len(mask) / mask.tensor.numel(), 3), "own": drops[target],
-            "worst_other": max(v for n, v in drops.items() if n != target),
-            "random": sum(placebo) / len(placebo), "reached": sel["reached"],
-            "start": sel.get("learn", {}).get("start"), "steps": sel.get("learn", {}).get("steps"),
-            "scan": sel.get("scan"), "seconds": round(seconds), "learn": args.learn,
-            "seed": args.seed, "warnings": [str(w.message)[:120] for w in caught],
-        }  # fmt: skip
-        print(json.dumps(row), flush=True)
-        with args.out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+    for spec in args.learn.split(";"):
+        learn = LearnConfig(**json.loads(spec)) if spec else None
+        for target in args.only.split(",") if args.only else tasks:
+            _check(model, target, tasks, train, test, learn, spec, args)
+
+
+def _check(model, target, tasks, train, test, learn, spec, args) -> None:
+    """One ``locate`` call, measured on the test samples; one JSON line."""
+    from tl_capability import LocateConfig, ablate, accuracy, random_controls
+    from tl_capability.localization import locate
+
+    start = time.perf_counter()
+    controls = {n: train[n] for n in tasks if n != target}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = locate(model, train[target], controls, progress=False, learn=learn,
+                      config=LocateConfig(seed=args.seed))  # fmt: skip
+    seconds = time.perf_counter() - start
+    base = {n: accuracy(model, d, progress=False) for n, d in test.items()}
+    with ablate(model, mask):
+        drops = {n: 100 * (base[n] - accuracy(model, d, progress=False)) for n, d in test.items()}
+    placebo = []
+    for control in random_controls(mask, 3, seed=0):
+        with ablate(model, control):
+            placebo.append(100 * (base[target] - accuracy(model, test[target], progress=False)))
+    sel = mask.selection
+    row = {
+        "model": args.model, "task": target, "n_train": len(train[target]),
+        "n_test": len(test[target]), "neurons": len(mask),
+        "percent": round(100 * len(mask) / mask.tensor.numel(), 3), "own": drops[target],
+        "worst_other": max(v for n, v in drops.items() if n != target),
+        "random": sum(placebo) / len(placebo), "reached": sel["reached"],
+        "start": sel.get("learn", {}).get("start"), "steps": sel.get("learn", {}).get("steps"),
+        "scan": sel.get("scan"), "seconds": round(seconds), "learn": spec,
+        "seed": args.seed, "warnings": [str(w.message)[:120] for w in caught],
+    }  # fmt: skip
+    print(json.dumps(row), flush=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
