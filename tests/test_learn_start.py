@@ -93,3 +93,19 @@ def test_a_tiny_dataset_is_probed_on_what_it_has(model):
     control = CapabilityDataset.from_pairs(["ef"], [" z"], "c")
     start, readings = choose_start(model, target, {"c": control})
     assert start in readings and _no_hooks(model)
+
+
+def test_bad_input_is_refused(zoo_model, data):
+    with pytest.raises(ValueError, match="is the target itself"):
+        choose_start(zoo_model, data["sort"], {"x": data["sort"]})
+    with pytest.raises(ValueError, match="gate"):
+        choose_start(zoo_model, data["sort"], None, gate="step")
+    with pytest.raises(ValueError, match="init must be"):
+        choose_start(zoo_model, data["sort"], None, init=torch.zeros(3, 3))
+    zoo_model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            choose_start(zoo_model, data["sort"], None)
+    finally:
+        zoo_model.eval()
+    assert _no_hooks(zoo_model)

@@ -146,6 +146,11 @@ class CleanLogProbs:
         return torch.cat([self.kept[name, i] for i in indices])
 
 
+def pad_id(model: Any) -> int:
+    """The model's padding token (0 without a tokenizer or a pad token)."""
+    return getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
+
+
 def removal_kl(
     model: Any,
     samples: Mapping[str, list],
@@ -202,8 +207,7 @@ class Training:
         self.device = model_device(model)
         self.target = tokenize(model, target)
         self.controls = {key: tokenize(model, data) for key, data in controls.items()}
-        tokenizer = getattr(model, "tokenizer", None)
-        self.pad = getattr(tokenizer, "pad_token_id", None) or 0
+        self.pad = pad_id(model)
         self.gen = torch.Generator().manual_seed(seed)
         size = config.batch_size
         self.draw_target = Sampler(len(self.target), size, self.gen)

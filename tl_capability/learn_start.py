@@ -25,13 +25,14 @@ from tl_capability._gates import (
     CleanLogProbs,
     default_start,
     init_logits,
+    pad_id,
     removal_kl,
 )
 from tl_capability.attribution import NeuronScores
-from tl_capability.data import CapabilityDataset, tokenize
+from tl_capability.data import CapabilityDataset, check_datasets, tokenize
 from tl_capability.options import Gate, Site, check_option
 from tl_capability.rankings import contrastive_init
-from tl_capability.sites import model_device, neuron_site
+from tl_capability.sites import model_device, neuron_site, require_eval
 
 __all__ = ["START_MAX_KL", "choose_start", "default_start", "learned_start"]
 
@@ -75,16 +76,21 @@ def choose_start(
     Returns:
         ``(start, readings)``: the chosen start and the KL read at every candidate tried.
         When no candidate is within the bound, the lowest.
+
+    Raises:
+        ValueError: For a model in training mode, an unknown gate, controls that
+            [`check_datasets`][tl_capability.data.check_datasets] refuses, or ``init`` of the
+            wrong shape.
     """
     check_option(gate, Gate, "gate")
+    require_eval(model)
+    controls = check_datasets(target, controls or None)
     resolved = neuron_site(model, site)
     shape = (resolved.n_layers, resolved.d_mlp)
     names = [resolved.hook_name(layer) for layer in range(shape[0])]
     datasets = dict(controls or {}) or {"target": target}
     samples = {n: tokenize(model, d)[:PROBE_SAMPLES] for n, d in datasets.items()}
-    tokenizer = getattr(model, "tokenizer", None)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    clean = CleanLogProbs(model, samples, PROBE_SAMPLES, pad)
+    clean = CleanLogProbs(model, samples, PROBE_SAMPLES, pad_id(model))
     readings: dict[float, float] = {}
     for i in range(START_CANDIDATES):
         start = default_start(gate) - i
