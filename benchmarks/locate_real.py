@@ -14,6 +14,7 @@ samples, as ``locate`` does) picks a size, measured on the evaluation samples to
     python benchmarks/locate_real.py --model llama --tasks "" --n-train 100 --n-eval 150 \
         --methods "learned:steps=150,batch_size=32"
 
+``--figure PATH`` only draws the curves of ``--out``'s lines (one panel per task).
 ``--methods`` is ``;``-separated; ``--tasks ""`` takes every zoo capability (zoo models). The
 measurements of ``docs/findings.md`` ("locate on SmolLM2-135M") came from these commands.
 
@@ -145,7 +146,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("locate-real.jsonl"))
+    parser.add_argument("--figure", type=Path, default=None, help="only draw --out's curves")
     args = parser.parse_args()
+    if args.figure:
+        return _figure(args.out, args.figure)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -217,6 +221,29 @@ def _measure(model, mask, target, test, args):
         "worst_other": max(v for n, v in drops.items() if n != target),
         "random": sum(rand) / max(1, len(rand)),
     }  # fmt: skip
+
+
+def _figure(results: Path, path: Path) -> None:
+    """One panel per task of ``results``: own (solid), worst other (dashed) and random
+    (dotted) drop against the share of neurons, one colour per method."""
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    fig = Figure(figsize=(4.4 * len(tasks), 3.4), layout="constrained")
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks, strict=True):
+        for r in (r for r in rows if r["task"] == task):
+            c = colours[r["method"]]
+            ax.plot(r["percent"], r["own"], "o-", color=c, label=f"{r['method']}: own")
+            ax.plot(r["percent"], r["worst_other"], "s--", color=c, label="worst other")
+            ax.plot(r["percent"], r["random"], ":", color=c, label="random")
+        ax.axhline(10, color="grey", lw=0.6)
+        ax.set(title=task, xscale="log", xlabel="% of neurons zeroed", ylim=(-5, 105))
+    fig.axes[0].set_ylabel("accuracy drop (points)")
+    fig.axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
