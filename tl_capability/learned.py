@@ -101,7 +101,7 @@ class LearnConfig:
             ([`choose_start`][tl_capability.learn_start.choose_start]): the gate's own (0 for
             ``"sigmoid"``, half of the neurons removed; −2 for ``"hard_concrete"``) on a model
             that loses little with that many neurons removed at random, lower on one that does
-            not (SmolLM2-135M: −2).
+            not (SmolLM2-135M: −1 or −2).
         init: Where ``locate``'s learned mask starts
             ([`LearnInit`][tl_capability.options.LearnInit]); ``learn_mask`` takes its scores
             as an argument instead.
