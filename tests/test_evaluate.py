@@ -84,3 +84,13 @@ def test_tokenized_samples_measure_like_the_dataset(model):
     torch.testing.assert_close(answer_probability(model, samples), answer_probability(model, ds))
     with pytest.raises(ValueError, match="empty"):
         accuracy(model, [])
+
+
+def test_accuracy_is_an_exact_fraction(zoo_model):
+    """A float32 mean read 12/30 as 0.4000000060: a 60-point drop measured 59.9999994 and
+    missed locate's 60-point goal."""
+    from tl_capability import zoo
+
+    data = zoo.dataset("addition", n=30, split="test")
+    correct = answer_correct(zoo_model, data)
+    assert accuracy(zoo_model, data) == int(correct.sum()) / 30
