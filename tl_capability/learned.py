@@ -66,7 +66,7 @@ from tl_capability.sites import is_masked_lm, model_device, model_name, neuron_s
 PRUNE_RECIPE = {"steps": 150, "lr": 0.1, "batch_size": 32}
 """Steps, learning rate and batch of gates that start at the gate's own start (see
 [`LearnConfig`][tl_capability.learned.LearnConfig])."""
-GROW_RECIPE = {"steps": 40, "lr": 0.2, "batch_size": 8}
+GROW_RECIPE = {"steps": 80, "lr": 0.2, "batch_size": 8}
 """Steps, learning rate and batch of gates that start lower (see
 [`LearnConfig`][tl_capability.learned.LearnConfig])."""
 
@@ -108,7 +108,7 @@ class LearnConfig:
 
     The recipe: a start at the gate's own prunes from a large random removal and runs
     ``PRUNE_RECIPE`` (150 steps, ``lr`` 0.1, batch 32: measured on the zoo models); a lower start
-    grows a small set and runs ``GROW_RECIPE`` (40 steps, ``lr`` 0.2, batch 8: measured on
+    grows a small set and runs ``GROW_RECIPE`` (80 steps, ``lr`` 0.2, batch 8: measured on
     SmolLM2-135M, where a step costs 2-4 s). Fields set explicitly win over the recipe.
 
     Raises:
