@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.models import tiny_model
 from tl_capability import CapabilityDataset, attribute, causal_trace
 
@@ -45,3 +47,20 @@ def _jsonl(path, rows):
     """``rows`` written to ``path`` as JSON lines."""
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+# The tracing tests' module-scoped fixtures, one definition each: a test module imports them
+# (pytest registers an imported fixture under its ``name``).
+@pytest.fixture(scope="module", name="model")
+def traced_model_fixture():
+    return traced_model()
+
+
+@pytest.fixture(scope="module", name="facts")
+def traced_facts_fixture():
+    return traced_facts()
+
+
+@pytest.fixture(scope="module", name="traces")
+def traces_fixture(model, facts):
+    return traces_of(model, facts)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tl_capability as tlc
-from tests.helpers import KINDS, traced_facts, traced_model, traces_of
+from tests.helpers import KINDS, traced_facts_fixture, traced_model_fixture, traces_fixture  # noqa: F401 (fixtures used by name)
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability.sites import hook_points_in_use
 from tl_capability.tracing import (
@@ -19,21 +19,6 @@ from tl_capability.tracing import (
 )
 
 pytestmark = pytest.mark.core
-
-
-@pytest.fixture(scope="module")
-def model():
-    return traced_model()
-
-
-@pytest.fixture(scope="module")
-def facts():
-    return traced_facts()
-
-
-@pytest.fixture(scope="module")
-def traces(model, facts):
-    return traces_of(model, facts)
 
 
 @torch.no_grad()

@@ -4,25 +4,10 @@ import pytest
 from matplotlib.figure import Figure
 
 import tl_capability as tlc
-from tests.helpers import KINDS, traced_facts, traced_model, traces_of
+from tests.helpers import KINDS, traced_facts_fixture, traced_model_fixture, traces_fixture  # noqa: F401 (fixtures used by name)
 from tl_capability.tracing_figures import aie_curves, trace_heatmap
 
 pytestmark = pytest.mark.core
-
-
-@pytest.fixture(scope="module")
-def model():
-    return traced_model()
-
-
-@pytest.fixture(scope="module")
-def facts():
-    return traced_facts()
-
-
-@pytest.fixture(scope="module")
-def traces(model, facts):
-    return traces_of(model, facts)
 
 
 def test_figures(traces):

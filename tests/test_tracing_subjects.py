@@ -4,20 +4,10 @@ whose subject matches no token."""
 import pytest
 
 import tl_capability as tlc
-from tests.helpers import traced_facts, traced_model
+from tests.helpers import traced_facts_fixture, traced_model_fixture  # noqa: F401 (fixtures used by name)
 from tl_capability.tracing_subjects import _token_spans, subject_ranges
 
 pytestmark = pytest.mark.core
-
-
-@pytest.fixture(scope="module")
-def model():
-    return traced_model()
-
-
-@pytest.fixture(scope="module")
-def facts():
-    return traced_facts()
 
 
 def test_subject_tokens_are_found_with_the_bos(model, facts):

@@ -169,6 +169,7 @@ def _papers_drops(model: Any, mask: Any, data: Any, controls: dict[str, Any]) ->
     and whether it is localization by the rule of
     [`EraseResult.not_localized`][tl_capability.experiments.erase.EraseResult.not_localized]."""
     from tl_capability.evaluate import accuracy
+    from tl_capability.experiments.erase import breaks_everything
     from tl_capability.interventions import ablate
     from tl_capability.masks import random_controls
 
@@ -181,7 +182,7 @@ def _papers_drops(model: Any, mask: Any, data: Any, controls: dict[str, Any]) ->
     others = {name: drop(mask, d) for name, d in controls.items()}
     randoms = [drop(r, data) for r in random_controls(mask, 3, seed=0)]
     rand = sum(randoms) / len(randoms)
-    broken = own > 0 and all(d >= own - 10 and d > rand + 10 for d in others.values())
+    broken = breaks_everything(own, [(d, rand) for d in others.values()])
     return {
         "own_drop": own,
         "control_drops": {n: round(d, 1) for n, d in others.items()},

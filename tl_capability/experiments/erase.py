@@ -142,14 +142,23 @@ class EraseResult(_Matrix, Table):
             others = [
                 r for r in self.at(sigma) if r.located == row.located and r.evaluated != r.located
             ]
-            if (
-                others
-                and row.drop > 0
-                and all(r.drop >= row.drop - margin and r.drop > r.random_drop + margin
-                        for r in others)
-            ):  # fmt: skip
+            if breaks_everything(row.drop, [(r.drop, r.random_drop) for r in others], margin):
                 flagged.append(row.located)
         return flagged
+
+
+def breaks_everything(
+    own: float, others: Sequence[tuple[float, float]], margin: float = 10.0
+) -> bool:
+    """Whether a set that drops its own capability by ``own`` points drops every other one
+    (``(drop, random sets' drop)`` pairs) by at least ``own − margin`` and by more than random
+    sets of its shape do, plus ``margin``: the rule of
+    [`EraseResult.not_localized`][tl_capability.experiments.erase.EraseResult.not_localized]."""
+    return (
+        bool(others)
+        and own > 0
+        and all(d >= own - margin and d > rand + margin for d, rand in others)
+    )
 
 
 @dataclass(frozen=True)
