@@ -104,3 +104,12 @@ def test_erase_curve_random_drops_are_the_blocks_sets(zoo_model):
     hand = drops_under(zoo_model, random_controls(curve.mask_at(30), 2, seed=5), target, base)
     assert curve.random_runs[0] == pytest.approx(hand)
     assert (curve.random_drop[0], curve.random_ci[0]) == pytest.approx(mean_ci(hand))
+
+
+def test_breaks_everything_needs_every_other_capability_down_and_above_random():
+    from tl_capability.experiments.erase import breaks_everything
+
+    assert breaks_everything(100.0, [(95.0, 20.0), (100.0, 30.0)])
+    assert not breaks_everything(100.0, [(95.0, 20.0), (80.0, 30.0)])  # one spared
+    assert not breaks_everything(100.0, [(95.0, 90.0)])  # no more than random sets
+    assert not breaks_everything(0.0, [(0.0, 0.0)]) and not breaks_everything(90.0, [])
