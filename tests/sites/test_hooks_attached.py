@@ -12,8 +12,10 @@ from tl_capability.sites import (
     hook_signature,
     hooks_are_position_free,
     kept_until_hooks_change,
+    known_until_hooks_change,
     neuron_hook_name,
     position_free,
+    record_until_hooks_change,
 )
 
 pytestmark = pytest.mark.core
@@ -48,6 +50,24 @@ def test_a_probe_is_kept_until_the_hooks_change(model):
         assert kept_until_hooks_change(memo, model, "k", probe) and len(calls) == 2
     finally:
         handle.remove()
+
+
+def test_an_answer_recorded_under_some_hooks_is_known_while_they_stay(model):
+    """What a caller's own pass found is kept as a probe's answer is: known while the hooks it
+    was found under stay, unknown once they change, and a recorded "no" is kept as a "no"."""
+    memo: WeakKeyDictionary = WeakKeyDictionary()
+    assert known_until_hooks_change(memo, model, "k") is None
+    record_until_hooks_change(memo, model, "k", False, hook_signature(model))
+    assert known_until_hooks_change(memo, model, "k") is False
+    assert not kept_until_hooks_change(memo, model, "k", lambda: True)  # no probe: kept
+    handle = model.blocks[0].register_forward_hook(lambda module, args, out: None)
+    try:
+        assert known_until_hooks_change(memo, model, "k") is None
+    finally:
+        handle.remove()
+    assert known_until_hooks_change(memo, model, "k") is False
+    record_until_hooks_change(memo, model, "k", True, (-1,))  # found under other hooks
+    assert known_until_hooks_change(memo, model, "k") is None
 
 
 def test_only_marked_hooks_are_position_free(model):

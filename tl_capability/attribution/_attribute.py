@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_capability._answer_head import require_separable_head
+from tl_capability.attribution._all_position_first_call import settle_checks
 from tl_capability.attribution._all_positions import (
     all_position_scores,
     check_all_position_method,
@@ -220,7 +221,9 @@ def _plan(
     At the answer position the first batch's clean pass checks the hooks' widths, and the
     model's first call reads its other one-time checks off its own passes
     ([`FirstCall`][tl_capability.attribution._first_call.FirstCall]); a call that keeps
-    checkpoints settles them first (its fingerprint names the path)."""
+    checkpoints settles them first (its fingerprint names the path). All-position IG runs its
+    checks in two short passes first
+    ([`settle_checks`][tl_capability.attribution._all_position_first_call.settle_checks])."""
     check_option(method, AttributionMethod, "method")
     check_option(metric, Metric, "metric")
     check_option(positions, Positions, "positions")
@@ -235,7 +238,11 @@ def _plan(
     if max_rows is None:
         max_rows = 64 if positions == "all" else 1024
     answer = positions == "answer"
-    site = neuron_site(model, config.site, check_width=not answer)
+    # all-position IG's checks, the width's included, run together in two short passes
+    settle = not answer and method == "ig"
+    site = neuron_site(model, config.site, check_width=not (answer or settle))
+    if settle:
+        settle_checks(model, site)
     first = None
     if answer and config.checkpoint_dir is None:
         kinds = pass_kinds(site.n_layers, steps, max_rows)

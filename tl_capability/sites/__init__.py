@@ -54,7 +54,9 @@ from tl_capability.sites.hooks_attached import (
     hook_signature,
     hooks_are_position_free,
     kept_until_hooks_change,
+    known_until_hooks_change,
     position_free,
+    record_until_hooks_change,
 )
 from tl_capability.sites.names import (
     UNEMBED_INPUT,
@@ -125,6 +127,7 @@ __all__ = [
     "is_head_hook",
     "is_masked_lm",
     "kept_until_hooks_change",
+    "known_until_hooks_change",
     "kv_cache_forward",
     "kv_cache_known",
     "logit_transform",
@@ -142,6 +145,7 @@ __all__ = [
     "position_free",
     "probe_tolerance",
     "record_kv_cache",
+    "record_until_hooks_change",
     "require_eval",
     "resid_post_hook_name",
     "resid_pre_hook_name",

@@ -19,11 +19,28 @@ def kept_until_hooks_change(
 ) -> bool:
     """``probe()``, kept in ``memo`` per model and ``key`` until the hooks attached to the model
     change ([`hook_signature`][tl_capability.sites.hook_signature])."""
-    signature = hook_signature(model)
-    known = memo.setdefault(model, {})
-    if key not in known or known[key][0] != signature:
-        known[key] = (signature, probe())
-    return known[key][1]
+    answer = known_until_hooks_change(memo, model, key)
+    if answer is None:
+        signature = hook_signature(model)
+        answer = probe()
+        memo.setdefault(model, {})[key] = (signature, answer)
+    return answer
+
+
+def known_until_hooks_change(memo: ProbeMemo, model: Any, key: Any) -> bool | None:
+    """The answer ``memo`` keeps for the model and ``key`` while the hooks attached to it are
+    those it was found under; ``None`` where it is still to be found."""
+    signature, answer = memo.get(model, {}).get(key, (None, None))
+    return answer if signature == hook_signature(model) else None
+
+
+def record_until_hooks_change(
+    memo: ProbeMemo, model: Any, key: Any, answer: bool, signature: tuple[int, ...]
+) -> None:
+    """Keeps ``answer`` in ``memo`` for the model and ``key``, found while the hooks attached
+    to it had ``signature`` ([`hook_signature`][tl_capability.sites.hook_signature], taken
+    before the finding pass attached its own)."""
+    memo.setdefault(model, {})[key] = (signature, answer)
 
 
 def hook_signature(model: Any) -> tuple[int, ...]:

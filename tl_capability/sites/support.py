@@ -296,41 +296,64 @@ def _probe_mlp_output(model: Any) -> bool:
     names = [(neuron_hook_name(layer), resid_post_hook_name(layer)) for layer in range(n_layers)]
     if any(post not in model.hook_dict or out not in model.hook_dict for post, out in names):
         return False
-    device = model_device(model)
     # One pass of n_layers + 1 three-token sequences, stopped at the last block: sequence 0
     # runs clean, sequence 1 + l has layer l's post-activations shifted by delta[l], and each
     # block's output is read for every sequence (the weights, what a short pass spends its time
     # reading, are read once, not once per layer).
-    tokens = torch.zeros(n_layers + 1, 3, dtype=torch.long, device=device)
-    gen = torch.Generator().manual_seed(0)
-    w_outs = [mlp_w_out(model, layer).detach() for layer in range(n_layers)]
-    deltas = [
-        (0.1 * torch.randn(1, 3, w.shape[0], generator=gen)).to(w.device, w.dtype) for w in w_outs
-    ]
+    tokens = torch.zeros(n_layers + 1, 3, dtype=torch.long, device=model_device(model))
+    shifts = MlpShifts(model, 3, first=1)
     seen: dict[int, Tensor] = {}
 
-    def shift(layer: int):
+    def grab(layer: int):
+        def hook(resid: Tensor, hook: Any) -> None:
+            seen[layer] = resid.detach()
+
+        return hook
+
+    fwd = shifts.hooks() + [(out, grab(layer)) for layer, (_, out) in enumerate(names[:-1])]
+    with torch.no_grad():
+        seen[n_layers - 1] = run_until(model, names[-1][1], tokens, fwd)
+    return shifts.add_linearly(seen, clean=0)
+
+
+class MlpShifts:
+    """The test of [`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]:
+    sequence ``first + l`` of a pass has layer ``l``'s post-activations shifted by a fixed
+    random ``δ_l`` (``width`` positions), and its block output must differ from a clean
+    sequence's by ``δ_l W_out`` exactly (to 1e-3). ``rows(layer, act)`` may name where the
+    shifted sequence sits in an activation whose positions a caller packed."""
+
+    def __init__(self, model: Any, width: int, first: int, rows: Any = None):
+        gen = torch.Generator().manual_seed(0)
+        self.first, self.rows = first, rows
+        self.names = [neuron_hook_name(layer) for layer in range(model.cfg.n_layers)]
+        self.w_outs = [mlp_w_out(model, layer).detach() for layer in range(model.cfg.n_layers)]
+        self.deltas = [
+            (0.1 * torch.randn(width, w.shape[0], generator=gen)).to(w.device, w.dtype)
+            for w in self.w_outs
+        ]
+
+    def hooks(self) -> list:
+        """The hooks that shift each layer's post-activations in its own sequence."""
+        return [(name, self._shift(layer)) for layer, name in enumerate(self.names)]
+
+    def _shift(self, layer: int):
         def hook(act: Tensor, hook: Any) -> Tensor:
             act = act.clone()
-            act[1 + layer] += deltas[layer][0]
+            where = self.first + layer if self.rows is None else self.rows(layer, act)
+            act[where] += self.deltas[layer].reshape(act[where].shape)
             return act
 
         return hook
 
-    def grab(layer: int):
-        def hook(resid: Tensor, hook: Any) -> None:
-            seen[layer] = resid.detach().float()
-
-        return hook
-
-    fwd = [(post, shift(layer)) for layer, (post, _) in enumerate(names)]
-    fwd += [(out, grab(layer)) for layer, (_, out) in enumerate(names[:-1])]
-    with torch.no_grad():
-        seen[n_layers - 1] = run_until(model, names[-1][1], tokens, fwd).float()
-    for layer in range(n_layers):
-        change = seen[layer][1 + layer] - seen[layer][0]
-        expected = (deltas[layer][0] @ w_outs[layer]).float()
-        scale = float(expected.abs().max())
-        if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
-            return False
-    return True
+    def add_linearly(self, seen: dict[int, Tensor], clean: int) -> bool:
+        """Whether every block's output ``seen[l]`` (sequences first) differs between sequence
+        ``first + l`` and sequence ``clean`` by ``δ_l W_out``."""
+        for layer, (delta, w_out) in enumerate(zip(self.deltas, self.w_outs, strict=True)):
+            out = seen[layer].float()
+            change = out[self.first + layer] - out[clean]
+            expected = (delta @ w_out).float()
+            scale = float(expected.abs().max())
+            if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
+                return False
+        return True

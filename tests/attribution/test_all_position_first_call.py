@@ -1,0 +1,137 @@
+"""All-position IG's first call on a model: its checks in two short passes, with the probes'
+verdicts, and the probes themselves where a check fails."""
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.attribution.test_all_positions import DATA, reference
+from tests.models import HAS_BRIDGE, save_hf_model, tiny_model
+from tl_capability.attribution import _all_position_first_call as first_call
+from tl_capability.attribution import _all_position_probes as probes
+from tl_capability.attribution import attribute
+from tl_capability.sites import known_until_hooks_change, neuron_site, width_checked
+from tl_capability.sites import support as support_module
+
+pytestmark = pytest.mark.core
+KW = {"steps": 3, "positions": "all", "per_sample": True, "progress": False}
+needs_bridge = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 4.x")
+
+
+def _no_probes(monkeypatch) -> None:
+    """The stand-alone probes fail the test if they run."""
+    from tl_capability import _answer_head as head
+    from tl_capability.sites import neurons
+
+    def probe(*args, **kwargs):
+        raise AssertionError("a stand-alone probe ran")
+
+    for module, name in (
+        (head, "_probe"),
+        (neurons, "_check_width"),
+        (probes, "batch_grows"),
+        (probes, "_probe_packs"),
+        (support_module, "_probe_mlp_output"),
+    ):
+        monkeypatch.setattr(module, name, probe)
+
+
+def _verdicts(model) -> dict[str, bool | None]:
+    from tl_capability import _answer_head as head
+
+    return {
+        "head": head._CHECKED.get(model),
+        "grows": known_until_hooks_change(probes._GROWS, model, None),
+        "linear": known_until_hooks_change(support_module._MLP_ADDS_LINEARLY, model, None),
+        "packs": known_until_hooks_change(probes._PACKS, model, None),
+    }
+
+
+def _bridge(arch: str):
+    from transformer_lens import TransformerBridge
+
+    path = save_hf_model(arch, Path(tempfile.mkdtemp(prefix=f"tlc-{arch}-")))
+    return TransformerBridge.boot_transformers(str(path)).eval()
+
+
+def test_the_first_call_runs_no_probe_of_its_own(monkeypatch):
+    """A fresh model's first all-position call settles every check in its two passes, keeps
+    the probes' answers, and gives the reference's scores."""
+    model = tiny_model()
+    _no_probes(monkeypatch)
+    passes = []
+    for name in ("_plain_pass", "_grown_pass"):
+        original = getattr(first_call, name)
+        monkeypatch.setattr(
+            first_call, name, lambda *a, _f=original, _n=name, **k: passes.append(_n) or _f(*a, **k)
+        )
+    scores = attribute(model, DATA, "ig", **KW)
+    assert passes == ["_plain_pass", "_grown_pass"]
+    assert width_checked(model, neuron_site(model, check_width=False))
+    verdicts = _verdicts(model)
+    assert verdicts["head"] is True and verdicts["linear"] is True
+    if HAS_BRIDGE:  # a HookedTransformer grows per position and packs nothing: no such checks
+        assert verdicts["grows"] is True and verdicts["packs"] is True
+    expected = reference(model, DATA, steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+    attribute(model, DATA, "ig", **KW)
+    assert passes == ["_plain_pass", "_grown_pass"]  # nothing left to check
+
+
+@needs_bridge
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_the_checks_hold_on_hugging_face_architectures(arch, monkeypatch):
+    """Sequential and parallel blocks, gated MLPs, rotary positions: every check passes in the
+    two passes, and the scores are the reference's."""
+    model = _bridge(arch)
+    _no_probes(monkeypatch)
+    scores = attribute(model, DATA, "ig", **KW)
+    assert all(_verdicts(model).values())
+    expected = reference(model, DATA, steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_a_check_that_fails_leaves_the_probe_to_decide():
+    """A tanh after the last MLP (a hook attached before the first call) fails the grown pass's
+    linearity check: nothing of that pass is kept, the stand-alone probes decide (no linearity,
+    the rest holds), and the scores still equal the reference."""
+    model = tiny_model()
+    last = model.cfg.n_layers - 1
+    hook = model.hook_dict[f"blocks.{last}.hook_mlp_out"]
+    hook.add_hook(lambda out, hook: torch.tanh(out))
+    try:
+        scores = attribute(model, DATA, "ig", **KW)
+        verdicts = _verdicts(model)
+        assert verdicts["linear"] is False
+        assert verdicts["grows"] is (True if HAS_BRIDGE else None)
+        expected = reference(model, DATA, steps=3)
+    finally:
+        hook.remove_hooks()
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-6)
+
+
+@needs_bridge
+@pytest.mark.parametrize("arch", ["bloom", "xglm"])
+def test_a_model_that_refuses_a_grown_batch_is_found_on_the_first_call(arch):
+    """Bloom (ALiBi from a 2-D mask) and XGLM (which checks the mask's batch size) fail the grown
+    pass: the grown-batch probe then runs, warns, and rows re-run the prompt."""
+    model = _bridge(arch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = attribute(model, DATA, "ig", **KW)
+    assert any("grown inside" in str(w.message) for w in caught)
+    assert _verdicts(model)["grows"] is False
+    expected = reference(model, DATA, steps=3)
+    torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_a_wrong_width_is_refused_by_the_first_call(monkeypatch):
+    """The width check rides on the plain pass and raises as its probe does."""
+    model = tiny_model()
+    monkeypatch.setattr(model.cfg, "d_mlp", 64)
+    with pytest.raises(ValueError, match="carries 128 values per position but cfg.d_mlp is 64"):
+        attribute(model, DATA, "ig", **KW)
+    assert not width_checked(model, neuron_site(model, check_width=False))

@@ -1,0 +1,229 @@
+"""The first all-position call on a model: its one-time checks in two short passes.
+
+All-position integrated gradients rest on five facts about the model, each with a probe of its
+own, kept per model until its hooks change: the neuron hooks carry ``d_mlp`` values
+([`neuron_site`][tl_capability.sites.neuron_site]), ``ln_final`` and the unembedding alone give
+its logits ([`head_is_separable`][tl_capability._answer_head.head_is_separable]), a batch grown
+inside the forward pass under one 4-D causal mask runs as the batch itself
+([`batch_grows`][tl_capability.attribution._all_position_probes.batch_grows]), every block adds
+its MLP's output linearly
+([`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]) and the last MLP
+may run at the read positions only
+([`packed_last_mlp`][tl_capability.attribution._all_position_probes.packed_last_mlp]). On a CPU
+a short pass costs reading every weight of the model, and the probes took six: +30 % on a
+two-prompt call of a 3-layer, 512-wide model, +91 % on a 2-layer, 128-wide one.
+
+[`settle_checks`][tl_capability.attribution._all_position_first_call.settle_checks] runs the
+same tests in two passes of the probes' own four-token sequences:
+
+- **plain**, as the model runs itself, to its logits: the hooks' widths, the head (its logits
+  against ``ln_final`` and the unembedding of the last block's output), and the reference
+  residuals of two prompts;
+- **grown**, under the 4-D causal mask: the two prompts (which must end as in the plain pass),
+  a copy of the first appended before the first block (which must reach the last block as the
+  first does, and end it there at its last position with the last MLP run at that position
+  only), and one sequence per layer with that layer's post-activations shifted by ``δ`` (whose
+  block output must move by ``δ W_out``).
+
+Where every check due passes, the answers are kept as the probes keep theirs. Where a grown-pass
+check fails or the pass raises, nothing of it is kept: each probe then runs on its own when
+asked, and decides (with its warning). A width that is not ``d_mlp`` and a head that fails raise
+as they do from their probes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tl_capability._answer_head import check_pending, head_matches
+from tl_capability.attribution._all_position_probes import _GROWS, _PACKS, ReadsOnly, causal_mask
+from tl_capability.sites import (
+    NeuronSite,
+    check_widths,
+    final_resid_hook_name,
+    hook_signature,
+    hooks_are_position_free,
+    is_bridge,
+    is_masked_lm,
+    known_until_hooks_change,
+    mlp_io_hook_names,
+    model_device,
+    neuron_site,
+    probe_tolerance,
+    record_until_hooks_change,
+    resid_post_hook_name,
+    resid_pre_hook_name,
+    run_until,
+    unembed_input_hook,
+    width_checked,
+)
+from tl_capability.sites.support import _MLP_ADDS_LINEARLY, MlpShifts
+
+_WIDTH = 4  # positions of the probes' sequences
+_FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
+
+
+def settle_checks(model: Any, site: NeuronSite) -> None:
+    """Runs the checks all-position IG still owes ``model`` in two passes (see the module
+    docstring), keeping the answers of those that pass.
+
+    Raises:
+        ValueError: For a neuron hook whose width is not ``d_mlp``, or a head that does not
+            give the model's logits (as their own probes do).
+    """
+    due = _due(model, site)
+    if not any(due.values()):
+        return
+    if not (due["head"] or due["grows"] or due["linear"] or due["packs"]):
+        neuron_site(model, site.kind)  # the width alone: its own one-token pass
+        return
+    tokens = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]], device=model_device(model))
+    tokens = tokens % model.cfg.d_vocab
+    widths: dict[int, int] = {}
+    plain = _plain_pass(model, site, tokens, due, widths)
+    if due["widths"]:
+        check_widths(model, site, widths)
+    if not (due["grows"] or due["linear"] or due["packs"]):
+        return
+    try:
+        ok = _grown_pass(model, tokens, due, plain)
+    except torch.OutOfMemoryError:
+        raise
+    except _FAILED:
+        ok = False  # the probes decide, each on its own pass
+    if ok:
+        # after the passes: a model's first forward pass may attach framework hooks of its own
+        signature = hook_signature(model)
+        for name, memo in (
+            ("grows", _GROWS),
+            ("linear", _MLP_ADDS_LINEARLY),
+            ("packs", _PACKS),
+        ):
+            if due[name]:
+                record_until_hooks_change(memo, model, None, True, signature)
+
+
+def _due(model: Any, site: NeuronSite) -> dict[str, bool]:
+    """Which checks the model still owes (each where its probe would run now)."""
+    last_mlp = mlp_io_hook_names(model, model.cfg.n_layers - 1)
+    bridge = is_bridge(model)
+    grows = bridge and not is_masked_lm(model)
+    return {
+        "widths": not width_checked(model, site),
+        "head": check_pending(model) and unembed_input_hook(model) is None,
+        "grows": grows and known_until_hooks_change(_GROWS, model, None) is None,
+        "linear": not is_masked_lm(model)
+        and known_until_hooks_change(_MLP_ADDS_LINEARLY, model, None) is None,
+        "packs": bool(last_mlp and bridge and hooks_are_position_free(model))
+        and known_until_hooks_change(_PACKS, model, None) is None,
+    }
+
+
+def _plain_pass(
+    model: Any, site: NeuronSite, tokens: Tensor, due: dict[str, bool], widths: dict[int, int]
+) -> dict[str, Tensor]:
+    """The plain pass: records the neuron hooks' widths, checks the head where it is due (to
+    the logits), and returns the residuals entering the last block and leaving it."""
+    last = final_resid_hook_name(model)
+    seen: dict[str, Tensor] = {}
+
+    def width(layer: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            widths[layer] = act.shape[-1]
+
+        return hook
+
+    def grab(name: str):
+        def hook(x: Tensor, hook: Any) -> None:
+            seen[name] = x.detach()
+
+        return hook
+
+    top = resid_pre_hook_name(model.cfg.n_layers - 1)
+    fwd = [(site.hook_name(layer), width(layer)) for layer in range(site.n_layers)]
+    fwd += [(top, grab("top"))]
+    with torch.no_grad():
+        if due["head"]:
+            with model.hooks(fwd_hooks=[*fwd, (last, grab("final"))]):
+                logits = model(tokens)
+            head_matches(model, logits[0], seen["final"][0] if "final" in seen else None, last)
+        else:
+            seen["final"] = run_until(model, last, tokens, fwd)
+    return seen
+
+
+def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[str, Tensor]) -> bool:
+    """The grown pass (see the module docstring): whether every check due passes."""
+    n_layers, device = model.cfg.n_layers, model_device(model)
+    grows = due["grows"] or known_until_hooks_change(_GROWS, model, None) is True
+    linear = due["linear"]
+    # sequences: the two prompts, one per layer shifted there (linear), the copy of prompt 0
+    lin_rows = n_layers if linear else 0
+    batch = torch.cat([tokens, tokens[:1].expand(lin_rows, -1)])
+    copy = len(batch)
+    kwargs = causal_mask(model, _WIDTH, device) if grows else {}
+    fwd: list = []
+    if grows:
+        fwd.append((resid_pre_hook_name(0), lambda r, hook: torch.cat([r, r[:1]])))
+    else:
+        batch = torch.cat([batch, tokens[:1]])
+    names = mlp_io_hook_names(model, n_layers - 1)
+    packed = None
+    if due["packs"] and names is not None:
+        packed = ReadsOnly(
+            names, copy, torch.tensor([copy], device=device), torch.tensor([3], device=device)
+        )
+        fwd += packed.hooks()
+    shifts = None
+    if linear:
+        shifts = MlpShifts(model, _WIDTH, first=2, rows=_shifted_rows(n_layers, packed))
+        fwd += shifts.hooks()
+    seen: dict[int, Tensor] = {}
+    top: dict[str, Tensor] = {}
+
+    def grab(layer: int):
+        def hook(resid: Tensor, hook: Any) -> None:
+            seen[layer] = resid.detach()
+
+        return hook
+
+    def grab_top(resid: Tensor, hook: Any) -> None:
+        top["x"] = resid.detach()
+
+    fwd += [(resid_post_hook_name(layer), grab(layer)) for layer in range(n_layers - 1)]
+    fwd.append((resid_pre_hook_name(n_layers - 1), grab_top))
+    with torch.no_grad():
+        final = run_until(model, final_resid_hook_name(model), batch, fwd, **kwargs)
+    seen[n_layers - 1] = final
+    want = plain["final"].float()
+    tol = probe_tolerance(final.dtype) * max(float(want.abs().max()), 1.0)
+
+    def close(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.isfinite(a).all()) and float((a.float() - b.float()).abs().max()) <= tol
+
+    checks = [
+        final.shape[0] == copy + 1,
+        close(final[:2], want),  # the 4-D mask: the prompts end as the model ends them
+        close(top["x"][copy], top["x"][0]),  # the copy reaches the last block as prompt 0
+        close(final[copy, -1], want[0, -1]),  # and ends it there (the last MLP packed or not)
+    ]
+    if shifts is not None:
+        checks.append(shifts.add_linearly(seen, clean=0))
+    return all(checks)
+
+
+def _shifted_rows(n_layers: int, packed: ReadsOnly | None) -> Any:
+    """Where layer ``l``'s shifted sequence (``2 + l``) sits in that layer's post-activations:
+    its own row, or, in a last MLP packed by ``packed``, its positions among the flattened
+    whole sequences."""
+
+    def rows(layer: int, act: Tensor) -> Any:
+        seq = 2 + layer
+        if packed is None or layer < n_layers - 1 or act.shape[1] != 1:
+            return seq
+        return slice(seq * _WIDTH, (seq + 1) * _WIDTH)
+
+    return rows
