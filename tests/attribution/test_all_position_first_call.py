@@ -13,7 +13,12 @@ from tests.models import HAS_BRIDGE, save_hf_model, tiny_model
 from tl_capability.attribution import _all_position_first_call as first_call
 from tl_capability.attribution import _all_position_probes as probes
 from tl_capability.attribution import attribute
-from tl_capability.sites import known_until_hooks_change, neuron_site, width_checked
+from tl_capability.sites import (
+    known_until_hooks_change,
+    mlp_linearity_known,
+    neuron_site,
+    width_checked,
+)
 from tl_capability.sites import support as support_module
 
 pytestmark = pytest.mark.core
@@ -45,7 +50,7 @@ def _verdicts(model) -> dict[str, bool | None]:
     return {
         "head": head._CHECKED.get(model),
         "grows": known_until_hooks_change(probes._GROWS, model, None),
-        "linear": known_until_hooks_change(support_module._MLP_ADDS_LINEARLY, model, None),
+        "linear": mlp_linearity_known(model),
         "packs": known_until_hooks_change(probes._PACKS, model, None),
     }
 

@@ -83,3 +83,50 @@ def test_kv_cache_forward_returns_the_logits_and_the_filled_cache(hf_bridge):
         torch.testing.assert_close(logits, hf_bridge(TOKENS))
     assert type(cache).__name__ == "DynamicCache"
     assert cache.layers[0].keys.shape[-2] == TOKENS.shape[1]
+
+
+def test_the_linearity_test_tells_a_linear_mlp_output_from_a_bent_one():
+    """``MlpShifts``: a pass shifting layer l's post-activations in sequence 1 + l moves block
+    l's output by ``δ W_out`` exactly, until a tanh bends the last MLP's output; an answer a
+    caller records is kept as the probe's, until the hooks change."""
+    from tests.models import tiny_model
+    from tl_capability.sites import (
+        MlpShifts,
+        hook_signature,
+        mlp_linearity_known,
+        record_mlp_linearity,
+        resid_post_hook_name,
+        run_until,
+    )
+
+    model = tiny_model()
+    n = model.cfg.n_layers
+    tokens = torch.zeros(n + 1, 3, dtype=torch.long)
+
+    def linear() -> bool:
+        shifts, seen = MlpShifts(model, 3, first=1), {}
+        grabs = [
+            (resid_post_hook_name(layer), lambda r, hook, layer=layer: seen.setdefault(layer, r))
+            for layer in range(n - 1)
+        ]
+        with torch.no_grad():
+            seen[n - 1] = run_until(
+                model, resid_post_hook_name(n - 1), tokens, shifts.hooks() + grabs
+            )
+        return shifts.add_linearly(seen, clean=0)
+
+    assert linear()
+    hook = model.hook_dict[f"blocks.{n - 1}.hook_mlp_out"]
+    hook.add_hook(lambda out, hook: torch.tanh(out))
+    try:
+        assert not linear()
+    finally:
+        hook.remove_hooks()
+    assert mlp_linearity_known(model) is None
+    record_mlp_linearity(model, False, hook_signature(model))
+    assert mlp_linearity_known(model) is False
+    handle = model.blocks[0].register_forward_hook(lambda module, args, out: None)
+    try:
+        assert mlp_linearity_known(model) is None
+    finally:
+        handle.remove()

@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_capability._answer_head import check_pending, head_matches
+from tl_capability._answer_head import check_pending, head_matches, require_separable_head
 from tl_capability.attribution._all_position_probes import _GROWS, _PACKS, ReadsOnly, causal_mask
 from tl_capability.sites import (
+    MlpShifts,
     NeuronSite,
     check_widths,
     final_resid_hook_name,
@@ -50,9 +51,11 @@ from tl_capability.sites import (
     is_masked_lm,
     known_until_hooks_change,
     mlp_io_hook_names,
+    mlp_linearity_known,
     model_device,
     neuron_site,
     probe_tolerance,
+    record_mlp_linearity,
     record_until_hooks_change,
     resid_post_hook_name,
     resid_pre_hook_name,
@@ -60,7 +63,6 @@ from tl_capability.sites import (
     unembed_input_hook,
     width_checked,
 )
-from tl_capability.sites.support import _MLP_ADDS_LINEARLY, MlpShifts
 
 _WIDTH = 4  # positions of the probes' sequences
 _FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
@@ -86,6 +88,8 @@ def settle_checks(model: Any, site: NeuronSite) -> None:
     plain = _plain_pass(model, site, tokens, due, widths)
     if due["widths"]:
         check_widths(model, site, widths)
+    if due["head"]:
+        require_separable_head(model)  # raises where the plain pass found it failing
     if not (due["grows"] or due["linear"] or due["packs"]):
         return
     try:
@@ -97,13 +101,11 @@ def settle_checks(model: Any, site: NeuronSite) -> None:
     if ok:
         # after the passes: a model's first forward pass may attach framework hooks of its own
         signature = hook_signature(model)
-        for name, memo in (
-            ("grows", _GROWS),
-            ("linear", _MLP_ADDS_LINEARLY),
-            ("packs", _PACKS),
-        ):
+        for name, memo in (("grows", _GROWS), ("packs", _PACKS)):
             if due[name]:
                 record_until_hooks_change(memo, model, None, True, signature)
+        if due["linear"]:
+            record_mlp_linearity(model, True, signature)
 
 
 def _due(model: Any, site: NeuronSite) -> dict[str, bool]:
@@ -115,8 +117,7 @@ def _due(model: Any, site: NeuronSite) -> dict[str, bool]:
         "widths": not width_checked(model, site),
         "head": check_pending(model) and unembed_input_hook(model) is None,
         "grows": grows and known_until_hooks_change(_GROWS, model, None) is None,
-        "linear": not is_masked_lm(model)
-        and known_until_hooks_change(_MLP_ADDS_LINEARLY, model, None) is None,
+        "linear": not is_masked_lm(model) and mlp_linearity_known(model) is None,
         "packs": bool(last_mlp and bridge and hooks_are_position_free(model))
         and known_until_hooks_change(_PACKS, model, None) is None,
     }

@@ -85,16 +85,19 @@ from tl_capability.sites.neurons import (
     width_checked,
 )
 from tl_capability.sites.support import (
+    MlpShifts,
     attention_window,
     is_bridge,
     kv_cache_forward,
     kv_cache_known,
     may_have_kv_cache,
+    mlp_linearity_known,
     mlp_output_adds_linearly,
     new_kv_cache,
     own_cache_verdict,
     probe_tolerance,
     record_kv_cache,
+    record_mlp_linearity,
     resolve_use_cache,
     supports_kv_cache,
 )
@@ -110,6 +113,7 @@ from tl_capability.sites.weights import (
 __all__ = [
     "UNEMBED_INPUT",
     "HookNotReached",
+    "MlpShifts",
     "NeuronSite",
     "ProbeMemo",
     "SiteKind",
@@ -133,6 +137,7 @@ __all__ = [
     "logit_transform",
     "may_have_kv_cache",
     "mlp_io_hook_names",
+    "mlp_linearity_known",
     "mlp_output_adds_linearly",
     "mlp_parameters",
     "mlp_w_out",
@@ -145,6 +150,7 @@ __all__ = [
     "position_free",
     "probe_tolerance",
     "record_kv_cache",
+    "record_mlp_linearity",
     "record_until_hooks_change",
     "require_eval",
     "resid_post_hook_name",

@@ -18,6 +18,8 @@ from tl_capability.sites.hooks_attached import (
     ProbeMemo,
     hooks_are_position_free,
     kept_until_hooks_change,
+    known_until_hooks_change,
+    record_until_hooks_change,
 )
 from tl_capability.sites.names import (
     final_resid_hook_name,
@@ -289,6 +291,20 @@ def mlp_output_adds_linearly(model: Any) -> bool:
     return kept_until_hooks_change(
         _MLP_ADDS_LINEARLY, model, None, lambda: _probe_mlp_output(model)
     )
+
+
+def mlp_linearity_known(model: Any) -> bool | None:
+    """[`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]'s answer
+    while the hooks it was found under stay; ``None`` where it is still to be found."""
+    return known_until_hooks_change(_MLP_ADDS_LINEARLY, model, None)
+
+
+def record_mlp_linearity(model: Any, answer: bool, signature: tuple[int, ...]) -> None:
+    """Keeps ``answer`` as the linearity probe's
+    ([`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]), found by a
+    caller's own pass of its test ([`MlpShifts`][tl_capability.sites.MlpShifts]) under hooks of
+    ``signature``."""
+    record_until_hooks_change(_MLP_ADDS_LINEARLY, model, None, answer, signature)
 
 
 def _probe_mlp_output(model: Any) -> bool:
