@@ -133,6 +133,20 @@ def test_a_model_that_refuses_a_grown_batch_is_found_on_the_first_call(arch):
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_grad_x_act_checks_the_width_and_the_head_in_one_pass(monkeypatch):
+    """All-position grad × act grows no batch: its first call runs the plain pass only, and
+    leaves the grown batch's checks to the first IG call."""
+    model = tiny_model()
+    _no_probes(monkeypatch)
+    passes = []
+    monkeypatch.setattr(first_call, "_grown_pass", lambda *a, **k: passes.append("grown"))
+    attribute(model, DATA, "grad_x_act", **KW)
+    assert passes == [] and width_checked(model, neuron_site(model, check_width=False))
+    verdicts = _verdicts(model)
+    assert verdicts["head"] is True
+    assert verdicts["grows"] is None and verdicts["linear"] is None and verdicts["packs"] is None
+
+
 def test_a_wrong_width_is_refused_by_the_first_call(monkeypatch):
     """The width check rides on the plain pass and raises as its probe does."""
     model = tiny_model()

@@ -68,15 +68,16 @@ _WIDTH = 4  # positions of the probes' sequences
 _FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
 
 
-def settle_checks(model: Any, site: NeuronSite) -> None:
+def settle_checks(model: Any, site: NeuronSite, rows: bool = True) -> None:
     """Runs the checks all-position IG still owes ``model`` in two passes (see the module
-    docstring), keeping the answers of those that pass.
+    docstring), keeping the answers of those that pass. With ``rows=False`` (``grad_x_act``,
+    whose one pass per batch grows nothing), the widths and the head only, in the plain pass.
 
     Raises:
         ValueError: For a neuron hook whose width is not ``d_mlp``, or a head that does not
             give the model's logits (as their own probes do).
     """
-    due = _due(model, site)
+    due = _due(model, site, rows)
     if not any(due.values()):
         return
     if not (due["head"] or due["grows"] or due["linear"] or due["packs"]):
@@ -108,12 +109,13 @@ def settle_checks(model: Any, site: NeuronSite) -> None:
             record_mlp_linearity(model, True, signature)
 
 
-def _due(model: Any, site: NeuronSite) -> dict[str, bool]:
-    """Which checks the model still owes (each where its probe would run now)."""
+def _due(model: Any, site: NeuronSite, rows: bool) -> dict[str, bool]:
+    """Which checks the model still owes (each where its probe would run now; the grown
+    batch's three only for ``rows``)."""
     last_mlp = mlp_io_hook_names(model, model.cfg.n_layers - 1)
     bridge = is_bridge(model)
     grows = bridge and not is_masked_lm(model)
-    return {
+    due = {
         "widths": not width_checked(model, site),
         "head": check_pending(model) and unembed_input_hook(model) is None,
         "grows": grows and known_until_hooks_change(_GROWS, model, None) is None,
@@ -121,6 +123,9 @@ def _due(model: Any, site: NeuronSite) -> dict[str, bool]:
         "packs": bool(last_mlp and bridge and hooks_are_position_free(model))
         and known_until_hooks_change(_PACKS, model, None) is None,
     }
+    if not rows:
+        due.update(grows=False, linear=False, packs=False)
+    return due
 
 
 def _plain_pass(

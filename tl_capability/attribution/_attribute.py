@@ -238,11 +238,11 @@ def _plan(
     if max_rows is None:
         max_rows = 64 if positions == "all" else 1024
     answer = positions == "answer"
-    # all-position IG's checks, the width's included, run together in two short passes
-    settle = not answer and method == "ig"
+    # all-position rows' checks, the width's included, run together in at most two short passes
+    settle = not answer and method != "activation"
     site = neuron_site(model, config.site, check_width=not (answer or settle))
     if settle:
-        settle_checks(model, site)
+        settle_checks(model, site, rows=method == "ig")
     first = None
     if answer and config.checkpoint_dir is None:
         kinds = pass_kinds(site.n_layers, steps, max_rows)
