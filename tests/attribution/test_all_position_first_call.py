@@ -62,10 +62,12 @@ def _bridge(arch: str):
     return TransformerBridge.boot_transformers(str(path)).eval()
 
 
-def test_the_first_call_runs_no_probe_of_its_own(monkeypatch):
+@pytest.mark.parametrize("n_layers", [2, 1])
+def test_the_first_call_runs_no_probe_of_its_own(monkeypatch, n_layers):
     """A fresh model's first all-position call settles every check in its two passes, keeps
-    the probes' answers, and gives the reference's scores."""
-    model = tiny_model()
+    the probes' answers, and gives the reference's scores (one layer: the grown copy, the
+    packed MLP and the shifted sequence all in the same block)."""
+    model = tiny_model(n_layers=n_layers)
     _no_probes(monkeypatch)
     passes = []
     for name in ("_plain_pass", "_grown_pass"):
@@ -99,11 +101,12 @@ def test_the_checks_hold_on_hugging_face_architectures(arch, monkeypatch):
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
 
 
-def test_a_check_that_fails_leaves_the_probe_to_decide():
-    """A tanh after the last MLP (a hook attached before the first call) fails the grown pass's
-    linearity check: nothing of that pass is kept, the stand-alone probes decide (no linearity,
-    the rest holds), and the scores still equal the reference."""
+def test_a_bent_mlp_output_is_found_by_the_grown_pass(monkeypatch):
+    """A tanh after the last MLP (a hook attached before the first call) fails the linearity
+    test: the grown pass keeps that "no" itself (no probe runs), vouches for the rest, and the
+    scores, on the rows that re-run the scaled block, still equal the reference."""
     model = tiny_model()
+    _no_probes(monkeypatch)
     last = model.cfg.n_layers - 1
     hook = model.hook_dict[f"blocks.{last}.hook_mlp_out"]
     hook.add_hook(lambda out, hook: torch.tanh(out))
@@ -116,6 +119,32 @@ def test_a_check_that_fails_leaves_the_probe_to_decide():
     finally:
         hook.remove_hooks()
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_half_precision_keeps_what_its_pass_vouches_for(monkeypatch):
+    """In bfloat16 the linearity test's 1e-3 may fail as its probe's does; the grown batch and
+    the packed MLP, checked at half precision's tolerance, are kept all the same: no probe
+    runs again."""
+    model = tiny_model().to(torch.bfloat16)
+    _no_probes(monkeypatch)
+    attribute(model, DATA, "ig", **KW)
+    verdicts = _verdicts(model)
+    assert verdicts["linear"] is not None
+    if HAS_BRIDGE:
+        assert verdicts["grows"] is True and verdicts["packs"] is True
+
+
+def test_a_hook_on_the_head_is_refused_before_any_pass(monkeypatch):
+    """Attribution refuses a hook on ``ln_final`` (its rows read the head at chosen positions
+    only): the first call says so without spending its passes."""
+    model = tiny_model()
+    ran = []
+    monkeypatch.setattr(first_call, "_plain_pass", lambda *a, **k: ran.append(1))
+    head_hook = [("ln_final.hook_normalized", lambda x, hook: x)]
+    refused = pytest.raises(ValueError, match="a hook is attached to ln_final")
+    with model.hooks(fwd_hooks=head_hook), refused:
+        attribute(model, DATA, "ig", **KW)
+    assert not ran
 
 
 @needs_bridge

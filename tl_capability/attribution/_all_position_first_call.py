@@ -19,16 +19,18 @@ same tests in two passes of the probes' own four-token sequences:
 - **plain**, as the model runs itself, to its logits: the hooks' widths, the head (its logits
   against ``ln_final`` and the unembedding of the last block's output), and the reference
   residuals of two prompts;
-- **grown**, under the 4-D causal mask: the two prompts (which must end as in the plain pass),
-  a copy of the first appended before the first block (which must reach the last block as the
-  first does, and end it there at its last position with the last MLP run at that position
-  only), and one sequence per layer with that layer's post-activations shifted by ``δ`` (whose
-  block output must move by ``δ W_out``).
+- **grown**, under the 4-D causal mask: the two prompts, which must end as in the plain pass
+  (the mask obeyed; else nothing of the pass is kept), two copies of the first grown before the
+  first block, one run whole and one with the last MLP at its last position only, which must
+  end as the first prompt does (the grown batch and the packed MLP; kept together, as a failing
+  copy does not say which failed), and one sequence per layer with that layer's
+  post-activations shifted by ``δ``, whose block output must move by ``δ W_out`` (linearity:
+  kept whatever it finds, as its probe's test would find the same).
 
-Where every check due passes, the answers are kept as the probes keep theirs. Where a grown-pass
-check fails or the pass raises, nothing of it is kept: each probe then runs on its own when
-asked, and decides (with its warning). A width that is not ``d_mlp`` and a head that fails raise
-as they do from their probes.
+Where a grown-pass check fails or the pass raises, what it cannot vouch for is not kept: each
+probe then runs on its own when asked, and decides (with its warning). A width that is not
+``d_mlp`` and a head that fails raise as they do from their probes; a hook on the head, which
+attribution refuses, spends no pass.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ from tl_capability.attribution._all_position_probes import _GROWS, _PACKS, Reads
 from tl_capability.sites import (
     MlpShifts,
     NeuronSite,
+    attention_window,
     check_widths,
     final_resid_hook_name,
+    head_has_hooks,
     hook_signature,
     hooks_are_position_free,
     is_bridge,
@@ -65,7 +69,7 @@ from tl_capability.sites import (
 )
 
 _WIDTH = 4  # positions of the probes' sequences
-_FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
+_FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
 
 
 def settle_checks(model: Any, site: NeuronSite, rows: bool = True) -> None:
@@ -77,6 +81,8 @@ def settle_checks(model: Any, site: NeuronSite, rows: bool = True) -> None:
         ValueError: For a neuron hook whose width is not ``d_mlp``, or a head that does not
             give the model's logits (as their own probes do).
     """
+    if head_has_hooks(model):
+        return  # attribution refuses the call (require_separable_head): no pass to spend
     due = _due(model, site, rows)
     if not any(due.values()):
         return
@@ -94,19 +100,18 @@ def settle_checks(model: Any, site: NeuronSite, rows: bool = True) -> None:
     if not (due["grows"] or due["linear"] or due["packs"]):
         return
     try:
-        ok = _grown_pass(model, tokens, due, plain)
+        found = _grown_pass(model, tokens, due, plain)
     except torch.OutOfMemoryError:
         raise
     except _FAILED:
-        ok = False  # the probes decide, each on its own pass
-    if ok:
-        # after the passes: a model's first forward pass may attach framework hooks of its own
-        signature = hook_signature(model)
-        for name, memo in (("grows", _GROWS), ("packs", _PACKS)):
-            if due[name]:
-                record_until_hooks_change(memo, model, None, True, signature)
-        if due["linear"]:
-            record_mlp_linearity(model, True, signature)
+        return  # the probes decide, each on its own pass
+    # after the passes: a model's first forward pass may attach framework hooks of its own
+    signature = hook_signature(model)
+    for name, memo in (("grows", _GROWS), ("packs", _PACKS)):
+        if due[name] and found.get(name):
+            record_until_hooks_change(memo, model, None, True, signature)
+    if due["linear"] and "linear" in found:
+        record_mlp_linearity(model, found["linear"], signature)
 
 
 def _due(model: Any, site: NeuronSite, rows: bool) -> dict[str, bool]:
@@ -114,12 +119,15 @@ def _due(model: Any, site: NeuronSite, rows: bool) -> dict[str, bool]:
     batch's three only for ``rows``)."""
     last_mlp = mlp_io_hook_names(model, model.cfg.n_layers - 1)
     bridge = is_bridge(model)
-    grows = bridge and not is_masked_lm(model)
+    window = attention_window(model)
+    grows = bridge and not is_masked_lm(model) and (window is None or window >= _WIDTH)
     due = {
         "widths": not width_checked(model, site),
         "head": check_pending(model) and unembed_input_hook(model) is None,
         "grows": grows and known_until_hooks_change(_GROWS, model, None) is None,
-        "linear": not is_masked_lm(model) and mlp_linearity_known(model) is None,
+        "linear": site.kind == "post"
+        and not is_masked_lm(model)
+        and mlp_linearity_known(model) is None,
         "packs": bool(last_mlp and bridge and hooks_are_position_free(model))
         and known_until_hooks_change(_PACKS, model, None) is None,
     }
@@ -132,7 +140,7 @@ def _plain_pass(
     model: Any, site: NeuronSite, tokens: Tensor, due: dict[str, bool], widths: dict[int, int]
 ) -> dict[str, Tensor]:
     """The plain pass: records the neuron hooks' widths, checks the head where it is due (to
-    the logits), and returns the residuals entering the last block and leaving it."""
+    the logits), and returns the residual leaving the last block (``"final"``)."""
     last = final_resid_hook_name(model)
     seen: dict[str, Tensor] = {}
 
@@ -148,9 +156,7 @@ def _plain_pass(
 
         return hook
 
-    top = resid_pre_hook_name(model.cfg.n_layers - 1)
     fwd = [(site.hook_name(layer), width(layer)) for layer in range(site.n_layers)]
-    fwd += [(top, grab("top"))]
     with torch.no_grad():
         if due["head"]:
             with model.hooks(fwd_hooks=[*fwd, (last, grab("final"))]):
@@ -161,34 +167,38 @@ def _plain_pass(
     return seen
 
 
-def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[str, Tensor]) -> bool:
-    """The grown pass (see the module docstring): whether every check due passes."""
+def _grown_pass(
+    model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[str, Tensor]
+) -> dict[str, bool]:
+    """The grown pass (see the module docstring): the verdicts it can give. None where the
+    prompts do not end as in the plain pass (the mask not obeyed: nothing of it holds); the
+    grown batch and the packed MLP together (a failing packed copy does not say which failed);
+    linearity, whatever it finds, once the pass is sound."""
     n_layers, device = model.cfg.n_layers, model_device(model)
     grows = due["grows"] or known_until_hooks_change(_GROWS, model, None) is True
-    linear = due["linear"]
-    # sequences: the two prompts, one per layer shifted there (linear), the copy of prompt 0
-    lin_rows = n_layers if linear else 0
+    # sequences: the two prompts, one per layer shifted there (linear), then two copies of
+    # prompt 0 (grown before the first block where the grown batch is checked): the first runs
+    # whole, the second with the last MLP at its last position only (where that is checked)
+    lin_rows = n_layers if due["linear"] else 0
     batch = torch.cat([tokens, tokens[:1].expand(lin_rows, -1)])
-    copy = len(batch)
+    whole = len(batch) + 1
     kwargs = causal_mask(model, _WIDTH, device) if grows else {}
     fwd: list = []
     if grows:
-        fwd.append((resid_pre_hook_name(0), lambda r, hook: torch.cat([r, r[:1]])))
+        fwd.append((resid_pre_hook_name(0), lambda r, hook: torch.cat([r, r[:1], r[:1]])))
     else:
-        batch = torch.cat([batch, tokens[:1]])
+        batch = torch.cat([batch, tokens[:1], tokens[:1]])
     names = mlp_io_hook_names(model, n_layers - 1)
     packed = None
     if due["packs"] and names is not None:
-        packed = ReadsOnly(
-            names, copy, torch.tensor([copy], device=device), torch.tensor([3], device=device)
-        )
+        read = torch.tensor([whole], device=device), torch.tensor([_WIDTH - 1], device=device)
+        packed = ReadsOnly(names, whole, *read)
         fwd += packed.hooks()
     shifts = None
-    if linear:
+    if due["linear"]:
         shifts = MlpShifts(model, _WIDTH, first=2, rows=_shifted_rows(n_layers, packed))
         fwd += shifts.hooks()
     seen: dict[int, Tensor] = {}
-    top: dict[str, Tensor] = {}
 
     def grab(layer: int):
         def hook(resid: Tensor, hook: Any) -> None:
@@ -196,11 +206,7 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[st
 
         return hook
 
-    def grab_top(resid: Tensor, hook: Any) -> None:
-        top["x"] = resid.detach()
-
     fwd += [(resid_post_hook_name(layer), grab(layer)) for layer in range(n_layers - 1)]
-    fwd.append((resid_pre_hook_name(n_layers - 1), grab_top))
     with torch.no_grad():
         final = run_until(model, final_resid_hook_name(model), batch, fwd, **kwargs)
     seen[n_layers - 1] = final
@@ -210,15 +216,13 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[st
     def close(a: Tensor, b: Tensor) -> bool:
         return bool(torch.isfinite(a).all()) and float((a.float() - b.float()).abs().max()) <= tol
 
-    checks = [
-        final.shape[0] == copy + 1,
-        close(final[:2], want),  # the 4-D mask: the prompts end as the model ends them
-        close(top["x"][copy], top["x"][0]),  # the copy reaches the last block as prompt 0
-        close(final[copy, -1], want[0, -1]),  # and ends it there (the last MLP packed or not)
-    ]
+    if final.shape[0] != whole + 1 or not close(final[:2], want):
+        return {}  # the 4-D mask not obeyed, or the batch not grown: the probes decide
+    copies = close(final[whole - 1], want[0]) and close(final[whole, -1], want[0, -1])
+    found = {"grows": copies, "packs": copies}
     if shifts is not None:
-        checks.append(shifts.add_linearly(seen, clean=0))
-    return all(checks)
+        found["linear"] = shifts.add_linearly(seen, clean=0)
+    return found
 
 
 def _shifted_rows(n_layers: int, packed: ReadsOnly | None) -> Any:

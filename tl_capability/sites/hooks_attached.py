@@ -39,7 +39,8 @@ def record_until_hooks_change(
 ) -> None:
     """Keeps ``answer`` in ``memo`` for the model and ``key``, found while the hooks attached
     to it had ``signature`` ([`hook_signature`][tl_capability.sites.hook_signature], taken
-    before the finding pass attached its own)."""
+    once the finding passes are done and their own temporary hooks removed: a model's first
+    pass may attach framework hooks of its own)."""
     memo.setdefault(model, {})[key] = (signature, answer)
 
 
