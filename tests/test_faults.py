@@ -619,3 +619,34 @@ def test_two_calls_in_one_directory_give_their_result_or_a_clear_error(model, ra
                 assert "belongs to another run" in str(e)
                 outcomes.append("refused")
         assert sorted(map(str, outcomes)) == ["True", "refused"]
+
+
+def test_a_checkpoint_read_while_another_process_replaces_it_is_old_or_new(tmp_path):
+    """A reader polling a checkpoint that a running attribution keeps replacing gets a whole
+    file, old or new. safetensors' own reader opens the file twice (the header, then the
+    storage), so a rename between the two paired the old header with the new tensors: about 2 %
+    of loads failed their checksum under a writer like this one (and a scale-out test flaked)."""
+    path = tmp_path / "attribution-rank0-of-1.safetensors"
+    save_atomic(path, {"x": torch.zeros(1000)}, {"i": 0})
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            save_atomic(path, {"x": torch.full((1000,), float(i))}, {"i": i})
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    loads, seen = 0, set()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            tensors, meta = load_atomic(path)  # raises on a mismatched header and tensors
+            assert float(tensors["x"][0]) == meta["i"]
+            loads += 1
+            seen.add(meta["i"])
+    finally:
+        stop.set()
+        thread.join()
+    assert loads > 100 and len(seen) > 10  # the file really changed under the reads

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 from torch import Tensor
 
 
@@ -74,9 +75,14 @@ def load_atomic(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             object, or its tensors do not match the checksum written with them.
     """
     try:
-        with safe_open(path, framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no iter
+        # One read of the file: safetensors' own reader opens it twice (its header, then the
+        # tensors' storage), so a writer renaming a new file into place between the two made
+        # the old header meet the new tensors (seen as a checksum failure while a test polled a
+        # running checkpoint). A renamed file is read whole, old or new.
+        data = path.read_bytes()
+        tensors = load(data)
+        (size,) = struct.unpack("<Q", data[:8])  # the format: header length, then JSON header
+        header = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
         meta = json.loads(header["meta"])
     except FileNotFoundError:
         raise
