@@ -87,8 +87,8 @@ def test_kv_cache_forward_returns_the_logits_and_the_filled_cache(hf_bridge):
 
 def test_the_linearity_test_tells_a_linear_mlp_output_from_a_bent_one():
     """``MlpShifts``: a pass shifting layer l's post-activations in sequence 1 + l moves block
-    l's output by ``δ W_out`` exactly, until a tanh bends the last MLP's output; an answer a
-    caller records is kept as the probe's, until the hooks change."""
+    l's output by ``δ W_out`` exactly, also beside a huge residual, until a tanh bends the last
+    MLP's output; an answer a caller records is kept as the probe's, until the hooks change."""
     from tests.models import tiny_model
     from tl_capability.sites import (
         MlpShifts,
@@ -116,6 +116,12 @@ def test_the_linearity_test_tells_a_linear_mlp_output_from_a_bent_one():
         return shifts.add_linearly(seen, clean=0)
 
     assert linear()
+    # a residual carrying 2·10^4 in one dimension (SmolLM2's first position does) is still
+    # linear: the change there drowns in the two outputs' rounding, which the test allows for
+    big = torch.zeros(model.cfg.d_model)
+    big[0] = 2e4
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda r, hook: r + big)]):
+        assert linear()
     hook = model.hook_dict[f"blocks.{n - 1}.hook_mlp_out"]
     hook.add_hook(lambda out, hook: torch.tanh(out))
     try:

@@ -72,6 +72,11 @@ def test_all_position_ig_equals_captum(smol):
     theirs = _captum(smol, data, 2, "logprob")
     err = (ours.values - theirs).abs().max() / theirs.abs().max()
     assert err < 5e-4, err
+    # on the grown batch: the residual carries 2·10^4 at the first position, which a linearity
+    # test blind to rounding took for a bent MLP output (the rows then re-ran each scaled block)
+    from tl_capability.sites import mlp_output_adds_linearly
+
+    assert mlp_output_adds_linearly(smol)
 
 
 def test_erase_weights_equals_ablate(smol):

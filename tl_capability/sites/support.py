@@ -366,10 +366,16 @@ class MlpShifts:
         """Whether every block's output ``seen[l]`` (sequences first) differs between sequence
         ``first + l`` and sequence ``clean`` by ``δ_l W_out``."""
         for layer, (delta, w_out) in enumerate(zip(self.deltas, self.w_outs, strict=True)):
+            dtype = seen[layer].dtype
             out = seen[layer].float()
-            change = out[self.first + layer] - out[clean]
+            shifted, base = out[self.first + layer], out[clean]
             expected = (delta @ w_out).float()
             scale = float(expected.abs().max())
-            if not torch.allclose(change, expected, rtol=1e-3, atol=1e-4 * scale):
+            # Each output is exact to a few of its own ulps, and a residual may carry values 10^5
+            # times the change (SmolLM2's first position: 2·10^4 against 0.1), where the change
+            # drowns in their rounding; half precision keeps the plain test (it fails there).
+            ulps = 8 * torch.finfo(dtype).eps if dtype in (torch.float32, torch.float64) else 0.0
+            slack = 1e-3 * expected.abs() + 1e-4 * scale + ulps * (shifted.abs() + base.abs())
+            if not bool(((shifted - base - expected).abs() <= slack).all()):
                 return False
         return True
