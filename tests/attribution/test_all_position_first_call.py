@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.attribution.helpers import forbid_probes
 from tests.attribution.test_all_positions import DATA, reference
 from tests.models import HAS_BRIDGE, save_hf_model, tiny_model
 from tl_capability.attribution import _all_position_first_call as first_call
-from tl_capability.attribution import _all_position_probes as probes
+from tl_capability.attribution import _all_position_probes as probes_module
 from tl_capability.attribution import attribute
 from tl_capability.sites import (
     known_until_hooks_change,
@@ -27,21 +28,20 @@ needs_bridge = pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerLens 
 
 
 def _no_probes(monkeypatch) -> None:
-    """The stand-alone probes fail the test if they run."""
+    """The all-position call's stand-alone probes fail the test if they run."""
     from tl_capability import _answer_head as head
     from tl_capability.sites import neurons
 
-    def probe(*args, **kwargs):
-        raise AssertionError("a stand-alone probe ran")
-
-    for module, name in (
-        (head, "_probe"),
-        (neurons, "_check_width"),
-        (probes, "batch_grows"),
-        (probes, "_probe_packs"),
-        (support_module, "_probe_mlp_output"),
-    ):
-        monkeypatch.setattr(module, name, probe)
+    forbid_probes(
+        monkeypatch,
+        [
+            (head, "_probe"),
+            (neurons, "_check_width"),
+            (probes_module, "batch_grows"),
+            (probes_module, "_probe_packs"),
+            (support_module, "_probe_mlp_output"),
+        ],
+    )
 
 
 def _verdicts(model) -> dict[str, bool | None]:
@@ -49,9 +49,9 @@ def _verdicts(model) -> dict[str, bool | None]:
 
     return {
         "head": head._CHECKED.get(model),
-        "grows": known_until_hooks_change(probes._GROWS, model, None),
+        "grows": known_until_hooks_change(probes_module._GROWS, model, None),
         "linear": mlp_linearity_known(model),
-        "packs": known_until_hooks_change(probes._PACKS, model, None),
+        "packs": known_until_hooks_change(probes_module._PACKS, model, None),
     }
 
 

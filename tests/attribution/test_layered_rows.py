@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.attribution.helpers import forbid_probes
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability import AttributionConfig, CapabilityDataset, attribute, neuron_site
 from tl_capability.attribution import _layered_rows as lr
@@ -169,20 +170,19 @@ def test_block_hooks_are_removed_after_a_failing_pass(gpt2):
 
 
 def _no_probes(monkeypatch) -> None:
-    """The stand-alone probes fail the test if they run."""
+    """The answer-position call's stand-alone probes fail the test if they run."""
     from tl_capability import _answer_head as head
     from tl_capability.sites import neurons, support
 
-    def probe(*args, **kwargs):
-        raise AssertionError("a stand-alone probe ran")
-
-    for module, name in (
-        (head, "_probe"),
-        (support, "_probe_kv_cache"),
-        (lr, "_probe"),
-        (neurons, "_check_width"),
-    ):
-        monkeypatch.setattr(module, name, probe)
+    forbid_probes(
+        monkeypatch,
+        [
+            (head, "_probe"),
+            (support, "_probe_kv_cache"),
+            (lr, "_probe"),
+            (neurons, "_check_width"),
+        ],
+    )
 
 
 @needs_bridge
