@@ -69,6 +69,7 @@ from tl_capability.sites import (
 )
 
 _WIDTH = 4  # positions of the probes' sequences
+_GROWN = ("grows", "linear", "packs")  # the grown pass's checks
 _FAILED = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
 
 
@@ -86,21 +87,22 @@ def settle_checks(model: Any, site: NeuronSite, rows: bool = True) -> None:
     due = _due(model, site, rows)
     if not any(due.values()):
         return
-    if not (due["head"] or due["grows"] or due["linear"] or due["packs"]):
+    grown_due = any(due[name] for name in _GROWN)
+    if not (due["head"] or grown_due):
         neuron_site(model, site.kind)  # the width alone: its own one-token pass
         return
     tokens = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]], device=model_device(model))
     tokens = tokens % model.cfg.d_vocab
     widths: dict[int, int] = {}
-    plain = _plain_pass(model, site, tokens, due, widths)
+    final = _plain_pass(model, site, tokens, due["head"], widths)
     if due["widths"]:
         check_widths(model, site, widths)
     if due["head"]:
         require_separable_head(model)  # raises where the plain pass found it failing
-    if not (due["grows"] or due["linear"] or due["packs"]):
+    if not grown_due:
         return
     try:
-        found = _grown_pass(model, tokens, due, plain)
+        found = _grown_pass(model, tokens, due, final)
     except torch.OutOfMemoryError:
         raise
     except _FAILED:
@@ -132,15 +134,15 @@ def _due(model: Any, site: NeuronSite, rows: bool) -> dict[str, bool]:
         and known_until_hooks_change(_PACKS, model, None) is None,
     }
     if not rows:
-        due.update(grows=False, linear=False, packs=False)
+        due.update(dict.fromkeys(_GROWN, False))
     return due
 
 
 def _plain_pass(
-    model: Any, site: NeuronSite, tokens: Tensor, due: dict[str, bool], widths: dict[int, int]
-) -> dict[str, Tensor]:
-    """The plain pass: records the neuron hooks' widths, checks the head where it is due (to
-    the logits), and returns the residual leaving the last block (``"final"``)."""
+    model: Any, site: NeuronSite, tokens: Tensor, head: bool, widths: dict[int, int]
+) -> Tensor:
+    """The plain pass: records the neuron hooks' widths, checks the head where ``head`` (to
+    the logits), and returns the residual leaving the last block."""
     last = final_resid_hook_name(model)
     seen: dict[str, Tensor] = {}
 
@@ -150,26 +152,22 @@ def _plain_pass(
 
         return hook
 
-    def grab(name: str):
-        def hook(x: Tensor, hook: Any) -> None:
-            seen[name] = x.detach()
-
-        return hook
+    def grab(x: Tensor, hook: Any) -> None:
+        seen["final"] = x.detach()
 
     fwd = [(site.hook_name(layer), width(layer)) for layer in range(site.n_layers)]
     with torch.no_grad():
-        if due["head"]:
-            with model.hooks(fwd_hooks=[*fwd, (last, grab("final"))]):
-                logits = model(tokens)
-            head_matches(model, logits[0], seen["final"][0] if "final" in seen else None, last)
-        else:
-            seen["final"] = run_until(model, last, tokens, fwd)
-    return seen
+        if not head:
+            return run_until(model, last, tokens, fwd)
+        with model.hooks(fwd_hooks=[*fwd, (last, grab)]):
+            logits = model(tokens)
+    head_matches(model, logits[0], seen["final"][0] if "final" in seen else None, last)
+    if "final" not in seen:  # never reached: require_separable_head says why
+        require_separable_head(model)
+    return seen["final"]
 
 
-def _grown_pass(
-    model: Any, tokens: Tensor, due: dict[str, bool], plain: dict[str, Tensor]
-) -> dict[str, bool]:
+def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: Tensor) -> dict[str, bool]:
     """The grown pass (see the module docstring): the verdicts it can give. None where the
     prompts do not end as in the plain pass (the mask not obeyed: nothing of it holds); the
     grown batch and the packed MLP together (a failing packed copy does not say which failed);
@@ -210,7 +208,7 @@ def _grown_pass(
     with torch.no_grad():
         final = run_until(model, final_resid_hook_name(model), batch, fwd, **kwargs)
     seen[n_layers - 1] = final
-    want = plain["final"].float()
+    want = plain.float()
     tol = probe_tolerance(final.dtype) * max(float(want.abs().max()), 1.0)
 
     def close(a: Tensor, b: Tensor) -> bool:
