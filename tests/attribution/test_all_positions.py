@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.models import HAS_BRIDGE, save_hf_model
 from tl_capability import CapabilityDataset, tokenize
 from tl_capability.attribution import AttributionConfig, attribute, ig_alphas
+from tl_capability.attribution._all_positions import MIN_ROWS, ROW_POSITIONS, all_position_rows
 
 pytestmark = pytest.mark.core
 
@@ -257,6 +258,25 @@ def test_independent_of_batching(model, batch_size, max_rows):
         config=AttributionConfig(max_rows=max_rows),
     )
     torch.testing.assert_close(other.values, base.values, rtol=1e-4, atol=1e-7)
+
+
+@given(length=st.integers(1, 4096))
+def test_default_rows_hold_about_1024_positions_and_at_least_64(length):
+    rows = all_position_rows(None, length)
+    assert rows >= MIN_ROWS
+    assert rows == MIN_ROWS or rows * length <= ROW_POSITIONS < (rows + 1) * length
+    assert all_position_rows(7, length) == 7  # a chosen max_rows is kept
+
+
+def test_short_sequences_take_larger_passes_with_the_same_scores(model):
+    short = CapabilityDataset.from_pairs(["ab", "c"], ["d", "e"], name="short")
+    assert all_position_rows(None, 3) > MIN_ROWS
+    base = attribute(model, short, "ig", steps=20, positions="all", progress=False)
+    small = attribute(
+        model, short, "ig", steps=20, positions="all", progress=False,
+        config=AttributionConfig(max_rows=MIN_ROWS),
+    )  # fmt: skip
+    torch.testing.assert_close(base.values, small.values, rtol=1e-4, atol=1e-7)
 
 
 def test_bad_options_are_refused(model):

@@ -34,6 +34,15 @@ def test_plan_stays_within_max_rows(n_layers, n_steps, max_rows):
         assert (group, chunk) == (n_layers, n_steps)  # one sequence holds a target's every row
 
 
+@given(n_layers=st.integers(1, 40), n_steps=st.integers(1, 60), max_rows=st.integers(1, 3000))
+def test_plan_of_whole_sequences_takes_every_row_it_may(n_layers, n_steps, max_rows):
+    # all-position rows are sequences of their own: only max_rows caps a pass
+    group, chunk, per_pass = lr.plan(n_layers, n_steps, max_rows, sequence_rows=max_rows)
+    assert group * chunk * per_pass <= max_rows
+    if max_rows >= n_layers * n_steps:
+        assert (group, chunk) == (n_layers, n_steps)  # one pass holds a sample's every row
+
+
 def test_plan_picks_the_chunks_with_the_least_block_work():
     # 20 steps over 8 layers: 4 chunks of 5 pad nothing; 3 of 7 pad one row per layer
     assert lr.plan(8, 20, 1024)[:2] == (8, 5)

@@ -63,9 +63,9 @@ class AttributionConfig:
         rule: Integrated-gradients quadrature, see
             [`ig_alphas`][tl_capability.attribution.ig_alphas].
         max_rows: Rows per forward/backward pass (bounds memory); ``None``: 1,024 at the answer
-            position and 64 with ``positions="all"`` (where a row is a whole sequence: on a
-            CPU larger passes there are slower, not faster; ``docs/speed.md``). With
-            ``positions="all"`` it counts ``(sample, step)`` sequences per pass.
+            position. With ``positions="all"`` it counts ``(sample, step)`` sequences per pass,
+            and ``None`` takes 64, or more for sequences under 16 tokens: about 1,024
+            positions per pass (``docs/speed.md``).
         use_cache: Run each answer-position row as one token attending to the clean run's cached
             keys and values (exact, and about ``len(prompt)`` times cheaper). ``None`` uses it
             whenever [`supports_kv_cache`][tl_capability.sites.supports_kv_cache] and every
@@ -118,7 +118,7 @@ class _Plan:
     alphas: Tensor
     site: NeuronSite
     batch_size: int
-    max_rows: int
+    max_rows: int | None
     use_cache: bool
     first: FirstCall | None
     samples: list[TokenizedSample]
@@ -235,8 +235,8 @@ def _plan(
         batch_size = 16 if method == "ig" else 32
     check_positive_int(batch_size, "batch_size")
     max_rows = config.max_rows
-    if max_rows is None:
-        max_rows = 64 if positions == "all" else 1024
+    if max_rows is None and positions == "answer":
+        max_rows = 1024  # all positions: per batch, by its length (all_position_rows)
     answer = positions == "answer"
     # all-position rows' checks, the width's included, run together in at most two short passes
     settle = not answer and method != "activation"

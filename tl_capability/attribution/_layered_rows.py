@@ -189,10 +189,12 @@ def layered_gradients(
 SEQUENCE_ROWS = ROWS_PER_SEQUENCE  # rows per sequence at most, as on the plain cached rows
 
 
-def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
+def plan(
+    n_layers: int, n_steps: int, max_rows: int, sequence_rows: int = SEQUENCE_ROWS
+) -> tuple[int, int, int]:
     """``(layers per pass, steps per sequence, sequences per pass)`` within ``max_rows`` rows,
-    a sequence holding at most about ``SEQUENCE_ROWS`` rows (every layer's of a pass, one step
-    at least).
+    a sequence holding at most about ``sequence_rows`` rows (every layer's of a pass, one step
+    at least). All-position rows, each a whole sequence of its own, pass ``max_rows`` there.
 
     Of the chunk sizes that fit, the one whose sequences run the fewest positions through the
     blocks: a sequence carries one clean position through every block, and a last chunk padded
@@ -200,7 +202,7 @@ def plan(n_layers: int, n_steps: int, max_rows: int) -> tuple[int, int, int]:
     (no padding, 752 block-positions) rather than 3 of 7 (one empty row per layer, 780).
     """
     group = min(n_layers, max_rows)
-    cap = max(1, min(n_steps, max_rows // group, SEQUENCE_ROWS // group))
+    cap = max(1, min(n_steps, max_rows // group, sequence_rows // group))
     chunk = min(range(1, cap + 1), key=lambda c: (block_positions(n_layers, n_steps, group, c), -c))
     return group, chunk, max(1, max_rows // (group * chunk))
 
