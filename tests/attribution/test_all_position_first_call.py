@@ -62,11 +62,12 @@ def _bridge(arch: str):
     return TransformerBridge.boot_transformers(str(path)).eval()
 
 
-@pytest.mark.parametrize("n_layers", [2, 1])
+@pytest.mark.parametrize("n_layers", [2, 1, 6])
 def test_the_first_call_runs_no_probe_of_its_own(monkeypatch, n_layers):
     """A fresh model's first all-position call settles every check in its two passes, keeps
     the probes' answers, and gives the reference's scores (one layer: the grown copy, the
-    packed MLP and the shifted sequence all in the same block)."""
+    packed MLP and the shifted sequence all in the same block; six: the shifts in two
+    sequences)."""
     model = tiny_model(n_layers=n_layers)
     _no_probes(monkeypatch)
     passes = []
@@ -101,14 +102,16 @@ def test_the_checks_hold_on_hugging_face_architectures(arch, monkeypatch):
     torch.testing.assert_close(scores.per_sample, expected, rtol=1e-4, atol=1e-7)
 
 
-def test_a_bent_mlp_output_is_found_by_the_grown_pass(monkeypatch):
-    """A tanh after the last MLP (a hook attached before the first call) fails the linearity
-    test: the grown pass keeps that "no" itself (no probe runs), vouches for the rest, and the
-    scores, on the rows that re-run the scaled block, still equal the reference."""
-    model = tiny_model()
+@pytest.mark.parametrize(("n_layers", "bent"), [(2, 1), (6, 0), (6, 2), (6, 5)])
+def test_a_bent_mlp_output_is_found_by_the_grown_pass(monkeypatch, n_layers, bent):
+    """A tanh after one MLP (a hook attached before the first call) fails the linearity test,
+    wherever the layer's shift sits among the stacked ones (first, middle or last position of
+    a sequence, or the packed last MLP): the grown pass keeps that "no" itself (no probe runs),
+    vouches for the rest, and the scores, on the rows that re-run the scaled block, still equal
+    the reference."""
+    model = tiny_model(n_layers=n_layers)
     _no_probes(monkeypatch)
-    last = model.cfg.n_layers - 1
-    hook = model.hook_dict[f"blocks.{last}.hook_mlp_out"]
+    hook = model.hook_dict[f"blocks.{bent}.hook_mlp_out"]
     hook.add_hook(lambda out, hook: torch.tanh(out))
     try:
         scores = attribute(model, DATA, "ig", **KW)

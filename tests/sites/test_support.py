@@ -85,6 +85,34 @@ def test_kv_cache_forward_returns_the_logits_and_the_filled_cache(hf_bridge):
     assert cache.layers[0].keys.shape[-2] == TOKENS.shape[1]
 
 
+@pytest.mark.parametrize("bent", [None, 0, 1, 3, 4])
+def test_stacked_shifts_share_sequences_and_still_find_a_bent_layer(bent):
+    """``MlpShifts(stacked=True)``: five layers in two four-position sequences, each layer
+    shifted at one position before those of the layers below it; a causal model passes, and
+    a tanh after any one layer's MLP fails."""
+    from tests.models import tiny_model
+    from tl_capability.sites import MlpShifts, resid_post_hook_name, run_until
+
+    model = tiny_model(n_layers=5)
+    shifts = MlpShifts(model, 4, first=1, stacked=True)
+    assert shifts.n_sequences == 2
+    assert [shifts.place(layer) for layer in range(5)] == [(1, 3), (1, 2), (1, 1), (1, 0), (2, 3)]
+    tokens = torch.tensor([[5, 6, 7, 8]] * 3)
+    seen = {}
+    grabs = [
+        (resid_post_hook_name(layer), lambda r, hook, layer=layer: seen.setdefault(layer, r))
+        for layer in range(4)
+    ]
+    if bent is not None:
+        model.hook_dict[f"blocks.{bent}.hook_mlp_out"].add_hook(lambda o, hook: torch.tanh(o))
+    try:
+        with torch.no_grad():
+            seen[4] = run_until(model, resid_post_hook_name(4), tokens, shifts.hooks() + grabs)
+    finally:
+        model.reset_hooks()
+    assert shifts.add_linearly(seen, clean=0) is (bent is None)
+
+
 def test_the_linearity_test_tells_a_linear_mlp_output_from_a_bent_one():
     """``MlpShifts``: a pass shifting layer l's post-activations in sequence 1 + l moves block
     l's output by ``δ W_out`` exactly, also beside a huge residual, until a tanh bends the last

@@ -23,9 +23,11 @@ same tests in two passes of the probes' own four-token sequences:
   (the mask obeyed; else nothing of the pass is kept), two copies of the first grown before the
   first block, one run whole and one with the last MLP at its last position only, which must
   end as the first prompt does (the grown batch and the packed MLP; kept together, as a failing
-  copy does not say which failed), and one sequence per layer with that layer's
-  post-activations shifted by ``δ``, whose block output must move by ``δ W_out`` (linearity:
-  kept whatever it finds, as its probe's test would find the same).
+  copy does not say which failed), and layer ``l``'s post-activations shifted by ``δ`` at one
+  position, whose block output there must move by ``δ W_out`` (linearity: kept whatever it
+  finds, as its probe's test would find the same). Four layers share a sequence, each at a
+  position before those of the layers below it, which a causal model's position does not see
+  (``MlpShifts(stacked=True)``): ``⌈n_layers / 4⌉`` sequences instead of one per layer.
 
 Where a grown-pass check fails or the pass raises, what it cannot vouch for is not kept: each
 probe then runs on its own when asked, and decides (with its warning). A width that is not
@@ -174,10 +176,13 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: Tensor)
     linearity, whatever it finds, once the pass is sound."""
     n_layers, device = model.cfg.n_layers, model_device(model)
     grows = due["grows"] or known_until_hooks_change(_GROWS, model, None) is True
-    # sequences: the two prompts, one per layer shifted there (linear), then two copies of
+    # sequences: the two prompts, four layers' shifts each (linear), then two copies of
     # prompt 0 (grown before the first block where the grown batch is checked): the first runs
     # whole, the second with the last MLP at its last position only (where that is checked)
-    lin_rows = n_layers if due["linear"] else 0
+    shifts = None
+    if due["linear"]:  # a causal model's layers share sequences, a position each
+        shifts = MlpShifts(model, _WIDTH, first=2, rows=_packed_place(n_layers), stacked=True)
+    lin_rows = 0 if shifts is None else shifts.n_sequences
     batch = torch.cat([tokens, tokens[:1].expand(lin_rows, -1)])
     whole = len(batch) + 1
     kwargs = causal_mask(model, _WIDTH, device) if grows else {}
@@ -192,9 +197,7 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: Tensor)
         read = torch.tensor([whole], device=device), torch.tensor([_WIDTH - 1], device=device)
         packed = ReadsOnly(names, whole, *read)
         fwd += packed.hooks()
-    shifts = None
-    if due["linear"]:
-        shifts = MlpShifts(model, _WIDTH, first=2, rows=_shifted_rows(n_layers, packed))
+    if shifts is not None:
         fwd += shifts.hooks()
     seen: dict[int, Tensor] = {}
 
@@ -223,15 +226,15 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: Tensor)
     return found
 
 
-def _shifted_rows(n_layers: int, packed: ReadsOnly | None) -> Any:
-    """Where layer ``l``'s shifted sequence (``2 + l``) sits in that layer's post-activations:
-    its own row, or, in a last MLP packed by ``packed``, its positions among the flattened
-    whole sequences."""
+def _packed_place(n_layers: int) -> Any:
+    """Where a shifted position (``seq``, ``pos``) sits in a layer's post-activations: there, or
+    in a last MLP packed to the read positions
+    ([`ReadsOnly`][tl_capability.attribution._all_position_probes.ReadsOnly]), among the
+    flattened whole sequences."""
 
-    def rows(layer: int, act: Tensor) -> Any:
-        seq = 2 + layer
-        if packed is None or layer < n_layers - 1 or act.shape[1] != 1:
-            return seq
-        return slice(seq * _WIDTH, (seq + 1) * _WIDTH)
+    def rows(layer: int, act: Tensor, seq: int, pos: int) -> Any:
+        if layer < n_layers - 1 or act.shape[1] != 1:
+            return seq, pos
+        return seq * _WIDTH + pos
 
     return rows

@@ -334,42 +334,60 @@ def _probe_mlp_output(model: Any) -> bool:
 
 class MlpShifts:
     """The test of [`mlp_output_adds_linearly`][tl_capability.sites.mlp_output_adds_linearly]:
-    sequence ``first + l`` of a pass has layer ``l``'s post-activations shifted by a fixed
-    random ``δ_l`` (``width`` positions), and its block output must differ from a clean
-    sequence's by ``δ_l W_out`` exactly (to 1e-3). ``rows(layer, act)`` may name where the
-    shifted sequence sits in an activation whose positions a caller packed."""
+    layer ``l``'s post-activations are shifted by a fixed random ``δ_l`` in sequence
+    ``first + l`` (``width`` positions), and that block's output must differ from a clean
+    sequence's by ``δ_l W_out`` exactly (to 1e-3).
 
-    def __init__(self, model: Any, width: int, first: int, rows: Any = None):
+    ``stacked`` puts ``width`` layers in each sequence instead, layer ``l`` shifted at position
+    ``width − 1 − l mod width`` only: a causal model's earlier layers there shift later
+    positions, which that position does not see (``n_sequences`` of them, not ``n_layers``; a
+    model that is not causal fails the test). ``rows(layer, act, seq, pos)`` may name where the
+    shifted positions sit in an activation whose positions a caller packed."""
+
+    def __init__(self, model: Any, width: int, first: int, rows: Any = None, stacked: bool = False):
         gen = torch.Generator().manual_seed(0)
-        self.first, self.rows = first, rows
-        self.names = [neuron_hook_name(layer) for layer in range(model.cfg.n_layers)]
-        self.w_outs = [mlp_w_out(model, layer).detach() for layer in range(model.cfg.n_layers)]
+        self.width, self.first, self.rows, self.stacked = width, first, rows, stacked
+        n_layers = model.cfg.n_layers
+        self.n_sequences = -(-n_layers // width) if stacked else n_layers
+        self.names = [neuron_hook_name(layer) for layer in range(n_layers)]
+        self.w_outs = [mlp_w_out(model, layer).detach() for layer in range(n_layers)]
         self.deltas = [
-            (0.1 * torch.randn(width, w.shape[0], generator=gen)).to(w.device, w.dtype)
+            (0.1 * torch.randn(1 if stacked else width, w.shape[0], generator=gen)).to(
+                w.device, w.dtype
+            )
             for w in self.w_outs
         ]
 
+    def place(self, layer: int) -> tuple[int, int | slice]:
+        """The sequence and the position(s) where layer ``layer`` is shifted."""
+        if not self.stacked:
+            return self.first + layer, slice(None)
+        return self.first + layer // self.width, self.width - 1 - layer % self.width
+
     def hooks(self) -> list:
-        """The hooks that shift each layer's post-activations in its own sequence."""
+        """The hooks that shift each layer's post-activations in its own place."""
         return [(name, self._shift(layer)) for layer, name in enumerate(self.names)]
 
     def _shift(self, layer: int):
         def hook(act: Tensor, hook: Any) -> Tensor:
             act = act.clone()
-            where = self.first + layer if self.rows is None else self.rows(layer, act)
+            where = self.place(layer)
+            if self.rows is not None:
+                where = self.rows(layer, act, *where)
             act[where] += self.deltas[layer].reshape(act[where].shape)
             return act
 
         return hook
 
     def add_linearly(self, seen: dict[int, Tensor], clean: int) -> bool:
-        """Whether every block's output ``seen[l]`` (sequences first) differs between sequence
-        ``first + l`` and sequence ``clean`` by ``δ_l W_out``."""
+        """Whether every block's output ``seen[l]`` (sequences first) differs between layer
+        ``l``'s place and the same positions of sequence ``clean`` by ``δ_l W_out``."""
         for layer, (delta, w_out) in enumerate(zip(self.deltas, self.w_outs, strict=True)):
             dtype = seen[layer].dtype
             out = seen[layer].float()
-            shifted, base = out[self.first + layer], out[clean]
-            expected = (delta @ w_out).float()
+            seq, pos = self.place(layer)
+            shifted, base = out[seq, pos], out[clean, pos]
+            expected = (delta @ w_out).float().reshape(shifted.shape)
             scale = float(expected.abs().max())
             # Each output is exact to a few of its own ulps, and a residual may carry values 10^5
             # times the change (SmolLM2's first position: 2·10^4 against 0.1), where the change
