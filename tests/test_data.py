@@ -182,7 +182,7 @@ def test_a_dataset_is_tokenized_once_until_what_its_tokens_depend_on_changes(mod
     first = tokenize(model, ds)
     first.append("the caller's list is its own")
     again = tokenize(model, ds)
-    assert again == first[:-1] and len(encoded) == 2  # prompts and answers, once
+    assert again == first[:-1] and len(encoded) == 3  # prompts, answers and both, once
 
     class OtherTokenizer:  # same ids, another object: tokenized again
         def __init__(self, inner):
@@ -198,12 +198,12 @@ def test_a_dataset_is_tokenized_once_until_what_its_tokens_depend_on_changes(mod
         cfg = model.cfg
         tokenizer = OtherTokenizer(model.tokenizer)
 
-    assert tokenize(Other(), ds) == again and len(encoded) == 4
+    assert tokenize(Other(), ds) == again and len(encoded) == 6
     monkeypatch.setattr(model.cfg, "default_prepend_bos", False, raising=False)
     no_bos = tokenize(model, ds)
-    assert len(encoded) == 6 and no_bos[0].prompt == again[0].prompt[1:]
+    assert len(encoded) == 9 and no_bos[0].prompt == again[0].prompt[1:]
     ds.data = ds.data.select([1])
-    assert len(tokenize(model, ds)) == 1 and len(encoded) == 8
+    assert len(tokenize(model, ds)) == 1 and len(encoded) == 12
 
 
 def test_a_tokenizer_edited_in_place_tokenizes_again(zoo_model):

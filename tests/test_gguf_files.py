@@ -40,6 +40,42 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         load_model(path)
 
 
+def test_a_file_cut_short_or_of_no_causal_lm_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_CAPABILITY_CACHE", str(tmp_path / "cache"))
+    whole = _write_gguf(tmp_path / "whole.gguf", "llama").read_bytes()
+    for cut in (len(whole) // 2, 40, 9):
+        path = tmp_path / f"cut{cut}.gguf"
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=f"cut{cut}.gguf is not a readable GGUF file"):
+            load_model(path)
+    for section in ("general", "t5"):  # in transformers' GGUF table, but no causal LM
+        with pytest.raises(ValueError, match=f"'{section}'.*cannot dequantize"):
+            load_model(_write_gguf(tmp_path / f"{section}.gguf", section))
+    assert "general" not in gguf_files._supported() and "llama" in gguf_files._supported()
+
+
+def test_a_missing_gguf_file_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model directory or GGUF file at nothere.gguf"):
+        load_model("nothere.gguf")
+
+
+def test_the_cache_entry_follows_the_contents_not_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_CAPABILITY_CACHE", str(tmp_path / "cache"))
+    one = _write_gguf(tmp_path / "one.gguf", "llama")
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "renamed.gguf"
+    copy.write_bytes(one.read_bytes())
+    entry = gguf_files._entry(one, "float32")
+    assert gguf_files._entry(copy, "float32") == entry  # a fresh venv's copy finds it
+    assert gguf_files._entry(one, "bfloat16") != entry
+    assert gguf_files._entry(one, "float32") == entry  # the path's digest, kept
+    other = _write_gguf(tmp_path / "other.gguf", "gpt2")
+    assert gguf_files._entry(other, "float32") != entry
+    one.write_bytes(other.read_bytes())  # replaced in place: converted again
+    assert gguf_files._entry(one, "float32") == gguf_files._entry(other, "float32")
+
+
 def test_several_gguf_files_in_a_directory_ask_for_one(tmp_path):
     (tmp_path / "a.gguf").write_bytes(b"")
     (tmp_path / "b.gguf").write_bytes(b"")

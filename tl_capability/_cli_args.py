@@ -99,8 +99,8 @@ def common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), a local model directory, "
-        "or a hub name",
+        help="zoo (or zoo:gpt2, zoo:gpt2-dropout, zoo:llama), smollm2-135m, a GGUF file "
+        "or a directory holding one, a local model directory, or a hub name",
     )
     parser.add_argument("--device", type=device, default=None, help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--dtype", default=None, choices=options(DType))

@@ -7,8 +7,10 @@ saved (safetensors, float32 or bfloat16) with the tokenizer in a cache directory
 load reads that directory, offline, in a few seconds.
 
 The cache lives in ``$TL_CAPABILITY_CACHE`` if set, else ``$XDG_CACHE_HOME/tl_capability`` (or
-``~/.cache/tl_capability``); an entry is keyed by the file's resolved path, size and
-modification time, so a replaced file is converted again.
+``~/.cache/tl_capability``); an entry is keyed by the file's contents (SHA-256), so a copy of
+the same file elsewhere (a fresh virtual environment, a link, a renamed copy) finds the entry,
+and a replaced file is converted again. The digest of a path is kept beside the entries for its
+size and modification time, so a file is hashed once, not at every load.
 """
 
 from __future__ import annotations
@@ -77,22 +79,39 @@ def gguf_architecture(path: str | Path) -> str:
     gguf = _require_gguf()
     try:
         field = gguf.GGUFReader(str(path)).fields["general.architecture"]
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
-    return bytes(field.parts[field.data[0]]).decode()
+        return bytes(field.parts[field.data[0]]).decode()
+    # a file cut short or not GGUF fails inside the reader with any of these
+    except (KeyError, ValueError, OSError, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+# transformers' GGUF table also holds the shared sections and encoder-decoder models, which
+# AutoModelForCausalLM does not load
+_NOT_CAUSAL_LMS = {"general", "tokenizer", "t5", "umt5"}
 
 
 def _supported() -> list[str]:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    return sorted(GGUF_CONFIG_MAPPING)
+    return sorted(set(GGUF_CONFIG_MAPPING) - _NOT_CAUSAL_LMS)
 
 
 def _entry(path: Path, dtype: str) -> Path:
+    """The cache entry of ``path``'s contents in ``dtype``."""
+    root = cache_dir() / "gguf"
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir() / "gguf" / f"{path.stem}-{digest}-{dtype}"
+    where = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = root / "digests" / hashlib.sha256(where.encode()).hexdigest()[:24]
+    try:
+        digest = memo.read_text().strip()
+    except OSError:
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:24]
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}-{os.getpid()}")
+        tmp.write_text(digest)
+        tmp.replace(memo)  # whole or absent, for a process reading it meanwhile
+    return root / f"{digest}-{dtype}"
 
 
 def dequantize(path: str | Path, dtype: str = "float32", *, progress: bool = True) -> Path:

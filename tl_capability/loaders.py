@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_capability._fv_pararel_files import read_function_vectors, read_pararel_patterns, read_trex
-from tl_capability.data import CapabilityDataset
+from tl_capability.data import CapabilityDataset, check_answer_tokens
 from tl_capability.hub_loaders import (
     EMOTION_LABELS,
     IMDB_LABELS,
@@ -124,6 +124,7 @@ def load_pararel(
     relation: str | None = None,
     templates: Sequence[int | str] | None = None,
     split: str | None = None,
+    model: Any = None,
 ) -> CapabilityDataset:
     """T-REx facts with PARAREL's paraphrase patterns (or the zoo's own templates), one row per
     (fact, paraphrase), for causal LMs.
@@ -151,12 +152,15 @@ def load_pararel(
         templates: Keep only these patterns: indices into the usable ones, or the patterns
             themselves.
         split: Ignored: PARAREL has no splits (accepted for the loaders' common signature).
+        model: A model or tokenizer to check the answers' tokens against
+            ([`check_answer_tokens`][tl_capability.data.check_answer_tokens]).
 
     Raises:
         FileNotFoundError: When ``facts_path`` is neither a file nor a shipped relation.
         ValueError: For files in the wrong format (naming the file and the format expected),
             no usable pattern, or, without ``patterns_path``, a relation the zoo has no
-            templates for.
+            templates for; with ``model``, naming a fact whose answer the tokenizer splits
+            across the prompt's end.
     """
     del split
     if facts_path is None:
@@ -184,7 +188,10 @@ def load_pararel(
                 "prediction"
             )
     data = real.facts_dataset_from_pairs(facts, patterns, relation, n_facts=n_facts, keep=templates)
-    return _limit_dataset(data, n)
+    data = _limit_dataset(data, n)
+    if model is not None:
+        check_answer_tokens(model, data)
+    return data
 
 
 def _limit_dataset(data: CapabilityDataset, n: int | None) -> CapabilityDataset:

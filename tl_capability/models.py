@@ -68,7 +68,12 @@ def load_model(name: str | Path, *, device: str | None = None, dtype: DType | No
         if not transformer_lens_has("TransformerBridge"):  # TL 3.x: GPT-2 and Llama files
             return _to(zoo._load_dir(directory, device=device, dtype=_zoo_dtype(dtype)), dtype)
         return _boot(directory, device=device, dtype=dtype, local=True)
-    looks_local = isinstance(name, Path) or text.startswith((".", "/", "~")) or Path(text).exists()
+    looks_local = (
+        isinstance(name, Path)
+        or text.startswith((".", "/", "~"))
+        or text.lower().endswith(".gguf")  # no hub name ends so: a file that is not there
+        or Path(text).exists()
+    )
     if looks_local and not Path(text).expanduser().is_dir():
         raise FileNotFoundError(f"no model directory or GGUF file at {text}")
     return _boot(Path(text).expanduser() if looks_local else text, device, dtype, looks_local)

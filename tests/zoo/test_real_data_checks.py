@@ -1,5 +1,6 @@
 """Dataset checks real data relies on: subjects validated, answers split by a BPE tokenizer."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -39,3 +40,30 @@ def test_answers_split_across_the_prompt_boundary_are_named(bpe):
     assert answer_token_mismatches(bpe, bad) == [1]
     with pytest.raises(ValueError, match=r"sample 1 \(prompt 'hel', answer 'lo'\) of greet"):
         check_answer_tokens(model, bad)
+
+
+def test_tokenize_warns_of_an_answer_split_across_the_prompt_boundary(bpe):
+    from tl_capability.data import tokenize
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_ctx=64), tokenizer=bpe)
+    bad = CapabilityDataset.from_pairs(["hello", "hel"], [" world", "lo"], name="greet")
+    with pytest.warns(UserWarning, match=r"sample 1 \(prompt 'hel', answer 'lo'\) of greet"):
+        tokenize(model, bad)
+    ok = CapabilityDataset.from_pairs(["hello", "say hello"], [" world", " world"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenize(model, ok)
+
+
+def test_a_user_pararel_file_with_a_split_answer_is_refused_naming_the_fact(bpe, tmp_path):
+    from tl_capability import loaders
+
+    facts = tmp_path / "P99.jsonl"
+    facts.write_text('{"sub_label": "Anna", "obj_label": " world"}\n')
+    facts.write_text(facts.read_text() + '{"sub_label": "Bo", "obj_label": "lo"}\n')
+    patterns = tmp_path / "patterns.jsonl"
+    patterns.write_text('{"pattern": "[X] said hel[Y]"}\n')
+    model = SimpleNamespace(cfg=SimpleNamespace(n_ctx=64), tokenizer=bpe)
+    assert len(loaders.load_pararel(facts, patterns)) == 2  # no model: not checked
+    with pytest.raises(ValueError, match=r"sample 1 \(prompt 'Bo said hel', answer 'lo'\)"):
+        loaders.load_pararel(facts, patterns, model=model)

@@ -6,6 +6,7 @@ the answer. Each dataset's last tokenization is kept, weakly, per tokenizer, BOS
 from __future__ import annotations
 
 import gc
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -95,17 +96,21 @@ def check_answer_tokens(model_or_tokenizer: Any, dataset: CapabilityDataset) -> 
             with both tokenizations.
     """
     bad = answer_token_mismatches(model_or_tokenizer, dataset)
-    if not bad:
-        return
-    tokenizer = _as_tokenizer(model_or_tokenizer)
+    if bad:
+        raise ValueError(_mismatch_message(_as_tokenizer(model_or_tokenizer), dataset, bad))
+
+
+def _mismatch_message(tokenizer: Any, dataset: CapabilityDataset, bad: list[int]) -> str:
+    """What is wrong with sample ``bad[0]``'s tokens, and how many samples share it."""
     i = bad[0]
     prompt, answer = dataset[i]["prompt"], dataset[i]["answer"]
 
-    def pieces(text: str) -> list[str]:
+    def pieces(text: str) -> list:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tokenizer.convert_ids_to_tokens(ids)
+        to_tokens = getattr(tokenizer, "convert_ids_to_tokens", None)  # ids where none
+        return ids if to_tokens is None else to_tokens(ids)
 
-    raise ValueError(
+    return (
         f"sample {i} (prompt {prompt!r}, answer {answer!r}) of {dataset.name or 'the dataset'}: "
         f"prompt + answer tokenizes to {pieces(prompt + answer)}, but prompt and answer apart "
         f"to {pieces(prompt)} + {pieces(answer)}, so teacher forcing would read tokens the model "
@@ -122,6 +127,10 @@ def tokenize(model: Any, dataset: CapabilityDataset) -> list[TokenizedSample]:
         ValueError: Naming the first sample whose answer tokenizes to nothing, whose
             teacher-forced input is longer than the model's context (``cfg.n_ctx``), or whose
             text has characters that the tokenizer maps to its unknown token.
+
+    Warns (``UserWarning``) naming the first sample whose prompt and answer tokenize apart
+    otherwise than together (a fact whose answer the tokenizer splits across the prompt's end:
+    [`check_answer_tokens`][tl_capability.data.check_answer_tokens] refuses such data).
 
     Masked (BERT-style) LMs read the answer at mask tokens instead (see
     ``_tokenize_masked``).
@@ -189,6 +198,10 @@ def _tokenize_causal(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
     tokenizer = model_tokenizer(model)
     texts = dataset.prompts, dataset.answers  # each column read once: see _checked
     prompts, answers = (_encode(tokenizer, column) for column in texts)
+    joint = _encode(tokenizer, [p + a for p, a in zip(*texts, strict=True)])
+    bad = [i for i, (p, a, j) in enumerate(zip(prompts, answers, joint, strict=True)) if p + a != j]
+    if bad:  # a warning: a dataset may mean it so (check_answer_tokens refuses it)
+        warnings.warn(_mismatch_message(tokenizer, dataset, bad), UserWarning, stacklevel=3)
     bos = (tokenizer.bos_token_id,) if prepends_bos(model) else ()
     n_ctx = getattr(model.cfg, "n_ctx", None)
     out = []
