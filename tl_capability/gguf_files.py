@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,11 @@ def _entry(path: Path, dtype: str) -> Path:
     except OSError:
         with path.open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()[:24]
-        memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f".{memo.name}-{os.getpid()}")
-        tmp.write_text(digest)
-        tmp.replace(memo)  # whole or absent, for a process reading it meanwhile
+        with suppress(OSError):  # a cache it cannot write to: hashed again next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(digest)
+            tmp.replace(memo)  # whole or absent, for a process reading it meanwhile
     return root / f"{digest}-{dtype}"
 
 

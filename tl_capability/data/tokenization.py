@@ -78,9 +78,22 @@ def answer_token_mismatches(model_or_tokenizer: Any, dataset: CapabilityDataset)
     """
     tokenizer = _as_tokenizer(model_or_tokenizer)
     prompts, answers = dataset.prompts, dataset.answers
+    return _mismatches(
+        tokenizer, prompts, answers, _encode(tokenizer, prompts), _encode(tokenizer, answers)
+    )
+
+
+def _mismatches(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int]],
+) -> list[int]:
+    """Where the texts' ids, apart, differ from the ids of prompt + answer."""
     joint = _encode(tokenizer, [p + a for p, a in zip(prompts, answers, strict=True)])
-    apart = zip(_encode(tokenizer, prompts), _encode(tokenizer, answers), strict=True)
-    return [i for i, ((p, a), j) in enumerate(zip(apart, joint, strict=True)) if p + a != j]
+    apart = zip(prompt_ids, answer_ids, joint, strict=True)
+    return [i for i, (p, a, j) in enumerate(apart) if list(p) + list(a) != list(j)]
 
 
 def check_answer_tokens(model_or_tokenizer: Any, dataset: CapabilityDataset) -> None:
@@ -198,8 +211,7 @@ def _tokenize_causal(model: Any, dataset: CapabilityDataset) -> list[TokenizedSa
     tokenizer = model_tokenizer(model)
     texts = dataset.prompts, dataset.answers  # each column read once: see _checked
     prompts, answers = (_encode(tokenizer, column) for column in texts)
-    joint = _encode(tokenizer, [p + a for p, a in zip(*texts, strict=True)])
-    bad = [i for i, (p, a, j) in enumerate(zip(prompts, answers, joint, strict=True)) if p + a != j]
+    bad = _mismatches(tokenizer, *texts, prompts, answers)
     if bad:  # a warning: a dataset may mean it so (check_answer_tokens refuses it)
         warnings.warn(_mismatch_message(tokenizer, dataset, bad), UserWarning, stacklevel=3)
     bos = (tokenizer.bos_token_id,) if prepends_bos(model) else ()
