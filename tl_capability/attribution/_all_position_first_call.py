@@ -27,7 +27,9 @@ same tests in two passes of the probes' own four-token sequences:
   position, whose block output there must move by ``δ W_out`` (linearity: kept whatever it
   finds, as its probe's test would find the same). Four layers share a sequence, each at a
   position before those of the layers below it, which a causal model's position does not see
-  (``MlpShifts(stacked=True)``): ``⌈n_layers / 4⌉`` sequences instead of one per layer.
+  (``MlpShifts(stacked=True)``): ``⌈n_layers / 4⌉`` sequences instead of one per layer. While a
+  hook that may act on some positions only is attached, one sequence per layer, shifted at
+  every position (one position would miss such a hook).
 
 Where a grown-pass check fails or the pass raises, what it cannot vouch for is not kept: each
 probe then runs on its own when asked, and decides (with its warning). A width that is not
@@ -180,8 +182,9 @@ def _grown_pass(model: Any, tokens: Tensor, due: dict[str, bool], plain: Tensor)
     # prompt 0 (grown before the first block where the grown batch is checked): the first runs
     # whole, the second with the last MLP at its last position only (where that is checked)
     shifts = None
-    if due["linear"]:  # a causal model's layers share sequences, a position each
-        shifts = MlpShifts(model, _WIDTH, first=2, rows=_packed_place(n_layers), stacked=True)
+    if due["linear"]:  # layers share sequences, a position each, where no hook picks positions
+        stacked = hooks_are_position_free(model)
+        shifts = MlpShifts(model, _WIDTH, first=2, rows=_packed_place(n_layers), stacked=stacked)
     lin_rows = 0 if shifts is None else shifts.n_sequences
     batch = torch.cat([tokens, tokens[:1].expand(lin_rows, -1)])
     whole = len(batch) + 1
@@ -232,9 +235,11 @@ def _packed_place(n_layers: int) -> Any:
     ([`ReadsOnly`][tl_capability.attribution._all_position_probes.ReadsOnly]), among the
     flattened whole sequences."""
 
-    def rows(layer: int, act: Tensor, seq: int, pos: int) -> Any:
+    def rows(layer: int, act: Tensor, seq: int, pos: int | slice) -> Any:
         if layer < n_layers - 1 or act.shape[1] != 1:
             return seq, pos
+        if isinstance(pos, slice):  # the sequence's every position
+            return slice(seq * _WIDTH, (seq + 1) * _WIDTH)
         return seq * _WIDTH + pos
 
     return rows
