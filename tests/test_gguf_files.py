@@ -10,6 +10,12 @@ from tl_capability import gguf_files
 from tl_capability.models import load_model
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Every test here keeps its cache (and the digests' memos) out of the user's."""
+    monkeypatch.setenv("TL_CAPABILITY_CACHE", str(tmp_path / "cache"))
+
+
 def _write_gguf(path: Path, architecture: str) -> Path:
     gguf = pytest.importorskip("gguf")
     writer = gguf.GGUFWriter(str(path), architecture)
@@ -74,6 +80,18 @@ def test_the_cache_entry_follows_the_contents_not_the_path(tmp_path, monkeypatch
     assert gguf_files._entry(other, "float32") != entry
     one.write_bytes(other.read_bytes())  # replaced in place: converted again
     assert gguf_files._entry(one, "float32") == gguf_files._entry(other, "float32")
+    # a memo cut short, unreadable or wrong: hashed again (a conversion always hashes)
+    memos = list((tmp_path / "cache" / "gguf" / "digests").glob("[0-9a-f]*"))
+    right = gguf_files._entry(other, "float32")
+    for text in (b"", b"\xff\xfe", b"0123"):
+        for memo in memos:
+            memo.write_bytes(text)
+        assert gguf_files._entry(other, "float32") == right
+    for memo in memos:
+        memo.write_text("0" * 24)
+    assert gguf_files._entry(other, "float32") != right  # a memo is trusted ...
+    assert gguf_files._entry(other, "float32", fresh=True) == right  # ... but not to convert
+    assert gguf_files._entry(other, "float32") == right  # and is mended
 
 
 def test_several_gguf_files_in_a_directory_ask_for_one(tmp_path):

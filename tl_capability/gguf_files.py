@@ -10,13 +10,15 @@ The cache lives in ``$TL_CAPABILITY_CACHE`` if set, else ``$XDG_CACHE_HOME/tl_ca
 ``~/.cache/tl_capability``); an entry is keyed by the file's contents (SHA-256), so a copy of
 the same file elsewhere (a fresh virtual environment, a link, a renamed copy) finds the entry,
 and a replaced file is converted again. The digest of a path is kept beside the entries for its
-size and modification time, so a file is hashed once, not at every load.
+size, times and inode, so a file is hashed once, not at every load; a conversion hashes it
+anew, so an entry never holds other contents than its name says.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from contextlib import suppress
@@ -97,23 +99,37 @@ def _supported() -> list[str]:
     return sorted(set(GGUF_CONFIG_MAPPING) - _NOT_CAUSAL_LMS)
 
 
-def _entry(path: Path, dtype: str) -> Path:
-    """The cache entry of ``path``'s contents in ``dtype``."""
+def _entry(path: Path, dtype: str, fresh: bool = False) -> Path:
+    """The cache entry of ``path``'s contents in ``dtype``; ``fresh`` hashes the file even where
+    a memo of its digest is kept (before a conversion names an entry by it)."""
     root = cache_dir() / "gguf"
     stat = path.stat()
-    where = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    where = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     memo = root / "digests" / hashlib.sha256(where.encode()).hexdigest()[:24]
     try:
-        digest = memo.read_text().strip()
-    except OSError:
-        with path.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()[:24]
+        digest = "" if fresh else memo.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        digest = ""
+    if not _DIGEST.fullmatch(digest):  # none kept, or a memo cut short: hash the file
+        digest = _sha256(path)
         tmp = memo.with_name(f".{memo.name}-{os.getpid()}")
         with suppress(OSError):  # a cache it cannot write to: hashed again next time
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(digest)
             tmp.replace(memo)  # whole or absent, for a process reading it meanwhile
     return root / f"{digest}-{dtype}"
+
+
+_DIGEST = re.compile("[0-9a-f]{24}")
+
+
+def _sha256(path: Path) -> str:
+    """The first 24 hex digits of the file's SHA-256, read in 16 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 24), b""):
+            digest.update(piece)
+    return digest.hexdigest()[:24]
 
 
 def dequantize(path: str | Path, dtype: str = "float32", *, progress: bool = True) -> Path:
@@ -141,6 +157,7 @@ def dequantize(path: str | Path, dtype: str = "float32", *, progress: bool = Tru
     out = _entry(path, dtype)
     if (out / "model.safetensors").is_file():
         return out
+    out = _entry(path, dtype, fresh=True)  # a conversion names its entry by what it read
     architecture = gguf_architecture(path)
     if architecture not in _supported():
         raise ValueError(
