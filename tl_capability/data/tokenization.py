@@ -87,13 +87,14 @@ def _mismatches(
     tokenizer: Any,
     prompts: Sequence[str],
     answers: Sequence[str],
-    prompt_ids: Sequence[Sequence[int]],
-    answer_ids: Sequence[Sequence[int]],
+    prompt_ids: list[list[int]],
+    answer_ids: list[list[int]],
 ) -> list[int]:
-    """Where the texts' ids, apart, differ from the ids of prompt + answer."""
+    """Where the texts' ids (``_encode``'s lists), apart, differ from the ids of prompt +
+    answer."""
     joint = _encode(tokenizer, [p + a for p, a in zip(prompts, answers, strict=True)])
     apart = zip(prompt_ids, answer_ids, joint, strict=True)
-    return [i for i, (p, a, j) in enumerate(apart) if list(p) + list(a) != list(j)]
+    return [i for i, (p, a, j) in enumerate(apart) if p + a != j]
 
 
 def check_answer_tokens(model_or_tokenizer: Any, dataset: CapabilityDataset) -> None:
